@@ -1,0 +1,32 @@
+# Quickstart targets: each sets up .venv itself, so they work on a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[model,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+demo: $(STAMP)
+	$(BIN)/lmqc run examples/seed.lmql
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/compile.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check lmqc compiler runtime tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

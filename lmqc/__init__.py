@@ -1,0 +1,32 @@
+"""lmqc: LMQL queries compiled ahead of time into token automata, run on local llama.cpp models."""
+
+from __future__ import annotations
+
+from .errors import (
+    ArtifactError,
+    ConstraintError,
+    DecodeError,
+    LmqcError,
+    MaxLenError,
+    ModelError,
+    QuerySyntaxError,
+    QueryTypeError,
+    SourceError,
+    VocabularyError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactError",
+    "ConstraintError",
+    "DecodeError",
+    "LmqcError",
+    "MaxLenError",
+    "ModelError",
+    "QuerySyntaxError",
+    "QueryTypeError",
+    "SourceError",
+    "VocabularyError",
+    "__version__",
+]
