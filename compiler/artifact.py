@@ -1,0 +1,174 @@
+"""Compiled queries and their artifacts.
+
+An artifact is one ``.npz`` file (``numpy.savez``; loaded with ``allow_pickle=False``): a JSON header array
+plus each hole's automaton arrays. The header holds the format version, lmqc version, the query source and its
+hash, the AST and per-hole IR as JSON (rebuilt only from known node classes), and the vocabulary fingerprint.
+Loading never executes code; a mismatch in format version or vocabulary is refused with a typed error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmqc.errors import ArtifactError
+
+from . import nodes
+from .automaton import TokenAutomaton
+from .ir import HoleIR
+from .serialize import from_json, to_json
+
+FORMAT = "lmqc-artifact"
+FORMAT_VERSION = 1
+_HEADER = "header.json"
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+@dataclass(slots=True)
+class CompiledQuery:
+    """A parsed query plus one token automaton per constrained hole, for one vocabulary.
+
+    Attributes
+    ----------
+    query : nodes.Query
+        The AST (the program the runtime interprets).
+    holes : dict[str, HoleIR]
+        Per-hole IR, in program order.
+    automata : dict[str, TokenAutomaton]
+        Per-hole token automaton over the vocabulary with ``vocab_fingerprint``.
+    vocab_fingerprint : str
+        Fingerprint of the vocabulary the automata were built for.
+    model : str | None
+        The model spec the query was compiled for (a caller's override, or the query's ``from``).
+    """
+
+    query: nodes.Query
+    holes: dict[str, HoleIR]
+    automata: dict[str, TokenAutomaton]
+    vocab_fingerprint: str
+    vocab_size: int
+    model: str | None = None
+    compile_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.query.source
+
+    def automaton(self, var: str) -> TokenAutomaton:
+        """The token automaton of hole ``var``."""
+        try:
+            return self.automata[var]
+        except KeyError:
+            raise KeyError(f"query has no hole {var!r}; holes: {', '.join(self.automata) or 'none'}") from None
+
+    # -- artifact ---------------------------------------------------------------------------------------------
+
+    def header(self) -> dict[str, Any]:
+        from lmqc import __version__
+
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "lmqc_version": __version__,
+            "source_hash": source_hash(self.query.source),
+            "source": self.query.source,
+            "filename": self.query.filename,
+            "query": to_json(self.query),
+            "holes": {var: to_json(ir) for var, ir in self.holes.items()},
+            "vocab_fingerprint": self.vocab_fingerprint,
+            "vocab_size": self.vocab_size,
+            "model": self.model,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the artifact atomically (temp file + rename) and return its path."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        header = json.dumps(self.header()).encode("utf-8")
+        arrays[_HEADER] = np.frombuffer(header, dtype=np.uint8)
+        for var, automaton in self.automata.items():
+            for key, arr in automaton.to_arrays().items():
+                arrays[f"{var}/{key}"] = np.asarray(arr)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.automata.values())
+
+
+def load(path: str | os.PathLike[str], *, vocab_fingerprint: str | None = None) -> CompiledQuery:
+    """Load an artifact; refuse another format version, another vocabulary (if given) or a corrupt file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact {path}: {exc.strerror or exc}") from None
+    try:
+        npz = np.load(io.BytesIO(data), allow_pickle=False)
+        files = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise ArtifactError(f"{path} is not a valid lmqc artifact (corrupt or truncated: {exc})") from None
+    raw = files.pop(_HEADER, None)
+    if raw is None:
+        raise ArtifactError(f"{path} is not an lmqc artifact (no header)")
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: corrupt artifact header ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not an lmqc artifact")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has artifact format version {header.get('format_version')!r}; this lmqc reads version "
+            f"{FORMAT_VERSION}: recompile the query with `lmqc compile`"
+        )
+    if vocab_fingerprint is not None and header.get("vocab_fingerprint") != vocab_fingerprint:
+        raise ArtifactError(
+            f"{path} was compiled for another vocabulary (fingerprint {str(header.get('vocab_fingerprint'))[:12]}, "
+            f"this model's is {vocab_fingerprint[:12]}): recompile it for this model"
+        )
+    try:
+        query = from_json(header["query"])
+        holes = {var: from_json(ir) for var, ir in header["holes"].items()}
+        query = _with_source(query, header["source"], header.get("filename", "<query>"))
+        if source_hash(query.source) != header["source_hash"]:
+            raise ArtifactError(f"{path}: source hash mismatch (corrupt artifact)")
+        automata = {}
+        for var in holes:
+            prefix = f"{var}/"
+            arrays = {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
+            automata[var] = TokenAutomaton.from_arrays(arrays)
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ArtifactError(f"{path}: corrupt artifact ({type(exc).__name__}: {exc})") from None
+    return CompiledQuery(
+        query=query,
+        holes=holes,
+        automata=automata,
+        vocab_fingerprint=header["vocab_fingerprint"],
+        vocab_size=int(header["vocab_size"]),
+        model=header.get("model"),
+    )
+
+
+def _with_source(query: Any, source: str, filename: str) -> nodes.Query:
+    if not isinstance(query, nodes.Query):
+        raise ArtifactError("artifact header does not hold a query")
+    from dataclasses import replace
+
+    return replace(query, source=source, filename=filename)
