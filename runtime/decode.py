@@ -1,0 +1,804 @@
+"""Constrained decoding of one hole for a batch of branches, and option scoring for ``distribution``.
+
+Entry points
+------------
+:func:`decode_hole` fills one hole for B branches (contexts) at once with ``argmax``, ``sample`` or ``beam``.
+All live sequences advance together: one batched :meth:`Backend.eval` call per step, never one per sequence.
+:func:`score_options` gives the log-probability of each option of a ``distribution`` clause in one call.
+
+Per step and per live sequence the constraint work is a table lookup: the automaton state's mask id selects a
+cached allowed set. Sparse sets (at most half the vocabulary) are applied by gathering the allowed logits;
+dense ones through their complement, after first checking whether the unconstrained argmax is allowed anyway.
+Unconstrained holes are dense sets whose complement is the backend's ``special_ids`` (control tokens and
+pieces that print nothing), so they cost one argmax plus a binary search.
+
+Forced tokens (the automaton allows exactly one token and the value cannot end) are appended without looking
+at the model; the whole run reaches the model as part of the next step's batch. For argmax and sample without
+scoring, a state whose only way on is end-of-sequence ends the hole without a model call.
+
+Scores
+------
+Beam search ranks by the model's full log-softmax (LMQL-like: the mask does not renormalize scores), summed
+over every generated token including forced ones and EOS. Sampling draws from the distribution renormalized
+over the allowed tokens (after temperature, top-k, top-p). Scoring costs a log-sum-exp over the vocabulary per
+step (and logit rows for forced runs), so it is on by default only for beam search (``score=``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from lmqc.errors import DecodeError
+
+from .backend import Backend
+
+__all__ = [
+    "Argmax",
+    "Beam",
+    "Completion",
+    "Sample",
+    "Strategy",
+    "TokenAutomatonLike",
+    "decode_hole",
+    "parse_strategy",
+    "score_options",
+]
+
+_INF_TOKENS = 1 << 30  # min_tokens_to_end at or above this (or negative) means "cannot end"
+
+
+class TokenAutomatonLike(Protocol):
+    """The part of ``lmqc.compiler.automaton.TokenAutomaton`` the decoders use."""
+
+    initial: int
+    unconstrained: bool
+    eos_id: int
+    min_tokens_to_end: np.ndarray
+
+    def allowed(self, state: int) -> np.ndarray: ...
+    def step(self, state: int, token: int) -> int: ...
+    def step_many(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray: ...
+    def is_final(self, state: int) -> bool: ...
+    def is_stopped(self, state: int) -> bool: ...
+    def mask_id(self, state: int) -> int: ...
+    def forced(self, state: int) -> int: ...
+
+
+# -- strategies ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Argmax:
+    """Greedy decoding: the most likely allowed token at every step."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Ancestral sampling from the allowed tokens, renormalized after temperature, ``top_k`` and ``top_p``.
+
+    ``top_k=0`` and ``top_p=1.0`` disable those filters; ``temperature=0`` is argmax.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise DecodeError(f"sample temperature must be a finite number >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise DecodeError(f"sample top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise DecodeError(f"sample top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True, slots=True)
+class Beam:
+    """Beam search keeping the ``n`` best sequences by total log-probability; finished ones compete too."""
+
+    n: int = 2
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise DecodeError(f"beam width must be >= 1, got {self.n}")
+
+
+Strategy = Argmax | Sample | Beam
+
+
+def parse_strategy(name: str, **params: Any) -> Strategy:
+    """Build a strategy from a decoder name and its keyword arguments (``n``, ``temperature``, ...).
+
+    Parameters not about token choice (``n`` for sample, ``seed``, ``max_len``) are ignored here; the caller
+    replicates contexts for ``sample(n=...)`` and creates the generator from ``seed``.
+    """
+    if name == "argmax":
+        return Argmax()
+    if name == "sample":
+        return Sample(
+            temperature=float(params.get("temperature", 1.0)),
+            top_k=int(params.get("top_k", 0) or 0),
+            top_p=float(params.get("top_p", 1.0)),
+        )
+    if name in ("beam", "beam_search"):
+        return Beam(n=int(params.get("n", 2)))
+    raise DecodeError(f"unknown decoder {name!r}: use argmax, sample or beam")
+
+
+# -- results -------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Completion:
+    """One filled hole.
+
+    Attributes
+    ----------
+    parent : int
+        Index of the branch (input context) this completion extends.
+    tokens : list[int]
+        Generated token ids, as generated (forced ones included, EOS excluded; a token crossing a stop phrase
+        is kept here even though ``value`` is cut inside it).
+    value : bytes
+        The value: generated bytes, cut at the first stop phrase (``STOPS_AT`` keeps the phrase,
+        ``STOPS_BEFORE`` drops it).
+    context : list[int]
+        The context to continue from: the input context plus the value's tokens. When the cut falls inside a
+        token (or before it), the tokens past the cut are dropped and the kept bytes of a partly kept token are
+        re-tokenized, so the context always detokenizes to prompt + value.
+    logprob : float
+        Sum of the model's log-probabilities (full log-softmax) of the generated tokens (and of EOS if the
+        hole ended with it); NaN when the decode ran without scoring.
+    score : float
+        ``logprob`` plus the branch's incoming score (beam ranking key).
+    ending : str
+        ``"eos"`` (end of sequence, or the automaton allowed nothing but ending), ``"stop"`` (a stop phrase),
+        ``"max_tokens"`` (the hole's token budget is used up), ``"max_len"`` (the context reached ``max_len``
+        or the model's context size; the value may be incomplete).
+    state : int
+        Final automaton state (-1 for unconstrained holes).
+    """
+
+    parent: int
+    tokens: list[int]
+    value: bytes
+    context: list[int]
+    logprob: float
+    score: float
+    ending: str
+    state: int = -1
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def text(self) -> str:
+        """``value`` decoded as UTF-8 (invalid bytes, e.g. a cut multi-byte character, become U+FFFD)."""
+        return self.value.decode("utf-8", errors="replace")
+
+
+# -- per-hole tables -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Mask:
+    ids: np.ndarray | None  # sorted allowed ids (sparse form)
+    comp: np.ndarray | None  # sorted disallowed ids (dense form)
+    has_eos: bool
+    only_eos: bool
+    empty: bool
+
+
+# Masks depend only on the automaton (and vocabulary size), so they are cached across decode calls.
+_MASK_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[int, bool], _Mask]] = weakref.WeakKeyDictionary()
+
+
+def _mask_table(automaton: Any) -> dict[tuple[int, bool], _Mask]:
+    try:
+        table = _MASK_CACHE.get(automaton)
+        if table is None:
+            table = {}
+            _MASK_CACHE[automaton] = table
+        return table
+    except TypeError:  # not weak-referenceable: cache on the object, else per call
+        table = getattr(automaton, "_lmqc_mask_cache", None)
+        if table is None:
+            table = {}
+            try:
+                automaton._lmqc_mask_cache = table
+            except AttributeError:
+                pass
+        return table
+
+
+class _Hole:
+    """What one branch's hole needs at every step: automaton, cached masks, stops, token window."""
+
+    def __init__(
+        self,
+        automaton: Any,
+        stops: Sequence[Any],
+        min_tokens: int,
+        max_tokens: int | None,
+        n_vocab: int,
+        eos: int,
+        special: np.ndarray,
+    ) -> None:
+        self.a = automaton
+        self.unconstrained = automaton is None or bool(getattr(automaton, "unconstrained", False))
+        self.eos = eos
+        self.V = n_vocab
+        self.min_tokens = int(min_tokens or 0)
+        self.max_tokens = None if max_tokens is None else int(max_tokens)
+        self.stops = [_stop_pair(s) for s in stops]
+        self.maxphr = max((len(p) for p, _ in self.stops), default=0)
+        # Unconstrained: everything but control tokens (and EOS before min_tokens).
+        self.uncon = special[special != eos].astype(np.int32)
+        self.uncon_noeos = np.union1d(self.uncon, [eos]).astype(np.int32)
+        if self.unconstrained:
+            self.masks: dict[tuple[int, bool], _Mask] = {}
+            self.mte = None
+            self.mte_max = 0
+        else:
+            if automaton.eos_id != eos:
+                raise DecodeError(f"automaton built for EOS id {automaton.eos_id}, but the model's EOS is {eos}")
+            self.masks = _mask_table(automaton)
+            mte = np.asarray(automaton.min_tokens_to_end)
+            self.mte = np.where((mte < 0) | (mte >= _INF_TOKENS), _INF_TOKENS, mte).astype(np.int64)
+            finite = self.mte[self.mte < _INF_TOKENS]
+            self.mte_max = int(finite.max()) if len(finite) else 0
+
+    def mask(self, state: int) -> _Mask:
+        key = (self.a.mask_id(state), bool(self.a.is_final(state)))
+        m = self.masks.get(key)
+        if m is None:
+            ids = np.asarray(self.a.allowed(state), dtype=np.int32)
+            has_eos = bool(np.any(ids == self.eos))
+            if len(ids) > self.V // 2:
+                keep = np.zeros(self.V, bool)
+                keep[ids] = True
+                m = _Mask(None, np.flatnonzero(~keep).astype(np.int32), has_eos, False, False)
+            else:
+                m = _Mask(ids, None, has_eos, has_eos and len(ids) == 1, len(ids) == 0)
+            self.masks[key] = m
+        return m
+
+    def allowed(self, state: int, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Allowed set after ``n`` generated tokens, as ``(ids, None)`` (sparse) or ``(None, complement)``."""
+        no_eos = n < self.min_tokens
+        if self.unconstrained:
+            return None, (self.uncon_noeos if no_eos else self.uncon)
+        m = self.mask(state)
+        ids, comp = m.ids, m.comp
+        if no_eos and m.has_eos:
+            if ids is not None:
+                ids = ids[ids != self.eos]
+            else:
+                comp = np.union1d(comp, [self.eos]).astype(np.int32)
+        if self.max_tokens is not None:
+            r = self.max_tokens - n
+            if r - 1 < self.mte_max:
+                # Near the end of the budget: keep only tokens after which the value can still end in time.
+                if ids is None:
+                    keep = np.ones(self.V, bool)
+                    keep[comp] = False
+                    ids = np.flatnonzero(keep).astype(np.int32)
+                    comp = None
+                eos_in = bool(np.any(ids == self.eos))
+                body = ids[ids != self.eos]
+                if len(body):
+                    nxt = np.asarray(self.a.step_many(np.full(len(body), state, np.int64), body))
+                    ok = nxt >= 0
+                    ok[ok] = self.mte[nxt[ok]] <= r - 1
+                    body = body[ok]
+                ids = np.concatenate([body, [self.eos]]).astype(np.int32) if eos_in else body
+                ids.sort()
+        return ids, comp
+
+
+def _is_stop_rule(x: Any) -> bool:
+    if hasattr(x, "phrase") and hasattr(x, "keep"):
+        return True
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], (str, bytes)) and isinstance(x[1], bool)
+
+
+def _stop_pair(stop: Any) -> tuple[bytes, bool]:
+    if hasattr(stop, "phrase") and hasattr(stop, "keep"):
+        phrase, keep = stop.phrase, stop.keep
+    else:
+        phrase, keep = stop
+    data = phrase.encode("utf-8") if isinstance(phrase, str) else bytes(phrase)
+    if not data:
+        raise DecodeError("a stop phrase cannot be empty")
+    return data, bool(keep)
+
+
+# -- sequences -----------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Seq:
+    parent: int
+    hole: _Hole
+    context: list[int]
+    start: int
+    state: int
+    score0: float
+    tokens: list[int] = field(default_factory=list)
+    value: bytearray = field(default_factory=bytearray)
+    ends: list[int] = field(default_factory=list)  # byte offset in value after each token
+    logprob: float = 0.0
+    pending: int = 0  # trailing forced tokens whose log-probability is not yet known
+    ending: str | None = None
+    cut: int | None = None
+
+    def fork(self) -> _Seq:
+        return _Seq(
+            self.parent, self.hole, list(self.context), self.start, self.state, self.score0, list(self.tokens),
+            bytearray(self.value), list(self.ends), self.logprob, self.pending, self.ending, self.cut,
+        )
+
+    @property
+    def score(self) -> float:
+        return self.score0 + self.logprob
+
+
+class _Decoder:
+    def __init__(self, backend: Backend, max_len: int | None, score: bool) -> None:
+        self.b = backend
+        self.eos = backend.eos_id
+        self.max_len = backend.n_ctx if max_len is None else min(int(max_len), backend.n_ctx)
+        self.scoring = score
+
+    # Appending a token and detecting how the hole ends ----------------------------------------------------
+
+    def push(self, s: _Seq, tok: int) -> None:
+        h = s.hole
+        s.context.append(tok)
+        s.tokens.append(tok)
+        old = len(s.value)
+        s.value += self.b.piece(tok)
+        s.ends.append(len(s.value))
+        if not h.unconstrained:
+            nxt = h.a.step(s.state, tok)
+            if nxt < 0:
+                raise DecodeError(f"internal error: automaton rejected token {tok} it allowed in state {s.state}")
+            s.state = nxt
+        if h.stops and len(s.value) > old:
+            cut = self._find_stop(s.value, old, h)
+            if cut is not None:
+                s.cut, s.ending = cut, "stop"
+                return
+        if not h.unconstrained and h.a.is_stopped(s.state):
+            s.ending = "stop"
+        elif h.max_tokens is not None and len(s.tokens) >= h.max_tokens:
+            s.ending = "max_tokens"
+        elif len(s.context) >= self.max_len:
+            s.ending = "max_len"
+
+    @staticmethod
+    def _find_stop(value: bytearray, old: int, h: _Hole) -> int | None:
+        best: tuple[int, int] | None = None
+        for phrase, keep in h.stops:
+            # No occurrence ended before this token, so one can only start in the last len(phrase)-1 old bytes.
+            i = value.find(phrase, max(0, old - len(phrase) + 1))
+            if i >= 0 and (best is None or i < best[0]):
+                best = (i, i + len(phrase) if keep else i)
+        return None if best is None else best[1]
+
+    def advance_forced(self, s: _Seq) -> None:
+        """Append forced tokens (and end on an EOS-only state when not scoring) without a model call."""
+        h = s.hole
+        if h.unconstrained:
+            return
+        a = h.a
+        while s.ending is None:
+            tok = a.forced(s.state)
+            if tok < 0:
+                if not self.scoring and len(s.tokens) >= h.min_tokens and h.mask(s.state).only_eos:
+                    s.ending = "eos"
+                return
+            if h.max_tokens is not None:
+                r = h.max_tokens - len(s.tokens)
+                nxt = a.step(s.state, tok)
+                if nxt < 0 or h.mte[nxt] > r - 1:
+                    s.ending = "dead"
+                    return
+            self.push(s, tok)
+            if self.scoring:
+                s.pending += 1
+
+    def complete(self, s: _Seq) -> Completion:
+        if s.cut is None:
+            value = bytes(s.value)
+            context = s.context
+        else:
+            value = bytes(s.value[: s.cut])
+            j = bisect.bisect_right(s.ends, s.cut)  # tokens entirely inside the kept value
+            context = s.context[: s.start + j]
+            tail = value[(s.ends[j - 1] if j else 0) :]
+            if tail:
+                context = context + self.b.tokenize(tail, bos=False)
+        lp = s.logprob if self.scoring else math.nan
+        return Completion(
+            parent=s.parent, tokens=list(s.tokens), value=value, context=list(context), logprob=lp,
+            score=s.score0 + lp, ending=s.ending or "max_len", state=-1 if s.hole.unconstrained else s.state,
+        )
+
+    # Model calls ------------------------------------------------------------------------------------------
+
+    def evaluate(self, seqs: list[_Seq]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Next-token logits float32[B, V] of ``seqs`` (one backend call); scores pending forced tokens.
+
+        Returns the logits and, when scoring, the per-row log-sum-exp float64[B].
+        """
+        ctxs = [s.context for s in seqs]
+        if self.scoring and any(s.pending for s in seqs):
+            parts = self.b.eval_rows(ctxs, [s.pending + 1 for s in seqs])
+            for s, rows in zip(seqs, parts, strict=True):
+                if s.pending:
+                    toks = np.asarray(s.context[len(s.context) - s.pending :])
+                    lse = _lse(rows[:-1])
+                    s.logprob += float((rows[np.arange(s.pending), toks] - lse).sum())
+                    s.pending = 0
+            logits = np.stack([p[-1] for p in parts])
+        else:
+            logits = self.b.eval(ctxs)
+        return logits, (_lse(logits) if self.scoring else None)
+
+
+def _lse(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-sum-exp of float32[B, V] -> float64[B]."""
+    m = x.max(axis=1, keepdims=True)
+    return (np.log(np.exp(x - m).sum(axis=1, dtype=np.float64)) + m[:, 0]).astype(np.float64)
+
+
+# -- token choice --------------------------------------------------------------------------------------------
+
+
+def _argmax(row: np.ndarray, ids: np.ndarray | None, comp: np.ndarray | None) -> int:
+    if ids is not None:
+        if len(ids) == 0:
+            return -1
+        return int(ids[int(np.argmax(row[ids]))])
+    t = int(np.argmax(row))
+    i = int(np.searchsorted(comp, t))
+    if i < len(comp) and comp[i] == t:  # the model's favourite is disallowed: mask through the complement
+        tmp = row.copy()
+        tmp[comp] = -np.inf
+        t = int(np.argmax(tmp))
+        if not np.isfinite(tmp[t]):
+            return -1
+    return t
+
+
+def _topn(row: np.ndarray, ids: np.ndarray | None, comp: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n best allowed tokens of a row and their logits (unordered)."""
+    if ids is not None:
+        vals = row[ids]
+        if len(ids) > n:
+            part = np.argpartition(vals, -n)[-n:]
+            return ids[part], vals[part]
+        return ids, vals
+    tmp = row.copy()
+    tmp[comp] = -np.inf
+    if n <= 8:  # a few argmax passes beat a partition of the whole vocabulary
+        out = []
+        for _ in range(n):
+            t = int(np.argmax(tmp))
+            if not np.isfinite(tmp[t]):
+                break
+            out.append(t)
+            tmp[t] = -np.inf
+        top = np.asarray(out, dtype=np.int64)
+    else:
+        top = np.argpartition(tmp, -n)[-n:]
+        top = top[np.isfinite(tmp[top])]
+    return top.astype(np.int32), row[top]
+
+
+def _sample(
+    row: np.ndarray, ids: np.ndarray | None, comp: np.ndarray | None, cfg: Sample, rng: np.random.Generator
+) -> int:
+    if cfg.temperature == 0:
+        return _argmax(row, ids, comp)
+    if ids is not None:
+        if len(ids) == 0:
+            return -1
+        cand: np.ndarray | None = ids
+        vals = row[ids].astype(np.float64) / cfg.temperature
+    else:
+        cand = None
+        vals = row / np.float32(cfg.temperature)
+        vals[comp] = -np.inf
+    if 0 < cfg.top_k < len(vals):
+        part = np.argpartition(vals, -cfg.top_k)[-cfg.top_k :]
+        vals = vals[part]
+        cand = part if cand is None else cand[part]
+    m = vals.max()
+    if not np.isfinite(m):
+        return -1
+    probs = np.exp(vals - m, dtype=np.float64)
+    probs /= probs.sum()
+    if cfg.top_p < 1.0:
+        # Nucleus: grow a candidate set of the most likely tokens until it holds top_p of the mass.
+        k = min(len(probs), 64)
+        while True:
+            top = np.argpartition(-probs, k - 1)[:k] if k < len(probs) else np.arange(len(probs))
+            top = top[np.argsort(-probs[top], kind="stable")]
+            cum = np.cumsum(probs[top])
+            if cum[-1] >= cfg.top_p or k == len(probs):
+                break
+            k = min(len(probs), k * 8)
+        keep = top[: int(np.searchsorted(cum, cfg.top_p)) + 1]
+        probs = probs[keep]
+        probs /= probs.sum()
+        cand = keep if cand is None else cand[keep]
+    cum = np.cumsum(probs)
+    j = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(cum) - 1)
+    return int(j if cand is None else cand[j])
+
+
+# -- the entry points ----------------------------------------------------------------------------------------
+
+
+def _per_branch(value: Any, B: int, name: str, *, is_scalar: Any) -> list[Any]:
+    if is_scalar(value):
+        return [value] * B
+    out = list(value)
+    if len(out) != B:
+        raise DecodeError(f"{name}: got {len(out)} entries for {B} branches")
+    return out
+
+
+def decode_hole(
+    backend: Backend,
+    contexts: Sequence[Sequence[int]],
+    automata: Any = None,
+    *,
+    strategy: Strategy = Argmax(),  # noqa: B008 - frozen dataclass, safe as a default
+    stops: Any = (),
+    min_tokens: int | Sequence[int] = 0,
+    max_tokens: int | None | Sequence[int | None] = None,
+    max_len: int | None = None,
+    rng: np.random.Generator | int | None = None,
+    scores: Sequence[float] | None = None,
+    score: bool | None = None,
+) -> list[Completion]:
+    """Fill one hole for a batch of branches.
+
+    Parameters
+    ----------
+    backend : Backend
+    contexts : sequence of B token-id lists
+        Each branch's context (prompt so far, ending where the hole starts). For ``sample(n=k)`` pass the same
+        context k times: each copy is sampled independently (the shared prefix is evaluated once).
+    automata : TokenAutomaton, None, or a sequence of B of them
+        The hole's automaton per branch (one value applies to every branch). ``None`` or
+        ``automaton.unconstrained`` means any text up to EOS (control tokens other than EOS are never chosen).
+    strategy : Argmax | Sample | Beam
+    stops : per-branch or shared sequence of stop rules
+        Each rule a ``compiler.ir.Stop`` (``phrase``, ``keep``) or a ``(phrase: str | bytes, keep: bool)`` pair.
+        Generation ends at the first occurrence; the value is cut there (``keep`` keeps the phrase). A
+        ``HoleIR`` (or a sequence of them) may be passed as ``automata`` companion via :func:`hole_limits`.
+    min_tokens, max_tokens : int or per-branch sequence
+        Token window of the value (EOS excluded): EOS is not allowed before ``min_tokens``; with ``r`` tokens
+        left only tokens after which the automaton can still end within ``r - 1`` more are allowed, and the
+        hole ends (``"max_tokens"``) when the budget is used.
+    max_len : int, optional
+        Limit on the total context length in tokens (prompt plus everything generated), as LMQL's ``max_len``;
+        always capped by the model's ``n_ctx``. Reaching it ends the hole with ``"max_len"``.
+    rng : numpy.random.Generator or int seed, optional
+        Randomness for ``Sample`` (draws happen in branch order, so a seed reproduces the samples).
+    scores : sequence of B floats, optional
+        Incoming score of each branch (beam search over several holes ranks by the running total).
+    score : bool, optional
+        Compute log-probabilities (default: only for beam search, which needs them).
+
+    Returns
+    -------
+    list[Completion]
+        Argmax/sample: one per branch, in branch order. Beam: the ``n`` best (fewer if fewer sequences exist),
+        best first, each naming its ``parent`` branch.
+
+    Raises
+    ------
+    DecodeError
+        No allowed continuation exists for a branch (e.g. the constraint cannot end within ``max_tokens``).
+    """
+    B = len(contexts)
+    if B == 0:
+        return []
+    if isinstance(strategy, str):
+        strategy = parse_strategy(strategy)
+    scoring = isinstance(strategy, Beam) if score is None else bool(score)
+    if isinstance(strategy, Beam) and not scoring:
+        raise DecodeError("beam search needs scores (score=False given)")
+    autos = _per_branch(automata, B, "automata", is_scalar=lambda v: v is None or hasattr(v, "initial"))
+    shared_stops = isinstance(stops, (str, bytes)) or _is_stop_rule(stops) or len(stops) == 0 or _is_stop_rule(stops[0])
+    if isinstance(stops, (str, bytes)) or _is_stop_rule(stops):
+        raise DecodeError("stops must be a sequence of stop rules, e.g. [Stop('\\n', keep=False)]")
+    stop_lists = [stops] * B if shared_stops else _per_branch(stops, B, "stops", is_scalar=lambda v: False)
+    mins = _per_branch(min_tokens, B, "min_tokens", is_scalar=lambda v: isinstance(v, int))
+    maxs = _per_branch(max_tokens, B, "max_tokens", is_scalar=lambda v: v is None or isinstance(v, int))
+    init = [0.0] * B if scores is None else [float(x) for x in scores]
+    if isinstance(rng, np.random.Generator):
+        gen = rng
+    else:
+        gen = np.random.default_rng(rng)
+
+    special = np.asarray(backend.special_ids, dtype=np.int32)
+    dec = _Decoder(backend, max_len, scoring)
+    holes: dict[tuple[int, int, int, int | None], _Hole] = {}
+    seqs: list[_Seq] = []
+    for i in range(B):
+        key = (id(autos[i]), id(stop_lists[i]), mins[i], maxs[i])
+        h = holes.get(key)
+        if h is None:
+            h = _Hole(autos[i], stop_lists[i], mins[i], maxs[i], backend.n_vocab, backend.eos_id, special)
+            holes[key] = h
+        state = -1 if h.unconstrained else int(h.a.initial)
+        ctx = list(contexts[i])
+        if not ctx:
+            raise DecodeError("a hole needs a non-empty context (start the prompt with BOS)")
+        s = _Seq(i, h, ctx, len(ctx), state, init[i])
+        if h.max_tokens is not None and not h.unconstrained and h.mte[state] > h.max_tokens:
+            raise DecodeError(
+                f"the constraint needs at least {int(h.mte[state])} tokens but the hole allows {h.max_tokens}"
+            )
+        if h.max_tokens is not None and h.max_tokens <= 0:
+            s.ending = "max_tokens"
+        elif len(ctx) >= dec.max_len:
+            s.ending = "max_len"
+        seqs.append(s)
+
+    if isinstance(strategy, Beam):
+        return _beam(dec, seqs, strategy.n)
+    return _greedy_or_sample(dec, seqs, strategy, gen)
+
+
+def _greedy_or_sample(dec: _Decoder, seqs: list[_Seq], strategy: Argmax | Sample, rng: np.random.Generator) -> list[Completion]:
+    eos = dec.eos
+    while True:
+        for s in seqs:
+            if s.ending is None:
+                dec.advance_forced(s)
+        _raise_dead(seqs)
+        todo = [s for s in seqs if s.ending is None or (s.pending and dec.scoring)]
+        if not todo:
+            break
+        logits, lse = dec.evaluate(todo)
+        for k, s in enumerate(todo):
+            if s.ending is not None:
+                continue  # was only evaluated to score its forced tail
+            row = logits[k]
+            ids, comp = s.hole.allowed(s.state, len(s.tokens))
+            if isinstance(strategy, Sample):
+                tok = _sample(row, ids, comp, strategy, rng)
+            else:
+                tok = _argmax(row, ids, comp)
+            if tok < 0:
+                s.ending = "dead"
+                continue
+            if lse is not None:
+                s.logprob += float(row[tok]) - float(lse[k])
+            if tok == eos:
+                s.ending = "eos"
+            else:
+                dec.push(s, tok)
+        _raise_dead(seqs)
+    return [dec.complete(s) for s in seqs]
+
+
+def _raise_dead(seqs: list[_Seq]) -> None:
+    for s in seqs:
+        if s.ending == "dead":
+            raise DecodeError(
+                f"no allowed continuation for branch {s.parent} after {len(s.tokens)} tokens "
+                f"(value so far {bytes(s.value)!r}): the constraint cannot be completed within the token budget"
+            )
+
+
+def _beam(dec: _Decoder, seqs: list[_Seq], n: int) -> list[Completion]:
+    eos = dec.eos
+    live = [s for s in seqs if s.ending is None]
+    finished: list[_Seq] = [s for s in seqs if s.ending is not None]
+    while True:
+        for s in live:
+            dec.advance_forced(s)
+        # Sequences that ended on a forced token still need their forced tail scored by this step's batch.
+        todo = [s for s in live if s.ending != "dead"]
+        if not todo:
+            break
+        logits, lse = dec.evaluate(todo)
+        if lse is None:  # scoring is forced on for beam search
+            raise DecodeError("internal error: beam search ran without scores")
+        cand_score: list[np.ndarray] = []
+        cand_tok: list[np.ndarray] = []
+        cand_seq: list[np.ndarray] = []
+        for k, s in enumerate(todo):
+            if s.ending is not None:
+                finished.append(s)
+                continue
+            ids, comp = s.hole.allowed(s.state, len(s.tokens))
+            toks, vals = _topn(logits[k], ids, comp, n)
+            if len(toks) == 0:
+                continue  # a dead beam simply drops out
+            cand_score.append(s.score + (vals.astype(np.float64) - lse[k]))
+            cand_tok.append(toks)
+            cand_seq.append(np.full(len(toks), k))
+        finished.sort(key=lambda f: -f.score)
+        del finished[n:]
+        if not cand_score:
+            break
+        sc = np.concatenate(cand_score)
+        tk = np.concatenate(cand_tok)
+        sq = np.concatenate(cand_seq)
+        order = np.argsort(-sc, kind="stable")[:n]
+        # The n best of (finished sequences, candidate extensions): the candidates among them go on.
+        entries: list[tuple[float, int, int]] = [(f.score, 0, k) for k, f in enumerate(finished)]
+        entries += [(float(sc[j]), 1, int(j)) for j in order]
+        entries.sort(key=lambda e: (-e[0], e[1]))
+        live = []
+        for _, kind, j in entries[:n]:
+            if kind == 0:
+                continue
+            parent = todo[int(sq[j])]
+            child = parent.fork()
+            tok = int(tk[j])
+            child.logprob = float(sc[j]) - child.score0
+            if tok == eos:
+                child.ending = "eos"
+            else:
+                dec.push(child, tok)
+            (live if child.ending is None else finished).append(child)
+        finished.sort(key=lambda f: -f.score)
+        del finished[n:]
+        if not live:
+            break
+    if not finished:
+        raise DecodeError("beam search found no sequence that satisfies the constraint")
+    return [dec.complete(s) for s in finished[:n]]
+
+
+def hole_limits(hole: Any) -> dict[str, Any]:
+    """``stops``, ``min_tokens`` and ``max_tokens`` keyword arguments from a ``compiler.ir.HoleIR``."""
+    return {"stops": tuple(hole.stops), "min_tokens": int(hole.min_tokens), "max_tokens": hole.max_tokens}
+
+
+def score_options(backend: Backend, context: Sequence[int], options: Sequence[Sequence[int]]) -> np.ndarray:
+    """Total log-probability of each option's tokens as a continuation of ``context`` (one batched call).
+
+    Parameters
+    ----------
+    backend : Backend
+    context : token ids (non-empty)
+    options : K token-id sequences
+
+    Returns
+    -------
+    np.ndarray
+        float64[K]: sum over the option's tokens of the model's log-softmax; 0.0 for an empty option.
+    """
+    ctx = list(context)
+    if not ctx:
+        raise DecodeError("cannot score options after an empty context")
+    out = np.zeros(len(options), np.float64)
+    idx = [k for k, o in enumerate(options) if len(o)]
+    if not idx:
+        return out
+    # Row j of (context + option[:-1]) predicts option[j].
+    ctxs = [ctx + list(options[k][:-1]) for k in idx]
+    parts = backend.eval_rows(ctxs, [len(options[k]) for k in idx])
+    for k, rows in zip(idx, parts, strict=True):
+        toks = np.asarray(options[k])
+        out[k] = float((rows[np.arange(len(toks)), toks] - _lse(rows)).sum())
+    return out
