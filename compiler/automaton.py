@@ -1,0 +1,552 @@
+"""Token automaton: a hole's byte DFA lifted to a model's vocabulary.
+
+Build, with no Python loop over tokens or states:
+
+1. map every candidate token's bytes to the DFA's byte classes, level by level (byte ``d`` of all tokens longer
+   than ``d`` at once), growing a trie of class prefixes: the children of the nodes at one level are found with
+   a dense key ``parent * C + class`` (no sorting);
+2. walk *all* DFA states over each new trie level at once (``trans[R[:, parent], class]``), dropping trie nodes
+   that every state rejects, so the tokens under them are never looked at again;
+3. the distinct class sequences that complete a token ("sequences") become the columns of the transition table
+   ``next[state, sequence]``; each token maps to its sequence;
+4. keep the states reachable by tokens from the initial state, dedupe the per-state allowed rows into masks
+   (many states share one mask), and compute the fewest tokens from each state to an end.
+
+A token is allowed in state ``s`` iff it is not ``never`` and walking its bytes from ``s`` never rejects
+(reaching the stopped state mid-token is fine: the rest of the token is cut off by the runtime).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lmqc.errors import ArtifactError, ConstraintError
+
+from .bytedfa import ByteDFA
+from .charlang import unique_rows
+from .vocabulary import Vocabulary
+
+UNREACHABLE = np.int32(2**30)  # min_tokens_to_end of a state from which no end is reachable
+
+
+class TokenAutomaton:
+    """Deterministic automaton over token ids.
+
+    Attributes
+    ----------
+    initial : int
+    n_states : int
+    eos_id : int
+    unconstrained : bool
+        Every non-``never`` token allowed and EOS allowed in the single state.
+    next_table : int32[S + 1, U + 1]
+        ``next_table[s, u]`` is the state after a token of sequence ``u`` (-1 rejects); the last row and the
+        last column are all -1 so that ``next_table[-1, ...]`` and ``tok_seq == -1`` reject without branches.
+    tok_seq : int32[V]
+        Token -> sequence (column), -1 for tokens never allowed anywhere.
+    final, stopped : bool[S]
+    mask_of_state : int32[S]
+        State -> mask id.
+    mask_seqs : bool[M, U]
+        Sequences allowed by each mask.
+    mask_final : bool[M]
+        Whether the mask includes EOS.
+    min_tokens_to_end : int32[S]
+        Fewest tokens from each state to a final or stopped state (``UNREACHABLE`` = 2**30 if none).
+    forced_token : int32[S]
+        The single allowed token of a non-final state with exactly one, else -1.
+    """
+
+    __slots__ = (
+        "vocab",
+        "initial",
+        "eos_id",
+        "unconstrained",
+        "next_table",
+        "tok_seq",
+        "final",
+        "stopped",
+        "mask_of_state",
+        "mask_seqs",
+        "mask_final",
+        "min_tokens_to_end",
+        "forced_token",
+        "_mask_cache",
+        "_seq_groups",
+    )
+
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        *,
+        initial: int,
+        unconstrained: bool,
+        next_table: np.ndarray,
+        tok_seq: np.ndarray,
+        final: np.ndarray,
+        stopped: np.ndarray,
+        mask_of_state: np.ndarray,
+        mask_seqs: np.ndarray,
+        mask_final: np.ndarray,
+        min_tokens_to_end: np.ndarray,
+        forced_token: np.ndarray,
+    ) -> None:
+        self.vocab = vocab
+        self.initial = int(initial)
+        self.eos_id = int(vocab.eos_id)
+        self.unconstrained = bool(unconstrained)
+        self.next_table = next_table
+        self.tok_seq = tok_seq
+        self.final = final
+        self.stopped = stopped
+        self.mask_of_state = mask_of_state
+        self.mask_seqs = mask_seqs
+        self.mask_final = mask_final
+        self.min_tokens_to_end = min_tokens_to_end
+        self.forced_token = forced_token
+        self._mask_cache: list[np.ndarray | None] = [None] * len(mask_seqs)
+        self._seq_groups: tuple[np.ndarray, np.ndarray] | None = None
+
+    # -- the runtime interface -----------------------------------------------------------------------------
+
+    @property
+    def n_states(self) -> int:
+        return len(self.final)
+
+    def allowed(self, state: int) -> np.ndarray:
+        """int32 sorted token ids allowed in ``state``; EOS included iff ``is_final(state)``."""
+        return self.mask(int(self.mask_of_state[state]))
+
+    def step(self, state: int, token_id: int) -> int:
+        """Next state, or -1 if ``token_id`` is rejected (EOS is never stepped: the runtime ends the hole)."""
+        if state < 0 or not 0 <= token_id < len(self.tok_seq):
+            return -1
+        return int(self.next_table[state, self.tok_seq[token_id]])
+
+    def step_many(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Vectorized ``step``: int32[B] states and int32[B] tokens -> int32[B] next states."""
+        states = np.asarray(states, dtype=np.int64)
+        tokens = np.asarray(tokens, dtype=np.int64)
+        ok = (tokens >= 0) & (tokens < len(self.tok_seq))
+        seq = np.where(ok, self.tok_seq[np.where(ok, tokens, 0)], -1)
+        return self.next_table[states, seq]
+
+    def is_final(self, state: int) -> bool:
+        return bool(self.final[state])
+
+    def is_stopped(self, state: int) -> bool:
+        return bool(self.stopped[state])
+
+    def mask_id(self, state: int) -> int:
+        return int(self.mask_of_state[state])
+
+    def forced(self, state: int) -> int:
+        return int(self.forced_token[state])
+
+    @property
+    def masks(self) -> list[np.ndarray]:
+        """Every distinct allowed set (materialized on first access, then cached)."""
+        return [self.mask(m) for m in range(len(self.mask_seqs))]
+
+    @property
+    def n_masks(self) -> int:
+        return len(self.mask_seqs)
+
+    def mask(self, m: int) -> np.ndarray:
+        """Sorted int32 token ids of mask ``m`` (EOS included iff the mask is final)."""
+        got = self._mask_cache[m]
+        if got is None:
+            got = self._mask_cache[m] = self._materialize(m)
+        return got
+
+    def mask_size(self, m: int) -> int:
+        """Number of token ids in mask ``m`` without materializing it."""
+        order, ptr = self._groups()
+        counts = np.diff(ptr)
+        return int(counts[self.mask_seqs[m]].sum()) + int(self.mask_final[m])
+
+    def _groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens grouped by sequence: ``order`` (token ids, by sequence then id) and CSR ``ptr[U + 1]``."""
+        if self._seq_groups is None:
+            seq = self.tok_seq
+            valid = np.flatnonzero(seq >= 0)
+            order = valid[np.argsort(seq[valid], kind="stable")].astype(np.int32)
+            ptr = np.searchsorted(seq[order], np.arange(self.mask_seqs.shape[1] + 1)).astype(np.int64)
+            self._seq_groups = (order, ptr)
+        return self._seq_groups
+
+    def _materialize(self, m: int) -> np.ndarray:
+        allowed_seq = self.mask_seqs[m]
+        order, ptr = self._groups()
+        counts = np.diff(ptr)
+        n = int(counts[allowed_seq].sum())
+        if n * 8 < len(self.tok_seq):  # sparse: concatenate the groups of the allowed sequences
+            seqs = np.flatnonzero(allowed_seq)
+            parts = [order[ptr[u] : ptr[u + 1]] for u in seqs]
+            ids = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int32)
+        else:  # dense: one pass over the vocabulary
+            seq = self.tok_seq
+            ext = np.append(allowed_seq, False)  # tok_seq == -1 -> False
+            ids = np.flatnonzero(ext[seq]).astype(np.int32)
+        if self.mask_final[m]:
+            ids = np.insert(ids, np.searchsorted(ids, self.eos_id), self.eos_id)
+        return ids.astype(np.int32, copy=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the tables (plus masks materialized so far)."""
+        arrays = (
+            self.next_table,
+            self.tok_seq,
+            self.final,
+            self.stopped,
+            self.mask_of_state,
+            self.mask_seqs,
+            self.mask_final,
+            self.min_tokens_to_end,
+            self.forced_token,
+        )
+        return sum(a.nbytes for a in arrays) + sum(m.nbytes for m in self._mask_cache if m is not None)
+
+    # -- construction --------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        dfa: ByteDFA,
+        vocab: Vocabulary,
+        *,
+        name: str = "X",
+        source: str | None = None,
+        filename: str = "<query>",
+        line: int | None = None,
+        column: int | None = None,
+    ) -> TokenAutomaton:
+        """Lift ``dfa`` to ``vocab``.
+
+        Raises
+        ------
+        ConstraintError
+            A state reachable by tokens is neither final nor stopped and no token can continue from it
+            (the message names a shortest pending text). ``name``/``source``/``line``/``column`` locate it.
+        """
+        if dfa.unconstrained:
+            return cls._unconstrained(vocab)
+        next_table, tok_seq = _walk(dfa, vocab)
+        s_all = dfa.n_states
+        next_table[dfa.stopped] = -1  # the hole has ended in a stopped state
+        reach, parent_state, parent_seq = _token_reachable(next_table, dfa.initial)
+        # renumber the reachable states (initial first, BFS order)
+        remap = np.full(s_all + 1, -1, dtype=np.int32)
+        remap[reach] = np.arange(len(reach), dtype=np.int32)
+        table = remap[next_table[reach]]
+        final = dfa.final[reach]
+        stopped = dfa.stopped[reach]
+        live = table >= 0
+        stuck = ~live.any(axis=1) & ~final & ~stopped
+        if stuck.any():
+            bad = int(reach[np.flatnonzero(stuck)[0]])
+            text = _pending_text(bad, parent_state, parent_seq, tok_seq, vocab)
+            raise ConstraintError(
+                f"the vocabulary cannot express the constraint on {name}: after {text!r} no token can continue "
+                "and the value cannot end there",
+                source=source,
+                filename=filename,
+                line=line,
+                column=column,
+            )
+        # drop sequences no reachable state allows (their tokens become 'never here')
+        used = live.any(axis=0)
+        if not used.all():
+            col_map = np.full(len(used) + 1, -1, dtype=np.int32)
+            col_map[np.flatnonzero(used)] = np.arange(int(used.sum()), dtype=np.int32)
+            table = np.ascontiguousarray(table[:, used])
+            live = live[:, used]
+            tok_seq = col_map[tok_seq]
+        key = np.packbits(live, axis=1)
+        key = np.concatenate([key, final[:, None].astype(np.uint8)], axis=1)
+        first, mask_of_state = unique_rows(key)
+        mask_seqs = live[first]
+        mask_final = final[first]
+        n = len(final)
+        ext = np.full((n + 1, table.shape[1] + 1), -1, dtype=np.int32)
+        ext[:n, : table.shape[1]] = table
+        seq_count = np.bincount(tok_seq[tok_seq >= 0], minlength=table.shape[1])
+        forced = _forced(mask_seqs, mask_final, seq_count, tok_seq)[mask_of_state]
+        return cls(
+            vocab,
+            initial=0,
+            unconstrained=False,
+            next_table=ext,
+            tok_seq=tok_seq.astype(np.int32),
+            final=final,
+            stopped=stopped,
+            mask_of_state=mask_of_state.astype(np.int32),
+            mask_seqs=mask_seqs,
+            mask_final=mask_final,
+            min_tokens_to_end=_min_tokens_to_end(table, final | stopped),
+            forced_token=forced.astype(np.int32),
+        )
+
+    @classmethod
+    def _unconstrained(cls, vocab: Vocabulary) -> TokenAutomaton:
+        tok_seq = np.where(vocab.never, -1, 0).astype(np.int32)
+        return cls(
+            vocab,
+            initial=0,
+            unconstrained=True,
+            next_table=np.asarray([[0, -1], [-1, -1]], dtype=np.int32),
+            tok_seq=tok_seq,
+            final=np.ones(1, bool),
+            stopped=np.zeros(1, bool),
+            mask_of_state=np.zeros(1, np.int32),
+            mask_seqs=np.ones((1, 1), bool),
+            mask_final=np.ones(1, bool),
+            min_tokens_to_end=np.zeros(1, np.int32),
+            forced_token=np.full(1, -1, np.int32),
+        )
+
+    # -- serialization --------------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for an npz (no pickle). The unconstrained automaton stores only its flag."""
+        meta = np.asarray(
+            [1, self.initial, self.eos_id, int(self.unconstrained), len(self.tok_seq)], dtype=np.int64
+        )
+        if self.unconstrained:
+            return {"meta": meta}
+        return {
+            "meta": meta,
+            "next_table": self.next_table,
+            "tok_seq": self.tok_seq,
+            "final": self.final,
+            "stopped": self.stopped,
+            "mask_of_state": self.mask_of_state,
+            "mask_seqs": np.packbits(self.mask_seqs, axis=1),
+            "mask_final": self.mask_final,
+            "min_tokens_to_end": self.min_tokens_to_end,
+            "forced_token": self.forced_token,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], vocab: Vocabulary) -> TokenAutomaton:
+        """Rebuild from ``to_arrays``; shapes and ranges are validated (``ArtifactError`` if inconsistent)."""
+        try:
+            meta = np.asarray(arrays["meta"], dtype=np.int64).reshape(-1)
+            version, initial, eos, unconstrained, v = (int(x) for x in meta[:5])
+        except (KeyError, ValueError, TypeError) as e:
+            raise ArtifactError(f"automaton arrays are malformed: {e}") from None
+        if version != 1:
+            raise ArtifactError(f"automaton format version {version} is not supported")
+        if v != vocab.size or eos != vocab.eos_id:
+            raise ArtifactError("automaton was built for another vocabulary")
+        if unconstrained:
+            return cls._unconstrained(vocab)
+        try:
+            table = np.ascontiguousarray(arrays["next_table"], dtype=np.int32)
+            tok_seq = np.ascontiguousarray(arrays["tok_seq"], dtype=np.int32)
+            final = np.asarray(arrays["final"], dtype=bool)
+            stopped = np.asarray(arrays["stopped"], dtype=bool)
+            mask_of_state = np.asarray(arrays["mask_of_state"], dtype=np.int32)
+            mask_final = np.asarray(arrays["mask_final"], dtype=bool)
+            n_seq = table.shape[1] - 1
+            mask_seqs = np.unpackbits(np.asarray(arrays["mask_seqs"], dtype=np.uint8), axis=1)[:, :n_seq]
+            mask_seqs = mask_seqs.astype(bool)
+            mte = np.asarray(arrays["min_tokens_to_end"], dtype=np.int32)
+            forced = np.asarray(arrays["forced_token"], dtype=np.int32)
+        except (KeyError, ValueError, TypeError) as e:
+            raise ArtifactError(f"automaton arrays are malformed: {e}") from None
+        s = len(final)
+        ok = (
+            table.ndim == 2
+            and table.shape[0] == s + 1
+            and len(tok_seq) == v
+            and len(stopped) == s
+            and len(mask_of_state) == s
+            and len(mte) == s
+            and len(forced) == s
+            and mask_seqs.shape == (len(mask_final), n_seq)
+            and 0 <= initial < s
+            and table.min(initial=0) >= -1
+            and table.max(initial=-1) < s
+            and tok_seq.min(initial=0) >= -1
+            and tok_seq.max(initial=-1) < n_seq
+            and mask_of_state.min(initial=0) >= 0
+            and mask_of_state.max(initial=-1) < len(mask_final)
+            and forced.min(initial=-1) >= -1
+            and forced.max(initial=-1) < v
+        )
+        if not ok:
+            raise ArtifactError("automaton arrays are inconsistent (corrupt artifact?)")
+        return cls(
+            vocab,
+            initial=initial,
+            unconstrained=False,
+            next_table=table,
+            tok_seq=tok_seq,
+            final=final,
+            stopped=stopped,
+            mask_of_state=mask_of_state,
+            mask_seqs=mask_seqs,
+            mask_final=mask_final,
+            min_tokens_to_end=mte,
+            forced_token=forced,
+        )
+
+    # -- display --------------------------------------------------------------------------------------------
+
+    def __str__(self) -> str:
+        head = (
+            f"TokenAutomaton: {self.n_states} states, {self.n_masks} masks, "
+            f"{self.next_table.shape[1] - 1} sequences, initial {self.initial}"
+        )
+        if self.unconstrained:
+            return "TokenAutomaton: unconstrained (every token, EOS anywhere)"
+        lines = [head]
+        for s in range(self.n_states):
+            mark = "!" if self.stopped[s] else ("*" if self.final[s] else " ")
+            toks = self.allowed(s)
+            by_target: dict[int, list[str]] = {}
+            for t in toks[:40].tolist():
+                if t == self.eos_id:
+                    continue
+                by_target.setdefault(self.step(s, t), []).append(repr(self.vocab.piece(t))[1:])
+            body = "  ".join(f"{' '.join(ps)}->{tgt}" for tgt, ps in sorted(by_target.items()))
+            more = " ..." if len(toks) > 40 else ""
+            eos = " EOS" if self.final[s] else ""
+            mte = int(self.min_tokens_to_end[s])
+            lines.append(
+                f"  {s}{mark} mask {self.mask_id(s)} end>={mte if mte < UNREACHABLE else 'inf'}:{eos} {body}{more}".rstrip()
+            )
+        lines.append("  (* final, ! stopped)")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Build steps
+
+
+def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    """All DFA states over all candidate tokens, through a trie of class prefixes.
+
+    Returns ``(next_table int32[S, U], tok_seq int32[V])``: the state after each distinct live class sequence
+    from each state, and each token's sequence (-1: never allowed, or rejected from every state).
+    """
+    lv = vocab.levels
+    s_n, c_n = dfa.n_states, dfa.n_classes
+    trans_ext = np.vstack([dfa.trans, np.full((1, c_n), -1, np.int32)])  # row -1 rejects
+    classes = dfa.classes.astype(np.int64)
+    tok_seq = np.full(vocab.size, -1, dtype=np.int32)
+    columns: list[np.ndarray] = []
+    n_seq = 0
+    pos = np.arange(int(lv.count[0]) if len(lv.count) else 0)  # positions in the length-sorted order
+    node = np.ones(len(pos), dtype=np.int64)  # local trie node per token; 0 = dead, 1 = root
+    states_col = np.full((s_n, 2), -1, dtype=np.int32)  # column per local node: state after its prefix
+    states_col[:, 1] = np.arange(s_n)
+    max_len = len(lv.level_bytes)
+    for d in range(max_len + 1):
+        k = int(np.searchsorted(pos, lv.count[d])) if d < max_len else 0
+        if k < len(pos):  # tokens with exactly d bytes end at this level's node
+            ended_pos, ended_node = pos[k:], node[k:]
+            u_nodes, inv = np.unique(ended_node, return_inverse=True)
+            columns.append(states_col[:, u_nodes])
+            tok_seq[lv.tokens[ended_pos]] = n_seq + inv.reshape(-1)
+            n_seq += len(u_nodes)
+            pos, node = pos[:k], node[:k]
+        if k == 0:
+            break
+        cls = classes[lv.level_bytes[d][pos]]
+        key = node * c_n + cls
+        n_keys = states_col.shape[1] * c_n
+        present = np.zeros(n_keys, dtype=bool)
+        present[key] = True
+        uniq = np.flatnonzero(present)
+        parent, ucls = uniq // c_n, uniq % c_n
+        nxt = trans_ext[states_col[:, parent], ucls[None, :]]
+        live = np.flatnonzero((nxt >= 0).any(axis=0))
+        # Prefixes that lead every state to the same place behave the same from now on: merge them, so the
+        # trie becomes a DAG whose width is the number of distinct behaviours, not of distinct prefixes.
+        cols = nxt[:, live]
+        first, inv = unique_rows(cols.T)
+        new_local = np.zeros(n_keys, dtype=np.int64)
+        new_local[uniq[live]] = 1 + inv
+        node = new_local[key]
+        alive = node > 0
+        pos, node = pos[alive], node[alive]
+        states_col = np.concatenate([np.full((s_n, 1), -1, np.int32), cols[:, first]], axis=1)
+    if not columns:
+        return np.zeros((s_n, 0), np.int32), tok_seq
+    table = np.concatenate(columns, axis=1)
+    # the same behaviour can end tokens of different lengths: one column per distinct behaviour
+    first, inv = unique_rows(table.T)
+    col_map = np.append(inv, -1).astype(np.int32)
+    return np.ascontiguousarray(table[:, first]), col_map[tok_seq]
+
+
+def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """States reachable by tokens from ``initial`` in BFS order, plus BFS parents (state, sequence)."""
+    s_n = table.shape[0]
+    parent_state = np.full(s_n, -1, dtype=np.int64)
+    parent_seq = np.full(s_n, -1, dtype=np.int64)
+    seen = np.zeros(s_n, dtype=bool)
+    seen[initial] = True
+    order = [np.asarray([initial])]
+    frontier = order[0]
+    while len(frontier):
+        sub = table[frontier]  # [F, U]
+        flat = sub.reshape(-1)
+        ok = flat >= 0
+        idx = np.flatnonzero(ok)
+        tgt = flat[idx]
+        new_mask = ~seen[tgt]
+        idx, tgt = idx[new_mask], tgt[new_mask]
+        tgt, first = np.unique(tgt, return_index=True)
+        idx = idx[first]
+        seen[tgt] = True
+        parent_state[tgt] = frontier[idx // table.shape[1]]
+        parent_seq[tgt] = idx % table.shape[1]
+        frontier = tgt
+        if len(tgt):
+            order.append(tgt)
+    return np.concatenate(order), parent_state, parent_seq
+
+
+def _pending_text(state, parent_state, parent_seq, tok_seq, vocab: Vocabulary) -> str:
+    pieces = []
+    while parent_state[state] >= 0:
+        tok = int(np.flatnonzero(tok_seq == parent_seq[state])[0])
+        pieces.append(vocab.piece(tok))
+        state = int(parent_state[state])
+    return b"".join(reversed(pieces)).decode("utf-8", errors="replace")
+
+
+def _min_tokens_to_end(table: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """BFS layers backwards from the end states, evaluating only rows not yet settled."""
+    s_n = table.shape[0]
+    dist = np.where(end, 0, UNREACHABLE).astype(np.int32)
+    dist_ext = np.append(dist, UNREACHABLE)  # index -1 -> unreachable
+    todo = np.flatnonzero(~end)
+    level = 0
+    while len(todo):
+        level += 1
+        hit = (dist_ext[table[todo]] == level - 1).any(axis=1)
+        if not hit.any():
+            break
+        dist_ext[todo[hit]] = level
+        todo = todo[~hit]
+    return dist_ext[:s_n].copy()
+
+
+def _forced(mask_seqs, mask_final, seq_count, tok_seq) -> np.ndarray:
+    """Per mask: the single token of a non-final mask that allows exactly one token, else -1."""
+    counts = mask_seqs.astype(np.int64) @ seq_count
+    out = np.full(len(mask_seqs), -1, dtype=np.int64)
+    single = np.flatnonzero((counts == 1) & ~mask_final)
+    if len(single):
+        seq = np.argmax(mask_seqs[single] & (seq_count > 0)[None, :], axis=1)
+        # the token of each such sequence: the smallest id with that sequence
+        valid = np.flatnonzero(tok_seq >= 0)
+        order = valid[np.argsort(tok_seq[valid], kind="stable")]
+        ptr = np.searchsorted(tok_seq[order], seq)
+        out[single] = order[ptr]
+    return out

@@ -1,0 +1,606 @@
+"""Character-level languages: a constraint formula -> a deterministic automaton over Unicode code points.
+
+``CharDFA`` is a DFA whose alphabet is a partition of the code points ``[0, 0x110000)`` into intervals, each
+interval belonging to one symbol class; transitions are per class. Atoms are built directly where interegular
+would be slow or where the structure is simple (length bounds as counters, literal sets as tries, prefixes,
+substring search as a KMP automaton, ``INT``); regexes go through interegular. Boolean combinations are
+products (reachable pairs only) and complements; the result is trimmed and minimized (Hopcroft).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmqc.errors import ConstraintError
+
+from .nodes import NOWHERE, And, Constraint, Contains, IsInt, LenCmp, Not, OneOf, Or, Regex, Span, StartsWith
+
+MAX_CP = 0x110000
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CharDFA:
+    """A DFA over code points.
+
+    Attributes
+    ----------
+    starts : int64[M]
+        Sorted interval starts, ``starts[0] == 0``; interval ``i`` is ``[starts[i], starts[i+1])`` (the last one
+        ends at 0x110000).
+    iclass : int32[M]
+        Symbol class of each interval.
+    trans : int32[S, K]
+        Next state per (state, class); -1 rejects.
+    initial : int
+    final : bool[S]
+        The text read so far is a complete value.
+    stopped : bool[S]
+        A stop phrase has completed (only after stop rules are applied; absorbing).
+    """
+
+    starts: np.ndarray
+    iclass: np.ndarray
+    trans: np.ndarray
+    initial: int
+    final: np.ndarray
+    stopped: np.ndarray
+
+    @property
+    def n_states(self) -> int:
+        return self.trans.shape[0]
+
+    @property
+    def n_classes(self) -> int:
+        return self.trans.shape[1]
+
+    def class_of(self, ch: str) -> int:
+        return int(self.iclass[np.searchsorted(self.starts, ord(ch), side="right") - 1])
+
+    def run(self, text: str, state: int | None = None) -> int:
+        """State after reading ``text`` (-1 if rejected); a stopped state absorbs everything."""
+        s = self.initial if state is None else state
+        for ch in text:
+            if s < 0 or self.stopped[s]:
+                return s
+            s = int(self.trans[s, self.class_of(ch)])
+        return s
+
+    def accepts(self, text: str) -> bool:
+        s = self.run(text)
+        return s >= 0 and bool(self.final[s])
+
+    def is_empty(self) -> bool:
+        return not (self.final.any() or self.stopped.any())
+
+    def class_ranges(self, k: int) -> list[tuple[int, int]]:
+        """Inclusive code point ranges of class ``k``."""
+        ends = np.append(self.starts[1:], MAX_CP) - 1
+        sel = np.flatnonzero(self.iclass == k)
+        return [(int(self.starts[i]), int(ends[i])) for i in sel]
+
+
+def _make(starts, iclass, trans, initial, final, stopped=None) -> CharDFA:
+    trans = np.asarray(trans, dtype=np.int32).reshape(len(final), -1)
+    final = np.asarray(final, dtype=bool)
+    stopped = np.zeros(len(final), dtype=bool) if stopped is None else np.asarray(stopped, dtype=bool)
+    return CharDFA(
+        np.asarray(starts, dtype=np.int64), np.asarray(iclass, dtype=np.int32), trans, int(initial), final, stopped
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Alphabets
+
+
+def literal_alphabet(chars: set[str]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Intervals where every char of ``chars`` is its own class (1..n) and everything else is class 0."""
+    cps = sorted({ord(c) for c in chars})
+    starts: list[int] = [0]
+    iclass: list[int] = [0]
+    cls_of: dict[str, int] = {}
+    for k, cp in enumerate(cps, start=1):
+        cls_of[chr(cp)] = k
+        if starts[-1] == cp:
+            iclass[-1] = k
+        else:
+            starts.append(cp)
+            iclass.append(k)
+        if cp + 1 < MAX_CP:
+            starts.append(cp + 1)
+            iclass.append(0)
+    return np.asarray(starts, np.int64), np.asarray(iclass, np.int32), cls_of
+
+
+def refine(
+    a_starts: np.ndarray, a_iclass: np.ndarray, b_starts: np.ndarray, b_iclass: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Common refinement of two interval partitions.
+
+    Returns ``(starts, iclass, ka, kb)``: the new partition and, per new class, the class in ``a`` and ``b``.
+    """
+    starts = np.union1d(a_starts, b_starts)
+    ia = a_iclass[np.searchsorted(a_starts, starts, side="right") - 1].astype(np.int64)
+    ib = b_iclass[np.searchsorted(b_starts, starts, side="right") - 1].astype(np.int64)
+    nb = int(b_iclass.max()) + 1
+    pair, iclass = np.unique(ia * nb + ib, return_inverse=True)
+    # Merge adjacent intervals of the same class (keeps partitions short after many refinements).
+    keep = np.ones(len(starts), dtype=bool)
+    keep[1:] = iclass[1:] != iclass[:-1]
+    return starts[keep], iclass[keep].astype(np.int32), (pair // nb).astype(np.int64), (pair % nb).astype(np.int64)
+
+
+def _complete(trans: np.ndarray) -> np.ndarray:
+    """Add a sink row (index S) and send every -1 there."""
+    s = trans.shape[0]
+    out = np.empty((s + 1, trans.shape[1]), dtype=np.int32)
+    out[:s] = np.where(trans < 0, s, trans)
+    out[s] = s
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Operations
+
+
+def product(a: CharDFA, b: CharDFA, op: str) -> CharDFA:
+    """Intersection (``op == "and"``) or union (``"or"``) over the pairs reachable from the initial pair."""
+    starts, iclass, ka, kb = refine(a.starts, a.iclass, b.starts, b.iclass)
+    ta = _complete(a.trans)[:, ka]
+    tb = _complete(b.trans)[:, kb]
+    fa = np.append(a.final, False)
+    fb = np.append(b.final, False)
+    nb = tb.shape[0]
+    sink_a, sink_b = ta.shape[0] - 1, nb - 1
+    index: dict[int, int] = {}
+    keys: list[int] = []
+    rows: list[list[int]] = []
+
+    def intern(key: int) -> int:
+        i = index.get(key)
+        if i is None:
+            i = index[key] = len(keys)
+            keys.append(key)
+        return i
+
+    intern(a.initial * nb + b.initial)
+    i = 0
+    while i < len(keys):  # BFS; one numpy row per state keeps the Python work per state small
+        pa, pb = divmod(keys[i], nb)
+        nxt = (ta[pa].astype(np.int64) * nb + tb[pb]).tolist()
+        rows.append([intern(k) for k in nxt])
+        i += 1
+    karr = np.asarray(keys, dtype=np.int64)
+    pa, pb = karr // nb, karr % nb
+    final = (fa[pa] & fb[pb]) if op == "and" else (fa[pa] | fb[pb])
+    trans = np.asarray(rows, dtype=np.int32).reshape(len(keys), -1)
+    dead = (pa == sink_a) & (pb == sink_b) if op == "or" else (pa == sink_a) | (pb == sink_b)
+    if dead.any():
+        trans = np.where(dead[trans], -1, trans)
+    return trim(_make(starts, iclass, trans, 0, final))
+
+
+def complement(a: CharDFA) -> CharDFA:
+    trans = _complete(a.trans)
+    final = ~np.append(a.final, False)
+    return trim(_make(a.starts, a.iclass, trans, a.initial, final))
+
+
+def _coreachable(trans: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """bool[S]: states from which some ``target`` state is reachable."""
+    s, k = trans.shape
+    src = np.repeat(np.arange(s), k)
+    dst = trans.reshape(-1)
+    ok = dst >= 0
+    src, dst = src[ok], dst[ok]
+    order = np.argsort(dst, kind="stable")
+    src = src[order]
+    ptr = np.searchsorted(dst[order], np.arange(s + 1))
+    alive = target.copy()
+    stack = list(np.flatnonzero(target))
+    ptr_l, src_l = ptr.tolist(), src.tolist()
+    while stack:
+        t = stack.pop()
+        for u in src_l[ptr_l[t] : ptr_l[t + 1]]:
+            if not alive[u]:
+                alive[u] = True
+                stack.append(u)
+    return alive
+
+
+def _reachable(trans: np.ndarray, initial: int) -> np.ndarray:
+    """bool[S]: states reachable from ``initial`` (a Python BFS: char DFAs are small but can be long chains)."""
+    rows = trans.tolist()
+    seen = [False] * len(rows)
+    seen[initial] = True
+    stack = [initial]
+    while stack:
+        for t in rows[stack.pop()]:
+            if t >= 0 and not seen[t]:
+                seen[t] = True
+                stack.append(t)
+    return np.asarray(seen, dtype=bool)
+
+
+def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of a 2-D integer array, fast: ``(first, inverse)``.
+
+    ``first[j]`` is the index of the first row of group ``j`` (groups numbered by first appearance) and
+    ``inverse[i]`` the group of row ``i``. Rows are hashed by a random 64-bit projection, then verified; on a
+    (practically impossible) collision it falls back to ``np.unique(axis=0)``.
+    """
+    n = a.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    w = np.random.default_rng(0x1A2B).integers(1, 2**62, size=a.shape[1], dtype=np.int64) | 1
+    with np.errstate(over="ignore"):
+        h = (a.astype(np.int64) + 2) @ w
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    if not np.array_equal(a[first[inv]], a):
+        _, first, inv = np.unique(a, axis=0, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[order] = np.arange(len(first))
+    return first[order], rank[inv]
+
+
+def trim(a: CharDFA) -> CharDFA:
+    """Drop states that are unreachable or cannot reach a final/stopped state (transitions to them -> -1)."""
+    alive = _coreachable(a.trans, a.final | a.stopped)
+    if not alive[a.initial]:
+        return _make(a.starts, a.iclass, np.full((1, a.n_classes), -1), 0, [False], [False])
+    trans = np.where((a.trans >= 0) & alive[np.maximum(a.trans, 0)], a.trans, -1)
+    keep = alive & _reachable(trans, a.initial)
+    if keep.all():
+        return _make(a.starts, a.iclass, trans, a.initial, a.final, a.stopped)
+    new_id = np.full(a.n_states + 1, -1, dtype=np.int32)  # slot -1 maps -1 to -1
+    new_id[np.flatnonzero(keep)] = np.arange(int(keep.sum()), dtype=np.int32)
+    trans = new_id[trans[keep]]
+    return _make(a.starts, a.iclass, trans, new_id[a.initial], a.final[keep], a.stopped[keep])
+
+
+def compress_alphabet(a: CharDFA) -> CharDFA:
+    """Merge classes whose transition columns are identical; number classes by their lowest code point.
+
+    The canonical numbering makes printed automata independent of how the atoms numbered their symbols
+    (interegular's numbering depends on string hashing).
+    """
+    first, inv = unique_rows(a.trans.T)
+    cols = a.trans.T[first]
+    by_cp = inv[a.iclass]  # merged class of each interval, intervals in code point order
+    _, firsts = np.unique(by_cp, return_index=True)
+    order = np.argsort(firsts)  # merged classes in order of first appearance
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    cols = cols[order]
+    iclass = rank[by_cp].astype(np.int32)
+    keep = np.ones(len(a.starts), dtype=bool)
+    keep[1:] = iclass[1:] != iclass[:-1]
+    return _make(a.starts[keep], iclass[keep], cols.T, a.initial, a.final, a.stopped)
+
+
+def minimize(a: CharDFA) -> CharDFA:
+    """Hopcroft's partition refinement; states with the same future (and the same flags) merge."""
+    a = compress_alphabet(trim(a))
+    s, k = a.trans.shape
+    if s <= 1:
+        return a
+    trans = _complete(a.trans)  # sink = s
+    n = s + 1
+    labels = np.append(a.final.astype(np.int64) + 2 * a.stopped, 4)
+    # inverse transitions per class, as CSR
+    inv_ptr: list[list[int]] = []
+    inv_src: list[list[int]] = []
+    for c in range(k):
+        dst = trans[:, c]
+        order = np.argsort(dst, kind="stable")
+        inv_src.append(order.tolist())
+        inv_ptr.append(np.searchsorted(dst[order], np.arange(n + 1)).tolist())
+    block_of = np.unique(labels, return_inverse=True)[1].reshape(-1).tolist()
+    blocks: list[set[int]] = [set() for _ in range(max(block_of) + 1)]
+    for st, b in enumerate(block_of):
+        blocks[b].add(st)
+    work = {(b, c) for b in range(len(blocks)) for c in range(k)}
+    while work:
+        b, c = work.pop()
+        ptr, srcs = inv_ptr[c], inv_src[c]
+        touched: dict[int, list[int]] = {}
+        for t in blocks[b]:
+            for u in srcs[ptr[t] : ptr[t + 1]]:
+                touched.setdefault(block_of[u], []).append(u)
+        for y, inside in touched.items():
+            if len(inside) == len(blocks[y]):
+                continue
+            moved = set(inside)
+            blocks[y] -= moved
+            nid = len(blocks)
+            blocks.append(moved)
+            for u in moved:
+                block_of[u] = nid
+            for cc in range(k):
+                if (y, cc) in work:
+                    work.add((nid, cc))
+                else:
+                    work.add((nid, cc) if len(moved) <= len(blocks[y]) else (y, cc))
+    block = np.asarray(block_of, dtype=np.int64)
+    sink_block = block[s]
+    # Renumber blocks in order of first appearance from the initial state (stable, readable goldens).
+    rep = np.full(len(blocks), n, dtype=np.int64)
+    np.minimum.at(rep, block, np.arange(n))  # smallest state of each block
+    order = []
+    seen = {int(sink_block)}
+    queue = [int(block[a.initial])]
+    seen.add(queue[0])
+    while queue:
+        bb = queue.pop(0)
+        order.append(bb)
+        for t in trans[rep[bb]].tolist():
+            tb = int(block[t])
+            if tb not in seen:
+                seen.add(tb)
+                queue.append(tb)
+    new_of_block = np.full(len(blocks), -1, dtype=np.int32)
+    new_of_block[order] = np.arange(len(order), dtype=np.int32)
+    reps = rep[order]
+    new_trans = new_of_block[block[trans[reps]]]
+    return _make(a.starts, a.iclass, new_trans, 0, a.final[reps], a.stopped[reps])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atoms
+
+
+def universal() -> CharDFA:
+    return _make([0], [0], [[0]], 0, [True])
+
+
+def length_dfa(op: str, n: int) -> CharDFA:
+    """``len(X) op n`` in characters, as a counter (any code point, newline included)."""
+    if op == "<":
+        lo, hi = 0, n - 1
+    elif op == "<=":
+        lo, hi = 0, n
+    elif op == ">":
+        lo, hi = n + 1, None
+    elif op == ">=":
+        lo, hi = n, None
+    elif op == "==":
+        lo, hi = n, n
+    else:
+        raise ValueError(op)
+    lo = max(lo, 0)
+    if hi is not None and hi < lo:
+        return _make([0], [0], [[-1]], 0, [False])
+    top = hi if hi is not None else lo
+    idx = np.arange(top + 1, dtype=np.int32)
+    trans = idx + 1
+    trans[-1] = -1 if hi is not None else top  # the last counter state loops when unbounded above
+    final = idx >= lo
+    return _make([0], [0], trans.reshape(-1, 1), 0, final)
+
+
+def literal_set_dfa(options: tuple[str, ...] | list[str]) -> CharDFA:
+    """A trie accepting exactly ``options``."""
+    starts, iclass, cls_of = literal_alphabet({c for o in options for c in o})
+    children: list[dict[int, int]] = [{}]
+    final = [False]
+    for o in options:
+        node = 0
+        for ch in o:
+            k = cls_of[ch]
+            nxt = children[node].get(k)
+            if nxt is None:
+                nxt = children[node][k] = len(children)
+                children.append({})
+                final.append(False)
+            node = nxt
+        final[node] = True
+    trans = np.full((len(children), len(cls_of) + 1), -1, dtype=np.int32)
+    for i, ch in enumerate(children):
+        for k, t in ch.items():
+            trans[i, k] = t
+    return _make(starts, iclass, trans, 0, final)
+
+
+def prefix_dfa(prefix: str) -> CharDFA:
+    """``prefix`` followed by anything."""
+    starts, iclass, cls_of = literal_alphabet(set(prefix))
+    m = len(prefix)
+    trans = np.full((m + 1, len(cls_of) + 1), -1, dtype=np.int32)
+    for i, ch in enumerate(prefix):
+        trans[i, cls_of[ch]] = i + 1
+    trans[m, :] = m
+    return _make(starts, iclass, trans, 0, np.arange(m + 1) == m)
+
+
+def kmp_table(word: list[int]) -> list[list[int]]:
+    """``delta[i][c]`` = length of the longest prefix of ``word`` that is a suffix of ``word[:i] + [c]``.
+
+    ``word`` is over class ids ``1..K-1`` (class 0 never occurs in it), so ``delta[i][0] == 0``.
+    """
+    m = len(word)
+    k = max(word, default=0) + 1
+    delta = [[0] * k for _ in range(m + 1)]
+    if m:
+        delta[0][word[0]] = 1
+    fail = 0
+    for i in range(1, m + 1):
+        for c in range(k):
+            delta[i][c] = delta[fail][c]
+        if i < m:
+            delta[i][word[i]] = i + 1
+            fail = delta[fail][word[i]]
+    return delta
+
+
+def contains_dfa(phrase: str) -> CharDFA:
+    """Any text containing ``phrase`` (KMP automaton with an absorbing accept state)."""
+    starts, iclass, cls_of = literal_alphabet(set(phrase))
+    word = [cls_of[c] for c in phrase]
+    m = len(word)
+    k = len(cls_of) + 1
+    trans = np.zeros((m + 1, k), dtype=np.int32)
+    if m:
+        delta = kmp_table(word)
+        for i in range(m):
+            trans[i, : len(delta[i])] = delta[i]
+    trans[m, :] = m
+    return _make(starts, iclass, trans, 0, np.arange(m + 1) == m)
+
+
+def int_dfa() -> CharDFA:
+    """`` ?[0-9]+``."""
+    starts, iclass, cls_of = literal_alphabet(set(" 0123456789"))
+    digit = [cls_of[d] for d in "0123456789"]
+    trans = np.full((3, len(cls_of) + 1), -1, dtype=np.int32)
+    trans[0, cls_of[" "]] = 1
+    trans[:, digit] = 2
+    return _make(starts, iclass, trans, 0, [False, False, True])
+
+
+# -- regexes ---------------------------------------------------------------------------------------------------
+
+_UNSUPPORTED_OPS = {
+    "GROUPREF": "backreferences",
+    "GROUPREF_EXISTS": "conditional groups (?(id)yes|no)",
+    "ASSERT": "lookahead/lookbehind assertions",
+    "ASSERT_NOT": "negative lookahead/lookbehind assertions",
+    "ATOMIC_GROUP": "atomic groups",
+    "POSSESSIVE_REPEAT": "possessive quantifiers",
+}
+_AT_NAMES = {
+    "AT_BEGINNING": "the anchor '^'",
+    "AT_BEGINNING_STRING": "the anchor '\\A'",
+    "AT_END": "the anchor '$'",
+    "AT_END_STRING": "the anchor '\\Z'",
+    "AT_BOUNDARY": "word boundaries '\\b'",
+    "AT_NON_BOUNDARY": "'\\B'",
+}
+
+
+def regex_feature_problem(pattern: str) -> str | None:
+    """A message naming the first feature of ``pattern`` no DFA can express (or that lmqc does not support)."""
+    try:
+        from re import _parser as sre_parse  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - Python < 3.11
+        import sre_parse  # type: ignore[no-redef]
+    try:
+        parsed = sre_parse.parse(pattern)
+    except re.error as e:
+        return f"invalid regular expression: {e}"
+
+    def walk(items) -> str | None:
+        for op, av in items:
+            name = str(op)
+            if name in _UNSUPPORTED_OPS:
+                return f"regular expression uses {_UNSUPPORTED_OPS[name]}, which no finite automaton can express"
+            if name == "AT":
+                what = _AT_NAMES.get(str(av), str(av))
+                return f"regular expression uses {what}; anchors are not supported (the pattern must match the whole value)"
+            for sub in _children(av):
+                r = walk(sub)
+                if r:
+                    return r
+        return None
+
+    return walk(parsed)
+
+
+def _children(av) -> list:
+    """Sub-patterns of an sre_parse operand (SubPattern objects nested in tuples/lists)."""
+    out = []
+    stack = [av]
+    while stack:
+        x = stack.pop()
+        if hasattr(x, "data") and hasattr(x, "state"):
+            out.append(x)
+        elif isinstance(x, tuple | list):
+            stack.extend(x)
+    return out
+
+
+def regex_dfa(pattern: str) -> CharDFA:
+    """Full-match language of a Python regex via interegular (features checked beforehand)."""
+    import interegular
+    from interegular.fsm import anything_else
+
+    fsm = interegular.parse_pattern(pattern).to_fsm()
+    mapping = fsm.alphabet._symbol_mapping  # symbol -> transition key
+    other = mapping.get(anything_else)
+    keys = sorted(set(mapping.values()))
+    kpos = {k: i for i, k in enumerate(keys)}
+    n_keys = len(keys) + (1 if other is None else 0)
+    other_cls = kpos[other] if other is not None else len(keys)  # a class nothing transitions on
+    chars = sorted((ord(c), kpos[k]) for c, k in mapping.items() if c is not anything_else)
+    starts: list[int] = [0]
+    iclass: list[int] = [other_cls]
+    for cp, k in chars:
+        if starts[-1] == cp:
+            iclass[-1] = k
+        else:
+            starts.append(cp)
+            iclass.append(k)
+        if cp + 1 < MAX_CP:
+            starts.append(cp + 1)
+            iclass.append(other_cls)
+    states = sorted(fsm.states)
+    spos = {s: i for i, s in enumerate(states)}
+    trans = np.full((len(states), n_keys), -1, dtype=np.int32)
+    for s, row in fsm.map.items():
+        for k, t in row.items():
+            trans[spos[s], kpos[k]] = spos[t]
+    final = np.zeros(len(states), dtype=bool)
+    final[[spos[s] for s in fsm.finals]] = True
+    return trim(_make(starts, iclass, trans, spos[fsm.initial], final))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Formulas
+
+
+ErrorFactory = Callable[[str, Span], ConstraintError]
+
+
+def _default_error(message: str, span: Span) -> ConstraintError:
+    return ConstraintError(message, line=span.line or None, column=span.column or None)
+
+
+def compile_language(c: Constraint | None, error: ErrorFactory = _default_error) -> CharDFA:
+    """The character language of a formula (not minimized; see ``minimize``)."""
+    if c is None:
+        return universal()
+    if isinstance(c, And | Or):
+        out = compile_language(c.items[0], error)
+        for item in c.items[1:]:
+            out = product(out, compile_language(item, error), "and" if isinstance(c, And) else "or")
+            if out.n_states > 64:
+                out = minimize(out)  # keep intermediate products small
+        return out
+    if isinstance(c, Not):
+        return complement(compile_language(c.operand, error))
+    if isinstance(c, LenCmp):
+        if c.tokens:
+            raise error("token-count bounds cannot be combined with 'or'/'not'", c.span)
+        return length_dfa(c.op, c.bound)
+    if isinstance(c, OneOf):
+        return literal_set_dfa(c.options)
+    if isinstance(c, IsInt):
+        return int_dfa()
+    if isinstance(c, Regex):
+        problem = regex_feature_problem(c.pattern)
+        if problem:
+            raise error(problem, c.span)
+        try:
+            return regex_dfa(c.pattern)
+        except Exception as e:  # interegular's own "Unsupported"/parse errors name the feature
+            raise error(f"regular expression not supported: {e}", c.span) from None
+    if isinstance(c, StartsWith):
+        return prefix_dfa(c.prefix)
+    if isinstance(c, Contains):
+        return contains_dfa(c.phrase)
+    raise error(f"constraint {c} is not a character-level constraint", getattr(c, "span", NOWHERE))

@@ -1,0 +1,174 @@
+"""A model's vocabulary as plain data: token id -> bytes, plus constraint-independent precomputation.
+
+The automaton builder never loops over tokens in Python; it works on the level arrays computed here once per
+vocabulary: tokens that may appear in a value, sorted by byte length (longest first), so that the tokens with
+more than ``d`` bytes are always a prefix of that order, and the ``d``-th byte of each of them stored
+contiguously.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from lmqc.errors import VocabularyError
+
+
+class Vocabulary:
+    """Token pieces of one model.
+
+    Parameters
+    ----------
+    pieces
+        ``pieces[i]`` is the byte string token ``i`` detokenizes to (``b""`` for pieces that produce nothing).
+    eos_id
+        The end-of-sequence token; never allowed inside a value (the automaton adds it where a value may end).
+    special_ids
+        Control/special tokens, never allowed inside a value.
+
+    Attributes
+    ----------
+    buffer : uint8[total_bytes]
+        All pieces concatenated.
+    offsets : int64[V + 1]
+        Piece ``i`` is ``buffer[offsets[i]:offsets[i + 1]]``.
+    never : bool[V]
+        Tokens never allowed inside a value: special ids, EOS and zero-length pieces.
+    """
+
+    __slots__ = ("buffer", "offsets", "eos_id", "special_ids", "never", "_fingerprint", "_levels")
+
+    def __init__(self, pieces: Sequence[bytes], eos_id: int, special_ids: Iterable[int] = ()) -> None:
+        pieces = list(pieces)
+        lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+        offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        buffer = np.frombuffer(b"".join(pieces), dtype=np.uint8).copy()
+        self._init(buffer, offsets, int(eos_id), np.asarray(sorted(set(special_ids)), dtype=np.int64))
+
+    def _init(self, buffer: np.ndarray, offsets: np.ndarray, eos_id: int, special: np.ndarray) -> None:
+        n = len(offsets) - 1
+        if n <= 0:
+            raise VocabularyError("a vocabulary needs at least one token")
+        if offsets[0] != 0 or offsets[-1] != len(buffer) or np.any(np.diff(offsets) < 0):
+            raise VocabularyError("vocabulary offsets are inconsistent with its byte buffer")
+        if not 0 <= eos_id < n:
+            raise VocabularyError(f"eos id {eos_id} is outside the vocabulary (size {n})")
+        if len(special) and (special.min() < 0 or special.max() >= n):
+            raise VocabularyError("a special token id is outside the vocabulary")
+        self.buffer = buffer
+        self.offsets = offsets
+        self.eos_id = eos_id
+        self.special_ids = special
+        never = np.diff(offsets) == 0
+        never[special] = True
+        never[eos_id] = True
+        self.never = never
+        self._fingerprint: str | None = None
+        self._levels: _Levels | None = None
+
+    # -- basic access ---------------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return len(self.offsets) - 1
+
+    def __len__(self) -> int:
+        return self.size
+
+    def piece(self, i: int) -> bytes:
+        return self.buffer[self.offsets[i] : self.offsets[i + 1]].tobytes()
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """int64[V] byte length of every piece."""
+        return np.diff(self.offsets)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex over every piece, the EOS id and the special ids (stable across processes)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(b"lmqc-vocab-v1")
+            h.update(np.asarray([self.size, self.eos_id], dtype="<i8").tobytes())
+            h.update(self.offsets.astype("<i8").tobytes())
+            h.update(self.buffer.tobytes())
+            h.update(self.special_ids.astype("<i8").tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    # -- serialization --------------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "buffer": self.buffer,
+            "offsets": self.offsets,
+            "eos_id": np.asarray([self.eos_id], dtype=np.int64),
+            "special_ids": self.special_ids,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Vocabulary:
+        try:
+            buffer = np.ascontiguousarray(arrays["buffer"], dtype=np.uint8)
+            offsets = np.ascontiguousarray(arrays["offsets"], dtype=np.int64)
+            eos = int(np.asarray(arrays["eos_id"]).reshape(-1)[0])
+            special = np.asarray(arrays["special_ids"], dtype=np.int64).reshape(-1)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise VocabularyError(f"malformed vocabulary arrays: {e}") from None
+        v = cls.__new__(cls)
+        v._init(buffer, offsets, eos, special)
+        return v
+
+    # -- constraint-independent precomputation ----------------------------------------------------------------
+
+    @property
+    def levels(self) -> _Levels:
+        """Level arrays for the automaton builder (computed once, cached)."""
+        if self._levels is None:
+            self._levels = _Levels.build(self)
+        return self._levels
+
+    def __repr__(self) -> str:
+        return f"Vocabulary(size={self.size}, eos_id={self.eos_id}, fingerprint={self.fingerprint[:12]})"
+
+
+class _Levels:
+    """Candidate tokens (not ``never``) sorted by length, longest first, with their bytes stored by level.
+
+    Attributes
+    ----------
+    tokens : int32[N]
+        Candidate token ids in that order.
+    lengths : int64[N]
+        Their byte lengths (non-increasing).
+    count : int64[L + 1]
+        ``count[d]`` tokens have more than ``d`` bytes: they are ``tokens[:count[d]]``; ``count[L] == 0``.
+    level_bytes : list of uint8[count[d]]
+        ``level_bytes[d][i]`` is byte ``d`` of ``tokens[i]``.
+    """
+
+    __slots__ = ("tokens", "lengths", "count", "level_bytes")
+
+    def __init__(self, tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray, level_bytes: list) -> None:
+        self.tokens = tokens
+        self.lengths = lengths
+        self.count = count
+        self.level_bytes = level_bytes
+
+    @classmethod
+    def build(cls, vocab: Vocabulary) -> _Levels:
+        cand = np.flatnonzero(~vocab.never)
+        lens = vocab.lengths[cand]
+        # Stable sort keeps ids ascending within one length; that order is only an internal convenience.
+        order = np.argsort(-lens, kind="stable")
+        tokens = cand[order].astype(np.int32)
+        lengths = lens[order]
+        max_len = int(lengths[0]) if len(lengths) else 0
+        # count[d] = number of tokens with length > d; lengths are non-increasing so use searchsorted on -len.
+        count = np.searchsorted(-lengths, -np.arange(max_len + 1), side="left").astype(np.int64)
+        starts = vocab.offsets[tokens]
+        level_bytes = [vocab.buffer[starts[: count[d]] + d] for d in range(max_len)]
+        return cls(tokens, lengths, count, level_bytes)

@@ -1,0 +1,210 @@
+"""Token automaton: sound and complete against a brute-force byte walk, serialization, goldens, errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _oracle import all_strings, constraints, stream_status, vocabularies
+from hypothesis import HealthCheck, given, settings
+from lmqc.compiler.automaton import UNREACHABLE, TokenAutomaton
+from lmqc.compiler.bytedfa import ByteDFA
+from lmqc.compiler.ir import HoleIR, Stop
+from lmqc.compiler.lower import lower_hole
+from lmqc.compiler.nodes import And, IsInt, LenCmp, OneOf, Regex, StopsAt, StopsBefore
+from lmqc.compiler.vocabulary import Vocabulary
+
+from lmqc.errors import ArtifactError, ConstraintError
+
+GOLDEN = Path(__file__).parent / "fixtures" / "automata"
+UPDATE = os.environ.get("LMQC_UPDATE_GOLDEN") == "1"
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE or not path.exists():
+        path.write_text(text + "\n")
+    assert path.read_text() == text + "\n"
+
+
+def walk_bytes(dfa: ByteDFA, state: int, data: bytes) -> int:
+    """Brute force: the DFA state after ``data`` (stopped absorbs everything), -1 on reject."""
+    for b in data:
+        if dfa.stopped[state]:
+            return state
+        state = int(dfa.trans[state, dfa.classes[b]])
+        if state < 0:
+            return -1
+    return state
+
+
+def expected_allowed(dfa: ByteDFA, vocab: Vocabulary, ds: int) -> list[int]:
+    if dfa.stopped[ds]:
+        return []
+    out = [
+        t for t in range(vocab.size) if not vocab.never[t] and walk_bytes(dfa, ds, vocab.piece(t)) >= 0
+    ]
+    if dfa.final[ds]:
+        out.append(vocab.eos_id)
+    return sorted(out)
+
+
+def check_against_dfa(a: TokenAutomaton, dfa: ByteDFA, vocab: Vocabulary, depth: int = 3) -> None:
+    """Explore token paths (BFS, bounded) and compare every state's mask/flags with the byte walk."""
+    frontier = [(a.initial, dfa.initial)]
+    seen = {a.initial}
+    for _ in range(depth):
+        nxt = []
+        for s, ds in frontier:
+            want = expected_allowed(dfa, vocab, ds)
+            got = a.allowed(s)
+            assert got.dtype == np.int32 and list(got) == want
+            assert a.is_final(s) == bool(dfa.final[ds])
+            assert a.is_stopped(s) == bool(dfa.stopped[ds])
+            assert a.allowed(s) is a.masks[a.mask_id(s)]
+            non_eos = [t for t in want if t != vocab.eos_id]
+            assert a.forced(s) == (non_eos[0] if len(non_eos) == 1 and not a.is_final(s) else -1)
+            assert a.step(s, vocab.eos_id) == -1
+            for t in range(vocab.size):
+                t2 = a.step(s, t)
+                if t in non_eos:
+                    ds2 = walk_bytes(dfa, ds, vocab.piece(t))
+                    assert t2 >= 0
+                    if t2 not in seen:
+                        seen.add(t2)
+                        nxt.append((t2, ds2))
+                elif t != vocab.eos_id:
+                    assert t2 == -1
+        frontier = nxt
+
+
+def tokenizations_reach_final(a: TokenAutomaton, vocab: Vocabulary, data: bytes) -> bool:
+    """Is there a token path spelling exactly ``data`` that ends in a final state? (DP over positions)"""
+    pieces = [(t, vocab.piece(t)) for t in range(vocab.size) if not vocab.never[t]]
+    states: list[set[int]] = [set() for _ in range(len(data) + 1)]
+    states[0].add(a.initial)
+    for i in range(len(data)):
+        for s in states[i]:
+            for t, p in pieces:
+                if data.startswith(p, i):
+                    s2 = a.step(s, t)
+                    if s2 >= 0:
+                        states[i + len(p)].add(s2)
+    return any(a.is_final(s) for s in states[-1])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(constraints(), vocabularies())
+def test_sound_and_complete(c, vocab_spec):
+    pieces, specials, byte_complete = vocab_spec
+    vocab = Vocabulary(pieces, 0, specials)
+    ir = lower_hole("X", c)
+    try:
+        dfa = ByteDFA.from_ir(ir)
+    except ConstraintError:
+        return  # empty language (checked against brute force in test_bytedfa)
+    try:
+        a = TokenAutomaton.build(dfa, vocab)
+    except ConstraintError as e:
+        assert not byte_complete, e  # with every single byte available a live state can always continue
+        assert "cannot express" in str(e)
+        return
+    if a.unconstrained:
+        assert list(a.allowed(0)) == sorted([t for t in range(vocab.size) if not vocab.never[t]] + [0])
+        return
+    check_against_dfa(a, dfa, vocab)
+    # min_tokens_to_end: 0 exactly at ends, and one step decreases it by at most 1
+    for s in range(a.n_states):
+        m = int(a.min_tokens_to_end[s])
+        assert (m == 0) == (a.is_final(s) or a.is_stopped(s))
+        if 0 < m < UNREACHABLE:
+            assert min(int(a.min_tokens_to_end[a.step(s, t)]) for t in a.allowed(s)) == m - 1
+    # every short value of the language has a token path (always when the vocabulary has all bytes)
+    if byte_complete and not ir.stops:
+        for text in all_strings(3):
+            if stream_status(ir, text) == "final":
+                assert tokenizations_reach_final(a, vocab, text.encode()), text
+    # vectorized stepping agrees with step
+    states = np.arange(a.n_states, dtype=np.int32).repeat(vocab.size)
+    toks = np.tile(np.arange(vocab.size, dtype=np.int32), a.n_states)
+    want = [a.step(int(s), int(t)) for s, t in zip(states, toks, strict=True)]
+    assert a.step_many(states, toks).tolist() == want
+    # round trip through plain arrays
+    b = TokenAutomaton.from_arrays(a.to_arrays(), vocab)
+    assert str(b) == str(a)
+    assert all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks, strict=True))
+
+
+def small_vocab() -> Vocabulary:
+    pieces = [b"</s>", b"1", b"2", b"12", b" ", b" 1", b"a", b".", b"a.b", b"", b"\xc3", b"\xa9", "é".encode(), b"\n"]
+    return Vocabulary(pieces, 0)
+
+
+def build(c, vocab=None) -> TokenAutomaton:
+    return TokenAutomaton.build(ByteDFA.from_ir(lower_hole("X", c)), vocab or small_vocab())
+
+
+def test_golden_automata():
+    golden("tok_int.txt", str(build(IsInt("X"))))
+    golden("tok_stops_at.txt", str(build(StopsAt("X", "."))))
+    golden("tok_stops_before_len.txt", str(build(And((StopsBefore("X", "."), LenCmp("X", "<", 3))))))
+    golden("tok_choice.txt", str(build(OneOf("X", ("é", "a.", "12")))))
+    golden("tok_unconstrained.txt", str(build(None)))
+
+
+def test_stop_mid_token_and_forced():
+    a = build(StopsAt("X", "."))
+    s = a.step(a.initial, 8)  # 'a.b' crosses the stop phrase
+    assert a.is_stopped(s) and len(a.allowed(s)) == 0 and a.min_tokens_to_end[s] == 0
+    c = build(OneOf("X", ("12.",)))
+    assert c.forced(c.initial) == -1  # '1' and '12' both allowed
+    s = c.step(c.initial, 3)
+    assert c.forced(s) == 7 and list(c.allowed(s)) == [7]
+
+
+def test_vocabulary_inexpressible_names_pending_text():
+    vocab = Vocabulary([b"</s>", b"ab", b"c"], 0)
+    with pytest.raises(ConstraintError) as e:
+        TokenAutomaton.build(ByteDFA.from_ir(HoleIR("X", Regex("X", "abd|c"))), vocab, name="X")
+    assert "'ab'" in str(e.value) and "cannot express" in str(e.value)
+
+
+def test_from_arrays_rejects_other_vocabulary_and_corruption():
+    a = build(IsInt("X"))
+    arrays = a.to_arrays()
+    other = Vocabulary([b"</s>", b"1"], 0)
+    with pytest.raises(ArtifactError):
+        TokenAutomaton.from_arrays(arrays, other)
+    bad = dict(arrays)
+    bad["next_table"] = arrays["next_table"] + 100
+    with pytest.raises(ArtifactError):
+        TokenAutomaton.from_arrays(bad, small_vocab())
+    del bad["tok_seq"]
+    with pytest.raises(ArtifactError):
+        TokenAutomaton.from_arrays(bad, small_vocab())
+
+
+def test_vocabulary_roundtrip_and_fingerprint():
+    v = Vocabulary([b"</s>", b"a", b"", b"<c>", "é".encode()], 0, [3])
+    assert v.size == 5 and v.piece(4) == "é".encode()
+    assert v.never.tolist() == [True, False, True, True, False]
+    w = Vocabulary.from_arrays(v.to_arrays())
+    assert w.fingerprint == v.fingerprint
+    assert Vocabulary([b"</s>", b"a", b"", b"<c>", b"e"], 0, [3]).fingerprint != v.fingerprint
+    assert Vocabulary([b"</s>", b"a", b"", b"<c>", "é".encode()], 0, []).fingerprint != v.fingerprint
+
+
+def test_len_bound_tables_stay_small():
+    rng = np.random.default_rng(1)
+    alphabet = list("abc .\n") + ["é", "中"]
+    pieces = [b"</s>"] + [bytes([b]) for b in range(256)]
+    pieces += ["".join(rng.choice(alphabet, size=rng.integers(1, 9))).encode() for _ in range(3000)]
+    vocab = Vocabulary(pieces, 0)
+    masks = []
+    for n in (50, 200, 800):
+        a = TokenAutomaton.build(ByteDFA.from_ir(HoleIR("X", LenCmp("X", "<", n), (Stop("\n", True),))), vocab)
+        masks.append(a.n_masks)
+        assert a.nbytes < 200 * n * 4 * 80  # linear in n
+    assert masks[0] == masks[1] == masks[2]  # the distinct masks do not grow with the bound

@@ -1,0 +1,165 @@
+"""Byte DFA: char language + stop rules expanded to UTF-8, checked against brute force."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _oracle import ALPHABET, all_strings, constraints, stream_status
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lmqc.compiler.bytedfa import ByteDFA, cut_value, utf8_ranges
+from lmqc.compiler.ir import HoleIR, Stop
+from lmqc.compiler.lower import lower_hole
+from lmqc.compiler.nodes import And, LenCmp, Not, OneOf, Or, Regex, Span, StopsAt, StopsBefore
+
+from lmqc.errors import ConstraintError
+
+GOLDEN = Path(__file__).parent / "fixtures" / "automata"
+UPDATE = os.environ.get("LMQC_UPDATE_GOLDEN") == "1"
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE or not path.exists():
+        path.write_text(text + "\n")
+    assert path.read_text() == text + "\n"
+
+
+def dfa_status(dfa: ByteDFA, text: str) -> str:
+    s = dfa.initial
+    for b in text.encode():
+        s = int(dfa.trans[s, dfa.classes[b]])
+        if s < 0:
+            return "dead"
+        if dfa.stopped[s]:
+            return "stopped"
+    return "final" if dfa.final[s] else "open"
+
+
+def coreachable(dfa: ByteDFA) -> np.ndarray:
+    alive = dfa.final | dfa.stopped
+    while True:
+        nxt = alive | (alive[np.maximum(dfa.trans, 0)] & (dfa.trans >= 0)).any(axis=1)
+        if (nxt == alive).all():
+            return alive
+        alive = nxt
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(constraints())
+def test_dfa_matches_brute_force(c):
+    ir = lower_hole("X", c)
+    try:
+        dfa = ByteDFA.from_ir(ir)
+    except ConstraintError as e:
+        assert "never be satisfied" in str(e)
+        for text in all_strings(4):
+            assert stream_status(ir, text) not in ("final", "stopped")
+        return
+    assert coreachable(dfa).all()  # dead states removed
+    for text in all_strings(4):
+        want = stream_status(ir, text)
+        got = dfa_status(dfa, text)
+        if want == "dead":
+            assert got == "dead", text
+        elif want in ("final", "stopped"):
+            assert got == want, (text, want, got)
+        else:  # open: not acceptable now; the DFA either rejects (no extension works) or keeps going
+            assert got in ("open", "dead"), (text, got)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 0x10FFFF), st.integers(0, 0x10FFFF))
+def test_utf8_ranges_exact(a, b):
+    lo, hi = min(a, b), max(a, b)
+    hi = min(hi, lo + 5000)  # keep the brute force small
+    seqs = utf8_ranges(lo, hi)
+    want = {chr(c).encode() for c in range(lo, hi + 1) if not 0xD800 <= c <= 0xDFFF}
+    for cp in list(range(max(0, lo - 2), lo)) + list(range(hi + 1, min(0x110000, hi + 3))):
+        if not 0xD800 <= cp <= 0xDFFF:
+            assert not any(_in_seq(chr(cp).encode(), s) for s in seqs)
+    for e in list(want)[:300]:
+        assert sum(_in_seq(e, s) for s in seqs) == 1
+
+
+def _in_seq(data: bytes, seq) -> bool:
+    return len(data) == len(seq) and all(lo <= x <= hi for x, (lo, hi) in zip(data, seq, strict=True))
+
+
+def test_multibyte_and_invalid_bytes():
+    dfa = ByteDFA.from_regex("é+")
+    assert dfa.accepts("ééé".encode())
+    assert not dfa.accepts(b"\xc3")
+    assert dfa.run(b"\xc3") >= 0  # a partial character is a live prefix
+    assert dfa.run(b"\xc3\xa8") == -1
+    assert dfa.run(b"\xff") == -1
+    anyc = ByteDFA.from_ir(HoleIR("X", LenCmp("X", "<", 3)))
+    assert anyc.accepts("中\n".encode())
+    assert not anyc.accepts(b"\xed\xa0\x80")  # a UTF-8-encoded surrogate is not text
+    assert not anyc.accepts(b"\xc0\x80")  # overlong
+    assert not anyc.accepts(b"abc")
+
+
+def test_stop_semantics():
+    at = ByteDFA.from_ir(HoleIR("X", Regex("X", "[a-z]*\\."), (Stop(".", True),)))
+    assert dfa_status(at, "ab.") == "stopped"
+    assert dfa_status(at, "ab.zz") == "stopped"  # bytes after the stop inside a token are cut off
+    assert dfa_status(at, "ab") == "open"
+    before = ByteDFA.from_ir(HoleIR("X", Regex("X", "[a-z]*"), (Stop(".", False),)))
+    assert dfa_status(before, "ab.") == "stopped"
+    assert dfa_status(before, "ab") == "final"
+    assert dfa_status(before, "a1") == "dead"
+    # the first occurrence of any phrase decides, the longest phrase ending there wins
+    multi = (Stop("b.", False), Stop(".", True))
+    assert cut_value("ab.c.", multi) == ("a", True)
+    dfa = ByteDFA.from_ir(HoleIR("X", OneOf("X", ("a",)), multi))
+    assert dfa_status(dfa, "ab.") == "stopped"
+    assert dfa_status(dfa, "a.") == "dead"  # value 'a.' (STOPS_AT keeps '.') is not in the language
+
+
+def test_len_bound_linear_growth():
+    sizes = [ByteDFA.from_ir(HoleIR("X", LenCmp("X", "<", n))).n_states for n in (50, 200, 2000)]
+    per_char = [s / n for s, n in zip(sizes, (50, 200, 2000), strict=True)]
+    assert max(per_char) < 9
+
+
+def test_unconstrained_is_flagged():
+    dfa = ByteDFA.from_ir(HoleIR("X"))
+    assert dfa.unconstrained and dfa.n_states == 1
+    assert str(dfa) == "ByteDFA unconstrained"
+
+
+def test_golden_dfas():
+    golden("dfa_int.txt", str(ByteDFA.from_ir(lower_hole("X", And((Regex("X", " ?[0-9]+"),))))))
+    golden("dfa_choice.txt", str(ByteDFA.from_ir(lower_hole("X", OneOf("X", ("yes", "no", "né"))))))
+    golden("dfa_stops_before.txt", str(ByteDFA.from_ir(lower_hole("X", StopsBefore("X", "\n")))))
+    golden(
+        "dfa_len_or_not.txt",
+        str(ByteDFA.from_ir(lower_hole("X", Or((LenCmp("X", "<", 2), Not(Regex("X", "[^a]*"))))))),
+    )
+
+
+SRC = 'x\nwhere REGEX(X, r"(a)\\1") and len(X) < 5\n'
+
+
+@pytest.mark.parametrize(
+    "constraint, name",
+    [
+        (Regex("X", r"(a)\1", span=Span(2, 7, 2, 25)), "err_backref.txt"),
+        (Regex("X", r"a(?=b)", span=Span(2, 7, 2, 25)), "err_lookahead.txt"),
+        (Regex("X", r"^a$", span=Span(2, 7, 2, 25)), "err_anchor.txt"),
+        (And((LenCmp("X", "<", 2, span=Span(2, 7, 2, 17)), OneOf("X", ("abc",))), span=Span(2, 7, 2, 40)), "err_empty.txt"),
+        (And((OneOf("X", ("a.b",)), StopsAt("X", "."))), "err_empty_with_stops.txt"),
+    ],
+)
+def test_golden_errors(constraint, name):
+    with pytest.raises(ConstraintError) as e:
+        ByteDFA.from_ir(lower_hole("X", constraint, source=SRC, filename="q.lmql"), source=SRC, filename="q.lmql")
+    golden(name, str(e.value))
+
+
+def test_alphabet_constant_is_small():
+    assert len(ALPHABET) < 10
