@@ -17,6 +17,9 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+from .api import compile, load, model, parse, query, run, vocabulary  # noqa: E402,A004
+
+
 __all__ = [
     "ArtifactError",
     "ConstraintError",
@@ -29,4 +32,11 @@ __all__ = [
     "SourceError",
     "VocabularyError",
     "__version__",
+    "compile",
+    "load",
+    "model",
+    "parse",
+    "query",
+    "run",
+    "vocabulary",
 ]
