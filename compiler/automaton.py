@@ -435,27 +435,42 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
     lv = vocab.levels
     s_n, c_n = dfa.n_states, dfa.n_classes
     trans_ext = np.vstack([dfa.trans, np.full((1, c_n), -1, np.int32)])  # row -1 rejects
-    classes = dfa.classes.astype(np.int64)
+    classes = dfa.classes.astype(np.int32)
     tok_seq = np.full(vocab.size, -1, dtype=np.int32)
     columns: list[np.ndarray] = []
     n_seq = 0
-    pos = np.arange(int(lv.count[0]) if len(lv.count) else 0)  # positions in the length-sorted order
-    node = np.ones(len(pos), dtype=np.int64)  # local trie node per token; 0 = dead, 1 = root
-    states_col = np.full((s_n, 2), -1, dtype=np.int32)  # column per local node: state after its prefix
+    n_tok = int(lv.count[0]) if len(lv.count) else 0
+    # ``pos``: positions (in the length-sorted order) of the tokens still alive; None while that is every
+    # token, so the common dense case slices instead of gathering.
+    pos: np.ndarray | None = None
+    node = np.ones(n_tok, dtype=np.int32)  # trie node (DAG after merging) per token; 0 = dead, 1 = root
+    states_col = np.full((s_n, 2), -1, dtype=np.int32)  # column per node: the state after its prefix
     states_col[:, 1] = np.arange(s_n)
     max_len = len(lv.level_bytes)
     for d in range(max_len + 1):
-        k = int(np.searchsorted(pos, lv.count[d])) if d < max_len else 0
-        if k < len(pos):  # tokens with exactly d bytes end at this level's node
-            ended_pos, ended_node = pos[k:], node[k:]
-            u_nodes, inv = np.unique(ended_node, return_inverse=True)
+        n_alive = len(node)
+        if d == max_len:
+            k = 0
+        elif pos is None:
+            k = int(lv.count[d])
+        else:
+            k = int(np.searchsorted(pos, lv.count[d]))
+        if k < n_alive:  # tokens with exactly d bytes end at this level's node
+            ended_node = node[k:]
+            ended_tok = lv.tokens[k:n_alive] if pos is None else lv.tokens[pos[k:]]
+            seen = np.zeros(states_col.shape[1], dtype=bool)
+            seen[ended_node] = True
+            u_nodes = np.flatnonzero(seen)
+            rank = np.cumsum(seen, dtype=np.int32) - 1
             columns.append(states_col[:, u_nodes])
-            tok_seq[lv.tokens[ended_pos]] = n_seq + inv.reshape(-1)
+            tok_seq[ended_tok] = n_seq + rank[ended_node]
             n_seq += len(u_nodes)
-            pos, node = pos[:k], node[:k]
+            node = node[:k]
+            if pos is not None:
+                pos = pos[:k]
         if k == 0:
             break
-        cls = classes[lv.level_bytes[d][pos]]
+        cls = classes[lv.level_bytes[d][:k]] if pos is None else classes[lv.level_bytes[d][pos]]
         key = node * c_n + cls
         n_keys = states_col.shape[1] * c_n
         present = np.zeros(n_keys, dtype=bool)
@@ -468,11 +483,13 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
         # trie becomes a DAG whose width is the number of distinct behaviours, not of distinct prefixes.
         cols = nxt[:, live]
         first, inv = unique_rows(cols.T)
-        new_local = np.zeros(n_keys, dtype=np.int64)
+        new_local = np.zeros(n_keys, dtype=np.int32)
         new_local[uniq[live]] = 1 + inv
         node = new_local[key]
-        alive = node > 0
-        pos, node = pos[alive], node[alive]
+        if len(live) < len(uniq):  # some prefixes died: drop their tokens for good
+            alive = node > 0
+            node = node[alive]
+            pos = np.flatnonzero(alive) if pos is None else pos[alive]
         states_col = np.concatenate([np.full((s_n, 1), -1, np.int32), cols[:, first]], axis=1)
     if not columns:
         return np.zeros((s_n, 0), np.int32), tok_seq
