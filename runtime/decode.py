@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import math
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -197,8 +198,11 @@ class _Mask:
     empty: bool
 
 
-# Masks depend only on the automaton (and vocabulary size), so they are cached across decode calls.
+# Masks depend only on the automaton (and vocabulary size), so they are cached across decode calls: weakly
+# when the automaton allows it, else in a small LRU keyed by identity (holding the automaton alive).
 _MASK_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[int, bool], _Mask]] = weakref.WeakKeyDictionary()
+_MASK_LRU: OrderedDict[int, tuple[Any, dict[tuple[int, bool], _Mask]]] = OrderedDict()
+_MASK_LRU_SIZE = 64
 
 
 def _mask_table(automaton: Any) -> dict[tuple[int, bool], _Mask]:
@@ -208,15 +212,17 @@ def _mask_table(automaton: Any) -> dict[tuple[int, bool], _Mask]:
             table = {}
             _MASK_CACHE[automaton] = table
         return table
-    except TypeError:  # not weak-referenceable: cache on the object, else per call
-        table = getattr(automaton, "_lmqc_mask_cache", None)
-        if table is None:
-            table = {}
-            try:
-                automaton._lmqc_mask_cache = table
-            except AttributeError:
-                pass
-        return table
+    except TypeError:  # not weak-referenceable (e.g. a __slots__ class)
+        pass
+    entry = _MASK_LRU.get(id(automaton))
+    if entry is not None and entry[0] is automaton:
+        _MASK_LRU.move_to_end(id(automaton))
+        return entry[1]
+    table = {}
+    _MASK_LRU[id(automaton)] = (automaton, table)
+    while len(_MASK_LRU) > _MASK_LRU_SIZE:
+        _MASK_LRU.popitem(last=False)
+    return table
 
 
 class _Hole:

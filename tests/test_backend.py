@@ -119,3 +119,13 @@ def test_vocabulary_if_available(tb):
     assert v.size == tb.n_vocab and v.eos_id == tb.eos_id
     assert v.piece(300) == tb.piece(300)
     assert v.never[0] and v.never[3] and not v.never[300]
+
+
+def test_import_lmqc_does_not_import_llama_cpp():
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys, lmqc, lmqc.runtime.models, lmqc.runtime.decode; print('llama_cpp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert out.stdout.strip() == "False", out.stderr
