@@ -77,10 +77,11 @@ class TokenAutomaton:
 
     def __init__(
         self,
-        vocab: Vocabulary,
+        vocab: Vocabulary | None,
         *,
         initial: int,
         unconstrained: bool,
+        eos_id: int | None = None,
         next_table: np.ndarray,
         tok_seq: np.ndarray,
         final: np.ndarray,
@@ -93,7 +94,8 @@ class TokenAutomaton:
     ) -> None:
         self.vocab = vocab
         self.initial = int(initial)
-        self.eos_id = int(vocab.eos_id)
+        # An artifact loaded without its model has no vocabulary object; the EOS id travels in its arrays.
+        self.eos_id = int(vocab.eos_id if eos_id is None else eos_id)
         self.unconstrained = bool(unconstrained)
         self.next_table = next_table
         self.tok_seq = tok_seq
@@ -290,9 +292,14 @@ class TokenAutomaton:
 
     @classmethod
     def _unconstrained(cls, vocab: Vocabulary) -> TokenAutomaton:
-        tok_seq = np.where(vocab.never, -1, 0).astype(np.int32)
+        return cls._unconstrained_from(vocab.never, vocab.eos_id, vocab)
+
+    @classmethod
+    def _unconstrained_from(cls, never: np.ndarray, eos_id: int, vocab: Vocabulary | None = None) -> TokenAutomaton:
+        tok_seq = np.where(never, -1, 0).astype(np.int32)
         return cls(
             vocab,
+            eos_id=eos_id,
             initial=0,
             unconstrained=True,
             next_table=np.asarray([[0, -1], [-1, -1]], dtype=np.int32),
@@ -314,7 +321,7 @@ class TokenAutomaton:
             [1, self.initial, self.eos_id, int(self.unconstrained), len(self.tok_seq)], dtype=np.int64
         )
         if self.unconstrained:
-            return {"meta": meta}
+            return {"meta": meta, "never": np.packbits(self.tok_seq < 0)}
         return {
             "meta": meta,
             "next_table": self.next_table,
@@ -329,8 +336,12 @@ class TokenAutomaton:
         }
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], vocab: Vocabulary) -> TokenAutomaton:
-        """Rebuild from ``to_arrays``; shapes and ranges are validated (``ArtifactError`` if inconsistent)."""
+    def from_arrays(cls, arrays: dict[str, np.ndarray], vocab: Vocabulary | None = None) -> TokenAutomaton:
+        """Rebuild from ``to_arrays``; shapes and ranges are validated (``ArtifactError`` if inconsistent).
+
+        Without ``vocab`` (an artifact loaded before its model), the vocabulary check is left to the runtime,
+        which compares fingerprints.
+        """
         try:
             meta = np.asarray(arrays["meta"], dtype=np.int64).reshape(-1)
             version, initial, eos, unconstrained, v = (int(x) for x in meta[:5])
@@ -338,10 +349,18 @@ class TokenAutomaton:
             raise ArtifactError(f"automaton arrays are malformed: {e}") from None
         if version != 1:
             raise ArtifactError(f"automaton format version {version} is not supported")
-        if v != vocab.size or eos != vocab.eos_id:
+        if vocab is not None and (v != vocab.size or eos != vocab.eos_id):
             raise ArtifactError("automaton was built for another vocabulary")
         if unconstrained:
-            return cls._unconstrained(vocab)
+            if vocab is not None:
+                return cls._unconstrained(vocab)
+            try:
+                never = np.unpackbits(np.asarray(arrays["never"], dtype=np.uint8))[:v].astype(bool)
+            except (KeyError, ValueError, TypeError) as e:
+                raise ArtifactError(f"automaton arrays are malformed: {e}") from None
+            if len(never) != v:
+                raise ArtifactError("automaton arrays are inconsistent (corrupt artifact?)")
+            return cls._unconstrained_from(never, eos)
         try:
             table = np.ascontiguousarray(arrays["next_table"], dtype=np.int32)
             tok_seq = np.ascontiguousarray(arrays["tok_seq"], dtype=np.int32)
@@ -380,6 +399,7 @@ class TokenAutomaton:
             raise ArtifactError("automaton arrays are inconsistent (corrupt artifact?)")
         return cls(
             vocab,
+            eos_id=eos,
             initial=initial,
             unconstrained=False,
             next_table=table,
@@ -410,7 +430,7 @@ class TokenAutomaton:
             for t in toks[:40].tolist():
                 if t == self.eos_id:
                     continue
-                by_target.setdefault(self.step(s, t), []).append(repr(self.vocab.piece(t))[1:])
+                by_target.setdefault(self.step(s, t), []).append(repr(self.vocab.piece(t))[1:] if self.vocab is not None else f"#{t}")
             body = "  ".join(f"{' '.join(ps)}->{tgt}" for tgt, ps in sorted(by_target.items()))
             more = " ..." if len(toks) > 40 else ""
             eos = " EOS" if self.final[s] else ""

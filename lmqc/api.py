@@ -66,7 +66,16 @@ def compile_query(
         t0 = time.perf_counter()
         ir = lower_hole(var, constraint, source=query.source, filename=query.filename)
         dfa = ByteDFA.from_ir(ir, source=query.source, filename=query.filename)
-        automata[var] = TokenAutomaton.build(dfa, vocab)
+        span = constraint.span if constraint is not None else None
+        automata[var] = TokenAutomaton.build(
+            dfa,
+            vocab,
+            name=var,
+            source=query.source,
+            filename=query.filename,
+            line=span.line if span and span.line else None,
+            column=span.column if span and span.column else None,
+        )
         holes[var] = ir
         seconds[var] = time.perf_counter() - t0
     return CompiledQuery(
