@@ -189,40 +189,117 @@ class Completion:
 # -- per-hole tables -----------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+class _Dense:
+    """A large allowed set: membership by binary search, its complement built only when first needed."""
+
+    __slots__ = ("V", "ids", "_comp")
+
+    def __init__(self, V: int, ids: np.ndarray | None = None, comp: np.ndarray | None = None) -> None:
+        self.V = V
+        self.ids = ids  # sorted allowed ids (None when only the complement is known)
+        self._comp = comp
+
+    def contains(self, t: int) -> bool:
+        if self.ids is not None:
+            i = int(self.ids.searchsorted(np.int32(t)))
+            return i < len(self.ids) and int(self.ids[i]) == t
+        c = self._comp
+        i = int(c.searchsorted(np.int32(t)))
+        return not (i < len(c) and int(c[i]) == t)
+
+    @property
+    def comp(self) -> np.ndarray:
+        """Sorted disallowed ids (int32)."""
+        if self._comp is None:
+            keep = np.ones(self.V, bool)
+            keep[self.ids] = False
+            self._comp = np.flatnonzero(keep).astype(np.int32)
+        return self._comp
+
+    def all_ids(self) -> np.ndarray:
+        if self.ids is None:
+            keep = np.ones(self.V, bool)
+            keep[self._comp] = False
+            self.ids = np.flatnonzero(keep).astype(np.int32)
+        return self.ids
+
+
 class _Mask:
-    ids: np.ndarray | None  # sorted allowed ids (sparse form)
-    comp: np.ndarray | None  # sorted disallowed ids (dense form)
-    has_eos: bool
-    only_eos: bool
-    empty: bool
+    """One distinct allowed set of an automaton: sparse ids, or a :class:`_Dense` when large."""
+
+    __slots__ = ("ids", "dense", "has_eos", "only_eos", "_noeos")
+
+    def __init__(self, ids: np.ndarray, V: int, eos: int) -> None:
+        self.ids = ids
+        self.dense = _Dense(V, ids) if len(ids) > V // 2 else None
+        self.has_eos = bool(np.any(ids == eos))
+        self.only_eos = self.has_eos and len(ids) == 1
+        self._noeos: _Mask | None = None
+
+    def without_eos(self, V: int, eos: int) -> _Mask:
+        if self._noeos is None:
+            self._noeos = _Mask(self.ids[self.ids != eos], V, eos)
+        return self._noeos
 
 
-# Masks depend only on the automaton (and vocabulary size), so they are cached across decode calls: weakly
-# when the automaton allows it, else in a small LRU keyed by identity (holding the automaton alive).
-_MASK_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[int, bool], _Mask]] = weakref.WeakKeyDictionary()
-_MASK_LRU: OrderedDict[int, tuple[Any, dict[tuple[int, bool], _Mask]]] = OrderedDict()
-_MASK_LRU_SIZE = 64
+class _AutoCache:
+    """Per-automaton caches: allowed sets by (mask id, final), forced-text runs by state."""
+
+    __slots__ = ("masks", "runs", "budget")
+
+    def __init__(self) -> None:
+        self.masks: dict[tuple[int, bool], _Mask] = {}
+        self.runs: dict[int, tuple[list[int], int] | None] = {}
+        # (state, tokens left after this one (capped), EOS excluded) -> allowed ids under the token budget
+        self.budget: dict[tuple[int, int, bool], np.ndarray] = {}
 
 
-def _mask_table(automaton: Any) -> dict[tuple[int, bool], _Mask]:
+_AUTO_CACHE: weakref.WeakKeyDictionary[Any, _AutoCache] = weakref.WeakKeyDictionary()
+_AUTO_LRU: OrderedDict[int, tuple[Any, _AutoCache]] = OrderedDict()
+_AUTO_LRU_SIZE = 64
+
+
+def _auto_cache(automaton: Any) -> _AutoCache:
     try:
-        table = _MASK_CACHE.get(automaton)
-        if table is None:
-            table = {}
-            _MASK_CACHE[automaton] = table
-        return table
+        cache = _AUTO_CACHE.get(automaton)
+        if cache is None:
+            cache = _AutoCache()
+            _AUTO_CACHE[automaton] = cache
+        return cache
     except TypeError:  # not weak-referenceable (e.g. a __slots__ class)
         pass
-    entry = _MASK_LRU.get(id(automaton))
+    entry = _AUTO_LRU.get(id(automaton))
     if entry is not None and entry[0] is automaton:
-        _MASK_LRU.move_to_end(id(automaton))
+        _AUTO_LRU.move_to_end(id(automaton))
         return entry[1]
-    table = {}
-    _MASK_LRU[id(automaton)] = (automaton, table)
-    while len(_MASK_LRU) > _MASK_LRU_SIZE:
-        _MASK_LRU.popitem(last=False)
-    return table
+    cache = _AutoCache()
+    _AUTO_LRU[id(automaton)] = (automaton, cache)
+    while len(_AUTO_LRU) > _AUTO_LRU_SIZE:
+        _AUTO_LRU.popitem(last=False)
+    return cache
+
+
+# First byte (-1 if empty) and byte length of every token, per vocabulary (by identity; a few entries).
+_TOKEN_INFO: OrderedDict[int, tuple[Any, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+
+
+def _token_info(backend: Backend) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        v = backend.vocabulary
+        offsets, buffer = v.offsets, v.buffer
+    except (ImportError, AttributeError):
+        return None  # no vocabulary arrays: forced-text runs are simply not used
+    entry = _TOKEN_INFO.get(id(v))
+    if entry is not None and entry[0] is v:
+        return entry[1]
+    lengths = np.diff(offsets)
+    first = np.full(len(lengths), -1, np.int16)
+    nz = lengths > 0
+    first[nz] = buffer[offsets[:-1][nz]]
+    _TOKEN_INFO[id(v)] = (v, (first, lengths))
+    while len(_TOKEN_INFO) > 4:
+        _TOKEN_INFO.popitem(last=False)
+    return first, lengths
 
 
 class _Hole:
@@ -247,8 +324,9 @@ class _Hole:
         self.stops = [_stop_pair(s) for s in stops]
         self.maxphr = max((len(p) for p, _ in self.stops), default=0)
         # Unconstrained: everything but control tokens (and EOS before min_tokens).
-        self.uncon = special[special != eos].astype(np.int32)
-        self.uncon_noeos = np.union1d(self.uncon, [eos]).astype(np.int32)
+        uncon = special[special != eos].astype(np.int32)
+        self.uncon = _Dense(n_vocab, comp=uncon)
+        self.uncon_noeos = _Dense(n_vocab, comp=np.union1d(uncon, [eos]).astype(np.int32))
         if self.unconstrained:
             self.masks: dict[tuple[int, bool], _Mask] = {}
             self.mte = None
@@ -256,7 +334,8 @@ class _Hole:
         else:
             if automaton.eos_id != eos:
                 raise DecodeError(f"automaton built for EOS id {automaton.eos_id}, but the model's EOS is {eos}")
-            self.masks = _mask_table(automaton)
+            self.cache = _auto_cache(automaton)
+            self.masks = self.cache.masks
             mte = np.asarray(automaton.min_tokens_to_end)
             self.mte = np.where((mte < 0) | (mte >= _INF_TOKENS), _INF_TOKENS, mte).astype(np.int64)
             finite = self.mte[self.mte < _INF_TOKENS]
@@ -266,48 +345,82 @@ class _Hole:
         key = (self.a.mask_id(state), bool(self.a.is_final(state)))
         m = self.masks.get(key)
         if m is None:
-            ids = np.asarray(self.a.allowed(state), dtype=np.int32)
-            has_eos = bool(np.any(ids == self.eos))
-            if len(ids) > self.V // 2:
-                keep = np.zeros(self.V, bool)
-                keep[ids] = True
-                m = _Mask(None, np.flatnonzero(~keep).astype(np.int32), has_eos, False, False)
-            else:
-                m = _Mask(ids, None, has_eos, has_eos and len(ids) == 1, len(ids) == 0)
+            m = _Mask(np.asarray(self.a.allowed(state), dtype=np.int32), self.V, self.eos)
             self.masks[key] = m
         return m
 
-    def allowed(self, state: int, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Allowed set after ``n`` generated tokens, as ``(ids, None)`` (sparse) or ``(None, complement)``."""
+    def forced_run(self, state: int, info: tuple[np.ndarray, np.ndarray], backend: Backend) -> tuple[list[int], int] | None:
+        """Tokens of the text the automaton forces from ``state``, and the state after them (cached per state).
+
+        The next byte is forced when every allowed token starts with it (a byte-level vocabulary has a
+        one-byte token for every byte the language may take next, so this is exact). The forced bytes are
+        tokenized as the model would tokenize them and checked against the automaton; ``None`` if nothing
+        is forced or the tokenization is not accepted.
+        """
+        runs = self.cache.runs
+        if state in runs:
+            return runs[state]
+        first, lengths = info
+        a = self.a
+        text = bytearray()
+        s = state
+        while len(text) < 256 and not a.is_final(s) and not a.is_stopped(s):
+            m = self.mask(s)
+            if m.ids is None or not 0 < len(m.ids) <= 1024:
+                break
+            fb = first[m.ids]
+            c = int(fb[0])
+            if c < 0 or not bool(np.all(fb == c)):
+                break
+            single = m.ids[lengths[m.ids] == 1]
+            nxt = a.step(s, int(single[0])) if len(single) else -1
+            if nxt < 0:
+                break
+            text.append(c)
+            s = nxt
+        result = None
+        if text:
+            toks = backend.tokenize(bytes(text), bos=False)
+            if toks and backend.detokenize(toks) == text:
+                cur = state
+                for t in toks:
+                    cur = a.step(cur, t)
+                    if cur < 0:
+                        break
+                if cur >= 0:
+                    result = (toks, cur)
+        runs[state] = result
+        return result
+
+    def allowed(self, state: int, n: int) -> tuple[np.ndarray | None, _Dense | None]:
+        """Allowed set after ``n`` generated tokens: ``(ids, None)`` (sparse, sorted) or ``(None, dense)``."""
         no_eos = n < self.min_tokens
         if self.unconstrained:
             return None, (self.uncon_noeos if no_eos else self.uncon)
         m = self.mask(state)
-        ids, comp = m.ids, m.comp
         if no_eos and m.has_eos:
-            if ids is not None:
-                ids = ids[ids != self.eos]
-            else:
-                comp = np.union1d(comp, [self.eos]).astype(np.int32)
-        if self.max_tokens is not None:
-            r = self.max_tokens - n
-            if r - 1 < self.mte_max:
-                # Near the end of the budget: keep only tokens after which the value can still end in time.
-                if ids is None:
-                    keep = np.ones(self.V, bool)
-                    keep[comp] = False
-                    ids = np.flatnonzero(keep).astype(np.int32)
-                    comp = None
-                eos_in = bool(np.any(ids == self.eos))
-                body = ids[ids != self.eos]
+            m = m.without_eos(self.V, self.eos)
+        if self.max_tokens is not None and self.max_tokens - n - 1 < self.mte_max:
+            # Near the end of the budget: keep only tokens after which the value can still end in time.
+            left = self.max_tokens - n - 1
+            key = (state, left, no_eos)
+            ids = self.cache.budget.get(key)
+            if ids is None:
+                ids = m.ids
+                body = ids[ids != self.eos] if m.has_eos else ids
                 if len(body):
                     nxt = np.asarray(self.a.step_many(np.full(len(body), state, np.int64), body))
                     ok = nxt >= 0
-                    ok[ok] = self.mte[nxt[ok]] <= r - 1
+                    ok[ok] = self.mte[nxt[ok]] <= left
                     body = body[ok]
-                ids = np.concatenate([body, [self.eos]]).astype(np.int32) if eos_in else body
-                ids.sort()
-        return ids, comp
+                if m.has_eos:
+                    body = np.sort(np.concatenate([body, np.array([self.eos], np.int32)]))
+                ids = body.astype(np.int32, copy=False)
+                self.cache.budget[key] = ids
+            return ids, None
+        if m.dense is not None:
+            return None, m.dense
+        return m.ids, None
 
 
 def _is_stop_rule(x: Any) -> bool:
@@ -358,11 +471,12 @@ class _Seq:
 
 
 class _Decoder:
-    def __init__(self, backend: Backend, max_len: int | None, score: bool) -> None:
+    def __init__(self, backend: Backend, max_len: int | None, score: bool, forced_text: bool = True) -> None:
         self.b = backend
         self.eos = backend.eos_id
         self.max_len = backend.n_ctx if max_len is None else min(int(max_len), backend.n_ctx)
         self.scoring = score
+        self.tokinfo = _token_info(backend) if forced_text else None
 
     # Appending a token and detecting how the hole ends ----------------------------------------------------
 
@@ -401,12 +515,26 @@ class _Decoder:
         return None if best is None else best[1]
 
     def advance_forced(self, s: _Seq) -> None:
-        """Append forced tokens (and end on an EOS-only state when not scoring) without a model call."""
+        """Append forced text and tokens (and end on an EOS-only state when not scoring) without a model call.
+
+        The appended tokens reach the model in one batch with the next step's evaluation.
+        """
         h = s.hole
         if h.unconstrained:
             return
         a = h.a
         while s.ending is None:
+            run = h.forced_run(s.state, self.tokinfo, self.b) if self.tokinfo is not None else None
+            if run is not None:
+                toks, end = run
+                if h.max_tokens is None or len(toks) + h.mte[end] <= h.max_tokens - len(s.tokens):
+                    for tok in toks:
+                        self.push(s, tok)
+                        if self.scoring:
+                            s.pending += 1
+                        if s.ending is not None:
+                            break
+                    continue
             tok = a.forced(s.state)
             if tok < 0:
                 if not self.scoring and len(s.tokens) >= h.min_tokens and h.mask(s.state).only_eos:
@@ -470,23 +598,29 @@ def _lse(x: np.ndarray) -> np.ndarray:
 # -- token choice --------------------------------------------------------------------------------------------
 
 
-def _argmax(row: np.ndarray, ids: np.ndarray | None, comp: np.ndarray | None) -> int:
+_GATHER_MAX = 2048  # above this many allowed ids, first check whether the model's own argmax is allowed
+
+
+def _argmax(row: np.ndarray, ids: np.ndarray | None, dense: _Dense | None) -> int:
     if ids is not None:
         if len(ids) == 0:
             return -1
+        if len(ids) > _GATHER_MAX:
+            t = int(np.argmax(row))
+            i = int(ids.searchsorted(np.int32(t)))
+            if i < len(ids) and int(ids[i]) == t:
+                return t
         return int(ids[int(np.argmax(row[ids]))])
     t = int(np.argmax(row))
-    i = int(np.searchsorted(comp, t))
-    if i < len(comp) and comp[i] == t:  # the model's favourite is disallowed: mask through the complement
-        tmp = row.copy()
-        tmp[comp] = -np.inf
-        t = int(np.argmax(tmp))
-        if not np.isfinite(tmp[t]):
-            return -1
-    return t
+    if dense.contains(t):  # the common case: the model's favourite is allowed anyway
+        return t
+    tmp = row.copy()  # mask through the (small) complement
+    tmp[dense.comp] = -np.inf
+    t = int(np.argmax(tmp))
+    return t if np.isfinite(tmp[t]) else -1
 
 
-def _topn(row: np.ndarray, ids: np.ndarray | None, comp: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _topn(row: np.ndarray, ids: np.ndarray | None, dense: _Dense | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The n best allowed tokens of a row and their logits (unordered)."""
     if ids is not None:
         vals = row[ids]
@@ -495,7 +629,7 @@ def _topn(row: np.ndarray, ids: np.ndarray | None, comp: np.ndarray | None, n: i
             return ids[part], vals[part]
         return ids, vals
     tmp = row.copy()
-    tmp[comp] = -np.inf
+    tmp[dense.comp] = -np.inf
     if n <= 8:  # a few argmax passes beat a partition of the whole vocabulary
         out = []
         for _ in range(n):
@@ -512,10 +646,10 @@ def _topn(row: np.ndarray, ids: np.ndarray | None, comp: np.ndarray | None, n: i
 
 
 def _sample(
-    row: np.ndarray, ids: np.ndarray | None, comp: np.ndarray | None, cfg: Sample, rng: np.random.Generator
+    row: np.ndarray, ids: np.ndarray | None, dense: _Dense | None, cfg: Sample, rng: np.random.Generator
 ) -> int:
     if cfg.temperature == 0:
-        return _argmax(row, ids, comp)
+        return _argmax(row, ids, dense)
     if ids is not None:
         if len(ids) == 0:
             return -1
@@ -524,7 +658,7 @@ def _sample(
     else:
         cand = None
         vals = row / np.float32(cfg.temperature)
-        vals[comp] = -np.inf
+        vals[dense.comp] = -np.inf
     if 0 < cfg.top_k < len(vals):
         part = np.argpartition(vals, -cfg.top_k)[-cfg.top_k :]
         vals = vals[part]
@@ -578,6 +712,7 @@ def decode_hole(
     rng: np.random.Generator | int | None = None,
     scores: Sequence[float] | None = None,
     score: bool | None = None,
+    forced_text: bool = True,
 ) -> list[Completion]:
     """Fill one hole for a batch of branches.
 
@@ -593,8 +728,8 @@ def decode_hole(
     strategy : Argmax | Sample | Beam
     stops : per-branch or shared sequence of stop rules
         Each rule a ``compiler.ir.Stop`` (``phrase``, ``keep``) or a ``(phrase: str | bytes, keep: bool)`` pair.
-        Generation ends at the first occurrence; the value is cut there (``keep`` keeps the phrase). A
-        ``HoleIR`` (or a sequence of them) may be passed as ``automata`` companion via :func:`hole_limits`.
+        Generation ends at the first occurrence; the value is cut there (``keep`` keeps the phrase). For a
+        ``HoleIR``, ``decode_hole(..., **hole_limits(hole))`` passes its stops and token window.
     min_tokens, max_tokens : int or per-branch sequence
         Token window of the value (EOS excluded): EOS is not allowed before ``min_tokens``; with ``r`` tokens
         left only tokens after which the automaton can still end within ``r - 1`` more are allowed, and the
@@ -608,6 +743,11 @@ def decode_hole(
         Incoming score of each branch (beam search over several holes ranks by the running total).
     score : bool, optional
         Compute log-probabilities (default: only for beam search, which needs them).
+    forced_text : bool
+        Fast-forward text the automaton forces (every allowed token starts with the same byte, repeatedly):
+        the forced bytes are tokenized as the model tokenizes text and appended without sampling, reaching the
+        model in one batch. With ``False`` only single forced tokens (``automaton.forced``) are skipped, and
+        the tokenization of forced text is the decoder's choice as for free text.
 
     Returns
     -------
@@ -642,7 +782,7 @@ def decode_hole(
         gen = np.random.default_rng(rng)
 
     special = np.asarray(backend.special_ids, dtype=np.int32)
-    dec = _Decoder(backend, max_len, scoring)
+    dec = _Decoder(backend, max_len, scoring, forced_text)
     holes: dict[tuple[int, int, int, int | None], _Hole] = {}
     seqs: list[_Seq] = []
     for i in range(B):
@@ -686,11 +826,11 @@ def _greedy_or_sample(dec: _Decoder, seqs: list[_Seq], strategy: Argmax | Sample
             if s.ending is not None:
                 continue  # was only evaluated to score its forced tail
             row = logits[k]
-            ids, comp = s.hole.allowed(s.state, len(s.tokens))
+            ids, dense = s.hole.allowed(s.state, len(s.tokens))
             if isinstance(strategy, Sample):
-                tok = _sample(row, ids, comp, strategy, rng)
+                tok = _sample(row, ids, dense, strategy, rng)
             else:
-                tok = _argmax(row, ids, comp)
+                tok = _argmax(row, ids, dense)
             if tok < 0:
                 s.ending = "dead"
                 continue
@@ -734,8 +874,8 @@ def _beam(dec: _Decoder, seqs: list[_Seq], n: int) -> list[Completion]:
             if s.ending is not None:
                 finished.append(s)
                 continue
-            ids, comp = s.hole.allowed(s.state, len(s.tokens))
-            toks, vals = _topn(logits[k], ids, comp, n)
+            ids, dense = s.hole.allowed(s.state, len(s.tokens))
+            toks, vals = _topn(logits[k], ids, dense, n)
             if len(toks) == 0:
                 continue  # a dead beam simply drops out
             cand_score.append(s.score + (vals.astype(np.float64) - lse[k]))

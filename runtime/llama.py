@@ -85,8 +85,9 @@ class LlamaBackend(KVCacheBackend):
         Sequence slots (beam/sample width evaluated in one batch).
     n_batch : int
         Most tokens per ``llama_decode`` call (longer feeds are split).
-    n_threads : int
-        CPU threads.
+    n_threads : int, optional
+        CPU threads (default ``$LMQC_N_THREADS`` or 2). llama.cpp's threads busy-wait for each other, so on a
+        machine where other processes compete for the cores, 1 thread is steadier than 2.
     vocabulary : Vocabulary, optional
         The model's vocabulary if already prepared (else built/cached from the file).
     """
@@ -98,11 +99,13 @@ class LlamaBackend(KVCacheBackend):
         n_ctx: int = 4096,
         n_seq: int = 8,
         n_batch: int = 512,
-        n_threads: int = 2,
+        n_threads: int | None = None,
         vocabulary: Vocabulary | None = None,
     ) -> None:
         L = llama_lib()
         self._L = L
+        if n_threads is None:
+            n_threads = int(os.environ.get("LMQC_N_THREADS", "2"))
         self.model_path = str(model_path)
         self._model = load_llama_model(self.model_path)
         cp = L.llama_context_default_params()

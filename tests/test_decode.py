@@ -86,7 +86,7 @@ def test_argmax_equals_brute_force_and_satisfies(tb, name):
     dfa, pat = CASES[name]
     a = auto(tb, dfa)
     ctx = prompt(tb)
-    [c] = decode_hole(tb, [ctx], a, strategy=Argmax(), max_tokens=40)
+    [c] = decode_hole(tb, [ctx], a, strategy=Argmax(), max_tokens=40, forced_text=False)
     check(tb, c, ctx)
     assert regex_ok(pat.decode(), c.value), c.value
     assert a.accepts(c.tokens)
@@ -142,7 +142,7 @@ def test_dense_mask_complement_path(tb):
     a = auto(tb, dfa_len_lt(6))
     assert len(a.allowed(0)) > tb.n_vocab // 2
     ctx = prompt(tb)
-    [c] = decode_hole(tb, [ctx], a)
+    [c] = decode_hole(tb, [ctx], a, forced_text=False)
     assert len(c.value) < 6
     ref, _ = brute_argmax(tb, ctx, a)
     assert c.tokens == ref
@@ -227,7 +227,7 @@ def test_wide_beam_finds_exhaustive_best(tb):
                 dfs(a.step(state, t), toks + [t], lp + row[t])
 
     dfs(a.initial, [], 0.0)
-    out = decode_hole(tb, [ctx], a, strategy=Beam(len(seqs) + 2))
+    out = decode_hole(tb, [ctx], a, strategy=Beam(len(seqs) + 2), forced_text=False)
     assert out[0].score == pytest.approx(best, abs=1e-4)
     assert len(out) == len(seqs)
     np.testing.assert_allclose([c.score for c in out], sorted((s for s, _ in seqs), reverse=True), atol=1e-4)
@@ -266,12 +266,12 @@ def test_forced_runs_need_no_model_call(tb):
     a = auto(tb, dfa_literals([lit]), exclude=byte_tokens)
     toks, _ = brute_argmax(tb, ctx, a)
     tb.stats.reset()
-    [c] = decode_hole(tb, [ctx], a)
+    [c] = decode_hole(tb, [ctx], a, forced_text=False)
     assert c.value == lit and c.tokens == toks
     forced_steps = sum(1 for _ in toks)
     assert tb.stats.eval_calls < forced_steps  # runs are batched, the final EOS-only state costs nothing
     # the tokens reach the model in few batches, and the scores still count every forced token
-    beams = decode_hole(tb, [ctx], a, strategy=Beam(2))
+    beams = decode_hole(tb, [ctx], a, strategy=Beam(2), forced_text=False)
     assert all(x.value == lit for x in beams)
 
     def logprob(tokens):
@@ -284,7 +284,7 @@ def test_forced_runs_need_no_model_call(tb):
     for b in beams:
         assert b.logprob == pytest.approx(logprob(b.tokens), abs=1e-4)
     assert beams[0].score >= logprob(toks) - 1e-4
-    [s] = decode_hole(tb, [ctx], a, strategy=Argmax(), score=True)
+    [s] = decode_hole(tb, [ctx], a, strategy=Argmax(), score=True, forced_text=False)
     assert s.tokens == toks and s.logprob == pytest.approx(logprob(toks), abs=1e-4)
 
 
@@ -320,12 +320,12 @@ def test_stop_at_inside_a_token_rolls_back_the_context(tb):
     ctx = prompt(tb)
     # only ". " can produce the period: the stop phrase ends inside that token
     a = _literal(tb, b"hello world. yes", exclude_pieces=[b"."])
-    [c] = decode_hole(tb, [ctx], a, stops=[Stop(".", keep=True)])
+    [c] = decode_hole(tb, [ctx], a, stops=[Stop(".", keep=True)], forced_text=False)
     assert c.value == b"hello world." and c.ending == "stop"
     assert tb.piece(c.tokens[-1]) == b". "
     check(tb, c, ctx)
     assert c.context[-1] == tb.tokenize(".")[0]
-    [d] = decode_hole(tb, [ctx], a, stops=[Stop(".", keep=False)])
+    [d] = decode_hole(tb, [ctx], a, stops=[Stop(".", keep=False)], forced_text=False)
     assert d.value == b"hello world"
     check(tb, d, ctx)
     assert d.context == ctx + c.tokens[:-1]
@@ -337,11 +337,11 @@ def test_stop_before_across_tokens(tb):
     toks, _ = brute_argmax(tb, ctx, a)
     assert [tb.piece(t) for t in toks] == [b"hello", b" world"]
     for strategy in (Argmax(), Sample(), Beam(2)):
-        out = decode_hole(tb, [ctx], a, stops=[(b"o w", False)], strategy=strategy, rng=0)
+        out = decode_hole(tb, [ctx], a, stops=[(b"o w", False)], strategy=strategy, rng=0, forced_text=False)
         for c in out:
             assert c.value == b"hell" and c.ending == "stop"
             check(tb, c, ctx)  # "hello" was dropped and "hell" re-tokenized
-    [c] = decode_hole(tb, [ctx], a, stops=[Stop("o w", keep=True), Stop("ld", keep=True)])
+    [c] = decode_hole(tb, [ctx], a, stops=[Stop("o w", keep=True), Stop("ld", keep=True)], forced_text=False)
     assert c.value == b"hello w"
 
 
@@ -405,3 +405,43 @@ def test_mask_cache_calls_allowed_once_per_mask(tb):
     decode_hole(tb, [prompt(tb)], a)
     assert a.allowed_calls == calls
     assert calls <= len(a.masks) + 1
+
+
+def test_forced_text_is_fast_forwarded_in_one_batch(tb):
+    # a shared literal prefix, a choice, a shared literal suffix: byte tokens stay allowed, so no single token
+    # is ever forced, but the text is
+    names = [b"Alice", b"Bob", b"Ann"]
+    words = [b'{"name": "' + n + b'", "age": 42}' for n in names]
+    a = auto(tb, dfa_literals(words))
+    assert a.forced(a.initial) < 0
+    ctx = prompt(tb)
+    for strategy in (Argmax(), Sample(), Beam(2)):
+        tb.stats.reset()
+        out = decode_hole(tb, [ctx], a, strategy=strategy, rng=0)
+        for c in out:
+            assert c.value in words
+            check(tb, c, ctx)
+            assert c.tokens[:4] == tb.tokenize(b'{"name": "')  # the model's own tokenization of forced text
+        if not isinstance(strategy, Beam):
+            assert tb.stats.eval_calls <= 3  # the name's choice costs a step or two; everything else is forced
+    tb.stats.reset()
+    [slow] = decode_hole(tb, [ctx], a, forced_text=False)
+    assert slow.value in words and tb.stats.eval_calls > 8
+    # beam scores still count every forced token
+    [b, *_] = decode_hole(tb, [ctx], a, strategy=Beam(2))
+    cur, lp = list(ctx), 0.0
+    for t in b.tokens + [tb.eos_id]:
+        lp += lsm(tb.reference_logits(cur))[t]
+        cur.append(t)
+    assert b.logprob == pytest.approx(lp, abs=1e-4)
+
+
+def test_forced_text_respects_budget_and_stops(tb):
+    words = [b"hello world. yes"]
+    a = auto(tb, dfa_literals(words))
+    ctx = prompt(tb)
+    [c] = decode_hole(tb, [ctx], a, stops=[Stop(".", keep=False)])
+    assert c.value == b"hello world" and c.ending == "stop"
+    check(tb, c, ctx)
+    [c] = decode_hole(tb, [ctx], a, max_tokens=len(tb.tokenize(words[0])))
+    assert c.value == words[0]
