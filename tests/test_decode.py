@@ -445,3 +445,24 @@ def test_forced_text_respects_budget_and_stops(tb):
     check(tb, c, ctx)
     [c] = decode_hole(tb, [ctx], a, max_tokens=len(tb.tokenize(words[0])))
     assert c.value == words[0]
+
+
+def test_logits_processor_masks_like_the_decoder(tb):
+    from lmqc.runtime.processor import AutomatonLogitsProcessor
+
+    a = auto(tb, dfa_int())
+    ctx = prompt(tb)
+    [ref] = decode_hole(tb, [ctx], a, forced_text=False, max_tokens=50)
+    proc = AutomatonLogitsProcessor(a, pieces=tb.piece)
+    ids = list(ctx)
+    while True:  # a greedy loop like llama-cpp-python's, with the processor in front of the sampler
+        scores = proc(np.asarray(ids, np.intc), tb.reference_logits(ids).copy())
+        tok = int(np.argmax(scores))
+        if tok == tb.eos_id:
+            break
+        ids.append(tok)
+    assert ids[len(ctx) :] == ref.tokens and proc.value == ref.value
+    # a dense automaton masks through the complement
+    d = AutomatonLogitsProcessor(auto(tb, dfa_len_lt(40)))
+    s = d(np.asarray(ctx, np.intc), tb.reference_logits(ctx).copy())
+    assert np.isneginf(s[[0, 1, 3]]).all() and np.isfinite(s[300])

@@ -110,3 +110,18 @@ def test_score_options(gemma):
     p = gemma.tokenize("Q: What is the capital of France?\nA:", bos=True)
     s = score_options(gemma, p, [gemma.tokenize(" Paris"), gemma.tokenize(" London")])
     assert s[0] > s[1]
+
+
+def test_logits_processor_in_create_completion(gemma):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from lmqc.runtime.processor import AutomatonLogitsProcessor
+
+    a = _automaton(gemma.vocabulary, r"(positive|negative|neutral)")
+    llm = llama_cpp.Llama(model_path=gemma.model_path, n_ctx=128, n_threads=1, verbose=False)
+    proc = AutomatonLogitsProcessor(a, pieces=gemma.vocabulary.piece)
+    out = llm.create_completion(
+        "Review: I loved this movie!\nSentiment:", max_tokens=6, temperature=0,
+        logits_processor=llama_cpp.LogitsProcessorList([proc]),
+    )
+    assert out["choices"][0]["text"] in ("positive", "negative", "neutral")
+    del llm
