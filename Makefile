@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 demo: $(STAMP)
-	$(BIN)/lmqc run examples/seed.lmql
+	$(BIN)/lmqc run examples/seed.lmql --input name=Bob
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/compile.py

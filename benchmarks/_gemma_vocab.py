@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from lmqc.compiler.vocabulary import Vocabulary
 
 CACHE = Path(os.environ.get("LMQC_BENCH_VOCAB", "/tmp/lmqc-gemma3-vocab.npz"))

@@ -19,7 +19,6 @@ __version__ = "0.1.0"
 
 from .api import compile, load, model, parse, query, run, vocabulary  # noqa: E402,A004
 
-
 __all__ = [
     "ArtifactError",
     "ConstraintError",

@@ -71,9 +71,183 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# run
+
+
+def _inputs(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.isidentifier():
+            raise _UserError(f"--input expects NAME=VALUE, got {pair!r}")
+        out[name] = value
+    return out
+
+
+def _highlight(result, color: bool) -> str:  # noqa: ANN001 - lmqc.runtime.query.LMQLResult
+    if not color:
+        return result.prompt
+    out, pos = [], 0
+    for start, end, _name in sorted(result.spans):
+        out.append(result.prompt[pos:start])
+        out.append(f"\x1b[1;32m{result.prompt[start:end]}\x1b[0m")
+        pos = end
+    out.append(result.prompt[pos:])
+    return "".join(out)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import api
+    from .compiler.artifact import CompiledQuery
+    from .errors import MaxLenError
+
+    inputs = _inputs(args.input)
+    target: str | CompiledQuery
+    if args.query.endswith(".lmqc"):
+        target = api.load(args.query)
+    else:
+        source = _read_query(args.query)
+        try:
+            target = api.compile(source, args.model, filename=args.query)
+        except SourceError as e:
+            raise e.with_file(args.query, source) from None
+    try:
+        res = api.run(target, args.model, decoder=args.decoder, **inputs)
+    except MaxLenError as e:
+        if e.partial is not None:
+            _print_results([e.partial], args)
+        raise
+    _print_results(res if isinstance(res, list) else [res], args)
+    return 0
+
+
+def _print_results(results: list, args: argparse.Namespace) -> None:
+    if args.json:
+        for r in results:
+            print(json.dumps(r.to_json(), ensure_ascii=False))
+        return
+    color = sys.stdout.isatty()
+    for k, r in enumerate(results):
+        if len(results) > 1:
+            print(f"--- result {k + 1} of {len(results)} (logprob {r.logprob:.3f})")
+        print(_highlight(r, color))
+        if r.distribution is not None:
+            for option, p in r.distribution.items():
+                print(f"  P({option!r}) = {p:.4f}")
+
+
+def _add_run(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run a query (or a compiled .lmqc artifact) on a local model",
+        description="Run a query on a local llama.cpp model and print the prompt with its holes filled.",
+    )
+    p.add_argument("query", metavar="QUERY.lmql", help="the query file, or an artifact from `lmqc compile`")
+    p.add_argument("--model", help="model spec; overrides the query's `from` clause (default: gemma-3-270m)")
+    p.add_argument("--decoder", help='decoder clause, e.g. "beam(n=3)" or "sample(n=2, temperature=0.8)"')
+    p.add_argument(
+        "--input", action="append", default=[], metavar="NAME=VALUE", help="a query input (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help='one JSON object per result: {"prompt", "variables", "distribution"}')
+    p.set_defaults(func=cmd_run)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# compile and inspect
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import time
+
+    from . import api
+
+    source = _read_query(args.query)
+    t0 = time.perf_counter()
+    try:
+        compiled = api.compile(source, args.model, filename=args.query, cache=False)
+    except SourceError as e:
+        raise e.with_file(args.query, source) from None
+    out = Path(args.output or Path(args.query).with_suffix(".lmqc"))
+    try:
+        compiled.save(out)
+    except OSError as e:
+        raise _UserError(f"{out}: cannot write ({e.strerror or e})") from None
+    ms = (time.perf_counter() - t0) * 1000
+    print(f"{out}: {len(compiled.automata)} hole(s), {compiled.nbytes() / 1e6:.2f} MB of tables, {ms:.0f} ms")
+    return 0
+
+
+def _add_compile(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compile",
+        help="compile a query's constraints for a model's vocabulary into an artifact",
+        description="Compile a query into a .lmqc artifact (token automata for one model's vocabulary).",
+    )
+    p.add_argument("query", metavar="QUERY.lmql", help="the query file")
+    p.add_argument("--model", help="model spec whose vocabulary to compile for (default: the query's, else gemma-3-270m)")
+    p.add_argument("-o", "--output", metavar="OUT.lmqc", help="artifact path (default: QUERY.lmqc)")
+    p.set_defaults(func=cmd_compile)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .compiler.artifact import load
+
+    compiled = load(args.artifact)
+    header = compiled.header()
+    info = {
+        "artifact": args.artifact,
+        "source": compiled.query.filename,
+        "lmqc_version": header["lmqc_version"],
+        "format_version": header["format_version"],
+        "model": compiled.model,
+        "vocab_fingerprint": compiled.vocab_fingerprint,
+        "vocab_size": compiled.vocab_size,
+        "holes": {},
+    }
+    for var, automaton in compiled.automata.items():
+        sizes = [automaton.mask_size(m) for m in range(automaton.n_masks)] if not automaton.unconstrained else []
+        info["holes"][var] = {
+            "ir": str(compiled.holes[var]).splitlines()[1:],
+            "unconstrained": automaton.unconstrained,
+            "states": automaton.n_states,
+            "masks": automaton.n_masks,
+            "allowed_tokens": {"min": min(sizes), "max": max(sizes)} if sizes else None,
+            "table_bytes": automaton.nbytes,
+        }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{args.artifact}: query {info['source']}, lmqc {info['lmqc_version']}, format {info['format_version']}")
+    print(f"  vocabulary: {info['vocab_size']} tokens, fingerprint {info['vocab_fingerprint'][:16]}")
+    for var, h in info["holes"].items():
+        if h["unconstrained"]:
+            print(f"  hole {var}: unconstrained")
+        else:
+            a = h["allowed_tokens"]
+            print(
+                f"  hole {var}: {h['states']} states, {h['masks']} distinct masks, "
+                f"{a['min']}..{a['max']} allowed tokens per state, {h['table_bytes'] / 1e6:.2f} MB"
+            )
+        for line in h["ir"]:
+            print(f"    {line.strip()}")
+    return 0
+
+
+def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "inspect",
+        help="describe a compiled artifact",
+        description="Describe a .lmqc artifact: holes, states, distinct masks, allowed-token counts, table sizes.",
+    )
+    p.add_argument("artifact", metavar="OUT.lmqc")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # plumbing
 
-_REGISTRATIONS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_check,)
+_REGISTRATIONS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_check, _add_run, _add_compile, _add_inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from lmqc.compiler import nodes
 from lmqc.compiler.artifact import CompiledQuery
-
 from lmqc.errors import ArtifactError, DecodeError, MaxLenError, QueryTypeError
 
 from . import decode

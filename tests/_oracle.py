@@ -7,6 +7,7 @@ import itertools
 import re
 
 from hypothesis import strategies as st
+
 from lmqc.compiler.bytedfa import cut_value
 from lmqc.compiler.ir import HoleIR
 from lmqc.compiler.nodes import (

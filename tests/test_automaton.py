@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from _oracle import all_strings, constraints, stream_status, vocabularies
 from hypothesis import HealthCheck, given, settings
+
 from lmqc.compiler.automaton import UNREACHABLE, TokenAutomaton
 from lmqc.compiler.bytedfa import ByteDFA
 from lmqc.compiler.ir import HoleIR, Stop
 from lmqc.compiler.lower import lower_hole
 from lmqc.compiler.nodes import And, IsInt, LenCmp, OneOf, Regex, StopsAt, StopsBefore
 from lmqc.compiler.vocabulary import Vocabulary
-
 from lmqc.errors import ArtifactError, ConstraintError
 
 GOLDEN = Path(__file__).parent / "fixtures" / "automata"

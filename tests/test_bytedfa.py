@@ -10,11 +10,11 @@ import pytest
 from _oracle import ALPHABET, all_strings, constraints, stream_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from lmqc.compiler.bytedfa import ByteDFA, cut_value, utf8_ranges
 from lmqc.compiler.ir import HoleIR, Stop
 from lmqc.compiler.lower import lower_hole
 from lmqc.compiler.nodes import And, LenCmp, Not, OneOf, Or, Regex, Span, StopsAt, StopsBefore
-
 from lmqc.errors import ConstraintError
 
 GOLDEN = Path(__file__).parent / "fixtures" / "automata"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lmqc.compiler.ir import HoleIR, Stop
 from lmqc.compiler.lower import lower_hole
 from lmqc.compiler.nodes import (
@@ -18,7 +19,6 @@ from lmqc.compiler.nodes import (
     StopsAt,
     StopsBefore,
 )
-
 from lmqc.errors import ConstraintError
 
 

@@ -112,7 +112,7 @@ def test_max_len_keeps_partial_result() -> None:
 
 
 def test_query_decorator_compiles_once_and_sees_scope() -> None:
-    greeting = "Hello"
+    greeting = "Hello"  # noqa: F841 - read by the query through the enclosing scope
 
     @lmqc.query(model="lmqc:tiny")
     def greet(name):
