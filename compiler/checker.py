@@ -234,36 +234,55 @@ class _Names(ast.NodeVisitor):
     visit_ImportFrom = visit_Import
 
 
-def _fragments(body: tuple[nodes.Stmt, ...]) -> Iterator[tuple[str, str]]:
-    """(source, mode) of every Python fragment, in program order."""
+def _names(source: str, mode: str) -> tuple[list[str], list[str]]:
+    visitor = _Names()
+    try:
+        visitor.visit(ast.parse(source, mode=mode))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        pass  # the parser validated every fragment; nothing to learn from one that does not parse here
+    return visitor.loads, visitor.stores
+
+
+def _free_names(body: tuple[nodes.Stmt, ...], bound: set[str], out: dict[str, None]) -> None:
+    """Walk the program in execution order: a name read before anything bound it is an input."""
+
+    def read(names: list[str]) -> None:
+        for name in names:
+            if name not in bound and name not in _BUILTINS:
+                out.setdefault(name)
+
     for stmt in body:
         if isinstance(stmt, nodes.PromptString):
             for part in stmt.parts:
                 if isinstance(part, nodes.Interp):
-                    yield part.expr, "eval"
+                    read(_names(part.expr, "eval")[0])
+                elif isinstance(part, nodes.Hole):
+                    bound.add(part.name)
         elif isinstance(stmt, nodes.PyStmt):
-            yield stmt.source, "exec"
+            loads, stores = _names(stmt.source, "exec")
+            read(loads)
+            bound.update(stores)
         elif isinstance(stmt, nodes.For):
-            yield stmt.iter, "eval"
-            yield f"for {stmt.target} in ():\n pass", "exec"
-            yield from _fragments(stmt.body)
+            read(_names(stmt.iter, "eval")[0])
+            bound.update(_names(f"for {stmt.target} in ():\n pass", "exec")[1])
+            _free_names(stmt.body, bound, out)
         elif isinstance(stmt, nodes.If):
+            after = set(bound)
             for cond, branch in stmt.branches:
                 if cond is not None:
-                    yield cond, "eval"
-                yield from _fragments(branch)
+                    read(_names(cond, "eval")[0])
+                inner = set(bound)
+                _free_names(branch, inner, out)
+                after |= inner
+            bound |= after
 
 
 def inputs(query: nodes.Query) -> list[str]:
-    """Names the program reads but never binds (not holes, not assigned, not loop targets, not builtins)."""
-    visitor = _Names()
-    for source, mode in _fragments(query.body):
-        try:
-            visitor.visit(ast.parse(source, mode=mode))
-        except SyntaxError:
-            continue
-    bound = set(visitor.stores) | set(holes(query)) | _BUILTINS
-    return [name for name in dict.fromkeys(visitor.loads) if name not in bound]
+    """Names the program reads before binding them itself (holes, assignments and loop targets bind;
+    builtins are never inputs), in order of first use. ``x = int(x)`` makes ``x`` an input."""
+    out: dict[str, None] = {}
+    _free_names(query.body, set(), out)
+    return list(out)
 
 
 # --------------------------------------------------------------------------------------------------------------
