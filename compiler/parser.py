@@ -100,7 +100,9 @@ class _Layout:
                 if tok.type == "NAME" and tok.value.lower() in DECODERS:
                     tok = Token.new_borrow_pos("DECODER_NAME", tok.value, tok)
                 self.first = tok
-                line_text = self.text.splitlines()[tok.line - 1] if tok.line - 1 < len(self.text.splitlines()) else ""
+                # lark counts lines by "\n" only (str.splitlines would also split on \x0c, \u2028, ...)
+                lines = self.text.split("\n")
+                line_text = lines[tok.line - 1] if 0 < tok.line <= len(lines) else ""
                 stack = [_indent_width(line_text[: tok.column - 1])]
                 pending = None
             if pending is not None:

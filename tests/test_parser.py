@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from lmqc.compiler import nodes
 from lmqc.compiler.checker import format_query
 from lmqc.compiler.parser import parse
-
 from lmqc.errors import LmqcError, QuerySyntaxError, QueryTypeError
 
 FIXTURES = Path(__file__).parent / "fixtures"
