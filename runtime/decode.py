@@ -590,9 +590,11 @@ class _Decoder:
 
 
 def _lse(x: np.ndarray) -> np.ndarray:
-    """Row-wise log-sum-exp of float32[B, V] -> float64[B]."""
+    """Row-wise log-sum-exp of float32[B, V] -> float64[B] (float32 SIMD exp, pairwise float32 sums)."""
     m = x.max(axis=1, keepdims=True)
-    return (np.log(np.exp(x - m).sum(axis=1, dtype=np.float64)) + m[:, 0]).astype(np.float64)
+    buf = np.subtract(x, m, dtype=np.float32)
+    np.exp(buf, out=buf)
+    return np.log(buf.sum(axis=1).astype(np.float64)) + m[:, 0].astype(np.float64)
 
 
 # -- token choice --------------------------------------------------------------------------------------------
@@ -645,45 +647,76 @@ def _topn(row: np.ndarray, ids: np.ndarray | None, dense: _Dense | None, n: int)
     return top.astype(np.int32), row[top]
 
 
+_BLOCK = 512  # sampling from a full row: pick a block by its mass, then a token inside it
+
+
+def _draw(w: np.ndarray, rng: np.random.Generator) -> int:
+    """Index drawn with probability proportional to the non-negative float32 weights ``w`` (exact, O(V))."""
+    n = len(w)
+    if n <= 4 * _BLOCK:
+        cum = np.cumsum(w, dtype=np.float64)
+        j = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+        return min(j, int(np.flatnonzero(w)[-1]))
+    pad = (-n) % _BLOCK
+    ww = np.concatenate([w, np.zeros(pad, w.dtype)]) if pad else w
+    blocks = ww.reshape(-1, _BLOCK).sum(axis=1)  # float32 pairwise sums: fast and accurate enough
+    cb = np.cumsum(blocks, dtype=np.float64)
+    u = rng.random() * cb[-1]
+    k = min(int(np.searchsorted(cb, u, side="right")), int(np.flatnonzero(blocks)[-1]))
+    u -= cb[k - 1] if k else 0.0
+    inner = ww[k * _BLOCK : (k + 1) * _BLOCK]
+    cw = np.cumsum(inner, dtype=np.float64)
+    j = min(int(np.searchsorted(cw, u, side="right")), int(np.flatnonzero(inner)[-1]))
+    return k * _BLOCK + j
+
+
+def _nucleus(w: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices of the smallest set of largest weights holding ``top_p`` of the mass (``w.max() == 1``)."""
+    total = float(w.sum())
+    thr = 1e-2
+    while True:
+        # every weight outside {w > thr} is below every weight inside, so if the inside holds top_p of the
+        # mass, the nucleus lies inside it
+        cand = np.flatnonzero(w > thr)
+        if thr < 1e-30 or float(w[cand].sum(dtype=np.float64)) >= top_p * total:
+            break
+        thr *= 1e-3
+    cand = cand[np.argsort(-w[cand], kind="stable")]
+    cum = np.cumsum(w[cand], dtype=np.float64)
+    return cand[: int(np.searchsorted(cum, top_p * total)) + 1]
+
+
 def _sample(
     row: np.ndarray, ids: np.ndarray | None, dense: _Dense | None, cfg: Sample, rng: np.random.Generator
 ) -> int:
+    """Draw from softmax(row / T) restricted to the allowed tokens, after top-k and top-p."""
     if cfg.temperature == 0:
         return _argmax(row, ids, dense)
     if ids is not None:
         if len(ids) == 0:
             return -1
         cand: np.ndarray | None = ids
-        vals = row[ids].astype(np.float64) / cfg.temperature
+        z = row[ids].astype(np.float32)
     else:
         cand = None
-        vals = row / np.float32(cfg.temperature)
-        vals[dense.comp] = -np.inf
-    if 0 < cfg.top_k < len(vals):
-        part = np.argpartition(vals, -cfg.top_k)[-cfg.top_k :]
-        vals = vals[part]
+        z = row.astype(np.float32, copy=True)
+        z[dense.comp] = -np.inf
+    if 0 < cfg.top_k < len(z):
+        part = np.argpartition(z, -cfg.top_k)[-cfg.top_k :]
+        z = z[part]
         cand = part if cand is None else cand[part]
-    m = vals.max()
+    m = z.max()
     if not np.isfinite(m):
         return -1
-    probs = np.exp(vals - m, dtype=np.float64)
-    probs /= probs.sum()
+    # weights exp((z - max) / T) in place: max weight 1, masked tokens 0
+    z -= m
+    z *= np.float32(1.0 / cfg.temperature)
+    np.exp(z, out=z)
     if cfg.top_p < 1.0:
-        # Nucleus: grow a candidate set of the most likely tokens until it holds top_p of the mass.
-        k = min(len(probs), 64)
-        while True:
-            top = np.argpartition(-probs, k - 1)[:k] if k < len(probs) else np.arange(len(probs))
-            top = top[np.argsort(-probs[top], kind="stable")]
-            cum = np.cumsum(probs[top])
-            if cum[-1] >= cfg.top_p or k == len(probs):
-                break
-            k = min(len(probs), k * 8)
-        keep = top[: int(np.searchsorted(cum, cfg.top_p)) + 1]
-        probs = probs[keep]
-        probs /= probs.sum()
+        keep = _nucleus(z, cfg.top_p)
+        z = z[keep]
         cand = keep if cand is None else cand[keep]
-    cum = np.cumsum(probs)
-    j = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(cum) - 1)
+    j = _draw(z, rng)
     return int(j if cand is None else cand[j])
 
 
