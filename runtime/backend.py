@@ -36,7 +36,11 @@ from lmqc.errors import DecodeError
 if TYPE_CHECKING:
     from lmqc.compiler.vocabulary import Vocabulary
 
-__all__ = ["Backend", "EvalStats", "KVCacheBackend", "TinyBackend", "common_prefix_len"]
+__all__ = ["Backend", "CacheFull", "EvalStats", "KVCacheBackend", "TinyBackend", "common_prefix_len"]
+
+
+class CacheFull(DecodeError):
+    """The model's KV cache has no room for a batch (nothing was written; the caller may free cells and retry)."""
 
 
 @dataclass(slots=True)
@@ -163,6 +167,7 @@ class KVCacheBackend:
     def __init__(self) -> None:
         self.stats = EvalStats()
         self._slots: list[list[int]] = [[] for _ in range(self.n_seq)]
+        self._active: set[int] = set()  # slots the current call reads or writes
 
     # -- primitives (subclass) --------------------------------------------------------------------------------
 
@@ -257,6 +262,7 @@ class KVCacheBackend:
                 slot_of[i] = s
                 taken[s] = True
         keep = [lcp[i][slot_of[i]] for i in range(B)]
+        self._active = set(slot_of)
         # What each slot still holds after its own rollback (unassigned slots keep everything).
         holds = [len(t) for t in self._slots]
         for i in range(B):
@@ -277,6 +283,7 @@ class KVCacheBackend:
                 if g > best:
                     best, best_s = g, s
             if best_s >= 0 and d not in sources:
+                self._active.add(best_s)
                 copies.append((best_s, d, best))
                 sources.add(best_s)
                 dests.add(d)
@@ -325,6 +332,7 @@ class KVCacheBackend:
             return
         # Put it in the slot that already holds the most of it; the planner then copies it to the others.
         s = max(range(self.n_seq), key=lambda k: (common_prefix_len(first[:shared], self._slots[k]), -len(self._slots[k])))
+        self._active = {s}
         have = common_prefix_len(first[:shared], self._slots[s])
         if len(self._slots[s]) > have:
             self._seq_rm(s, have)
@@ -343,16 +351,28 @@ class KVCacheBackend:
         self.stats.tokens += n
         self.stats.rows += int(want.sum())
         if n <= self.n_batch:
-            self.stats.decode_calls += 1
-            return self._decode(toks, pos, seq, want)
+            return self._decode_retry(toks, pos, seq, want)
         parts = []
         for a in range(0, n, self.n_batch):
             b = a + self.n_batch
-            self.stats.decode_calls += 1
-            out = self._decode(toks[a:b], pos[a:b], seq[a:b], want[a:b])
+            out = self._decode_retry(toks[a:b], pos[a:b], seq[a:b], want[a:b])
             if len(out):
                 parts.append(np.array(out))  # the model's buffer is reused by the next chunk
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, self.n_vocab), np.float32)
+
+    def _decode_retry(self, toks: np.ndarray, pos: np.ndarray, seq: np.ndarray, want: np.ndarray) -> np.ndarray:
+        """Decode; when the cache is full, drop the sequences this call does not use and try once more."""
+        self.stats.decode_calls += 1
+        try:
+            return self._decode(toks, pos, seq, want)
+        except CacheFull:
+            idle = [s for s in range(self.n_seq) if s not in self._active and self._slots[s]]
+            if not idle:
+                raise
+            for s in idle:
+                self._seq_rm(s, 0)
+                self._slots[s] = []
+            return self._decode(toks, pos, seq, want)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,7 +411,9 @@ class TinyBackend(KVCacheBackend):
     :meth:`reference_logits`, the stateless truth).
     """
 
-    def __init__(self, *, seed: int = 0, n_seq: int = 8, n_ctx: int = 512, n_batch: int = 64) -> None:
+    def __init__(
+        self, *, seed: int = 0, n_seq: int = 8, n_ctx: int = 512, n_batch: int = 64, n_cells: int | None = None
+    ) -> None:
         pieces: list[bytes] = [b"", b"", b"", b""]
         pieces += [bytes([b]) for b in range(256)]
         pieces += [w.encode("utf-8") for w in _TINY_WORDS] + _TINY_RAW
@@ -402,6 +424,7 @@ class TinyBackend(KVCacheBackend):
         self.n_ctx = n_ctx
         self.n_seq = n_seq
         self.n_batch = n_batch
+        self.n_cells = n_cells  # simulated KV capacity (cells summed over sequences), None = unlimited
         self.special_ids = np.array([0, 1, 3], np.int32)
         self._byte_tokens = range(4, 260)
         rng = np.random.default_rng(seed)
@@ -473,6 +496,8 @@ class TinyBackend(KVCacheBackend):
         return self._row(prev2, prev, len(context) - 1)
 
     def _decode(self, tokens: np.ndarray, positions: np.ndarray, seq_ids: np.ndarray, want: np.ndarray) -> np.ndarray:
+        if self.n_cells is not None and sum(map(len, self._kv)) + len(tokens) > self.n_cells:
+            raise CacheFull(f"tiny KV cache full ({self.n_cells} cells)")
         for t, p, s in zip(tokens.tolist(), positions.tolist(), seq_ids.tolist(), strict=True):
             kv = self._kv[s]
             if p in kv:

@@ -19,7 +19,7 @@ import numpy as np
 
 from lmqc.errors import DecodeError, ModelError
 
-from .backend import KVCacheBackend
+from .backend import CacheFull, KVCacheBackend
 
 if TYPE_CHECKING:
     from lmqc.compiler.vocabulary import Vocabulary
@@ -180,13 +180,13 @@ class LlamaBackend(KVCacheBackend):
         self._b_out[:n] = want
         self._batch.n_tokens = n
         rc = self._L.llama_decode(self._ctx, self._batch)
+        if rc == 1:  # no room: llama.cpp restored the cache, so the caller may free cells and retry
+            raise CacheFull(
+                f"llama.cpp KV cache is full (n_ctx={self.n_ctx} cells shared by all sequences): "
+                "use a larger n_ctx or a smaller max_len"
+            )
         if rc != 0:
             self.reset()  # the cache may hold part of the batch: forget everything rather than trust it
-            if rc == 1:
-                raise DecodeError(
-                    f"llama.cpp KV cache is full (n_ctx={self.n_ctx} cells shared by all sequences): "
-                    "use a larger n_ctx or a smaller max_len"
-                )
             raise DecodeError(f"llama_decode failed with code {rc}")
         n_out = int(want.sum())
         if n_out == 0:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lmqc.runtime.backend import Backend, TinyBackend, common_prefix_len
 
 from lmqc.errors import DecodeError
+from lmqc.runtime.backend import Backend, TinyBackend, common_prefix_len
 
 
 @pytest.fixture
@@ -129,3 +129,16 @@ def test_import_lmqc_does_not_import_llama_cpp():
     code = "import sys, lmqc, lmqc.runtime.models, lmqc.runtime.decode; print('llama_cpp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_full_cache_evicts_idle_sequences_and_retries():
+    tb = TinyBackend(n_seq=4, n_batch=64, n_cells=60)
+    ctxs = [tb.tokenize(f"hello {i} world, the end", bos=True) for i in range(4)]
+    tb.eval(ctxs)  # fills the cache with four sequences
+    long = tb.tokenize("the the the the the the the the the the the the the the the the", bos=True)
+    out = tb.eval([long])
+    np.testing.assert_allclose(out[0], tb.reference_logits(long))
+    from lmqc.runtime.backend import CacheFull
+
+    with pytest.raises(CacheFull):
+        tb.eval([long * 5])
