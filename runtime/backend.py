@@ -89,7 +89,10 @@ class Backend(Protocol):
         Sequences that can be evaluated together (beam/sample width must not exceed it for one batch).
     special_ids : np.ndarray
         int32, sorted: tokens never generated inside a value (control tokens and pieces that detokenize to
-        nothing), EOS excluded. Unconstrained holes mask exactly these.
+        nothing), EOS excluded. Unconstrained holes mask exactly these (except ``eog_ids``).
+    eog_ids : np.ndarray
+        int32 (optional attribute): other end-of-generation tokens (e.g. ``<end_of_turn>``); in an
+        unconstrained hole they end the value like EOS and are never part of it.
     stats : EvalStats
     """
 
@@ -426,6 +429,7 @@ class TinyBackend(KVCacheBackend):
         self.n_batch = n_batch
         self.n_cells = n_cells  # simulated KV capacity (cells summed over sequences), None = unlimited
         self.special_ids = np.array([0, 1, 3], np.int32)
+        self.eog_ids = np.zeros(0, np.int32)
         self._byte_tokens = range(4, 260)
         rng = np.random.default_rng(seed)
         V = self.n_vocab

@@ -314,6 +314,7 @@ class _Hole:
         n_vocab: int,
         eos: int,
         special: np.ndarray,
+        eog: np.ndarray,
     ) -> None:
         self.a = automaton
         self.unconstrained = automaton is None or bool(getattr(automaton, "unconstrained", False))
@@ -323,10 +324,11 @@ class _Hole:
         self.max_tokens = None if max_tokens is None else int(max_tokens)
         self.stops = [_stop_pair(s) for s in stops]
         self.maxphr = max((len(p) for p, _ in self.stops), default=0)
-        # Unconstrained: everything but control tokens (and EOS before min_tokens).
-        uncon = special[special != eos].astype(np.int32)
+        # Unconstrained: everything but control tokens; other end-of-generation tokens (e.g. <end_of_turn>)
+        # end the hole like EOS.
+        uncon = np.setdiff1d(special[special != eos], eog).astype(np.int32)
         self.uncon = _Dense(n_vocab, comp=uncon)
-        self.uncon_noeos = _Dense(n_vocab, comp=np.union1d(uncon, [eos]).astype(np.int32))
+        self.uncon_noeos = _Dense(n_vocab, comp=np.union1d(uncon, np.union1d(eog, [eos])).astype(np.int32))
         if self.unconstrained:
             self.masks: dict[tuple[int, bool], _Mask] = {}
             self.mte = None
@@ -476,6 +478,7 @@ class _Decoder:
         self.eos = backend.eos_id
         self.max_len = backend.n_ctx if max_len is None else min(int(max_len), backend.n_ctx)
         self.scoring = score
+        self.ends = {self.eos, *(int(t) for t in getattr(backend, "eog_ids", ()))}
         self.tokinfo = _token_info(backend) if forced_text else None
 
     # Appending a token and detecting how the hole ends ----------------------------------------------------
@@ -806,8 +809,8 @@ def decode_hole(
     if isinstance(stops, (str, bytes)) or _is_stop_rule(stops):
         raise DecodeError("stops must be a sequence of stop rules, e.g. [Stop('\\n', keep=False)]")
     stop_lists = [stops] * B if shared_stops else _per_branch(stops, B, "stops", is_scalar=lambda v: False)
-    mins = _per_branch(min_tokens, B, "min_tokens", is_scalar=lambda v: isinstance(v, int))
-    maxs = _per_branch(max_tokens, B, "max_tokens", is_scalar=lambda v: v is None or isinstance(v, int))
+    mins = _per_branch(min_tokens, B, "min_tokens", is_scalar=lambda v: isinstance(v, (int, np.integer)))
+    maxs = _per_branch(max_tokens, B, "max_tokens", is_scalar=lambda v: v is None or isinstance(v, (int, np.integer)))
     init = [0.0] * B if scores is None else [float(x) for x in scores]
     if isinstance(rng, np.random.Generator):
         gen = rng
@@ -815,6 +818,7 @@ def decode_hole(
         gen = np.random.default_rng(rng)
 
     special = np.asarray(backend.special_ids, dtype=np.int32)
+    eog = np.asarray(getattr(backend, "eog_ids", ()), dtype=np.int32)
     dec = _Decoder(backend, max_len, scoring, forced_text)
     holes: dict[tuple[int, int, int, int | None], _Hole] = {}
     seqs: list[_Seq] = []
@@ -822,7 +826,7 @@ def decode_hole(
         key = (id(autos[i]), id(stop_lists[i]), mins[i], maxs[i])
         h = holes.get(key)
         if h is None:
-            h = _Hole(autos[i], stop_lists[i], mins[i], maxs[i], backend.n_vocab, backend.eos_id, special)
+            h = _Hole(autos[i], stop_lists[i], mins[i], maxs[i], backend.n_vocab, backend.eos_id, special, eog)
             holes[key] = h
         state = -1 if h.unconstrained else int(h.a.initial)
         ctx = list(contexts[i])
@@ -845,7 +849,7 @@ def decode_hole(
 
 
 def _greedy_or_sample(dec: _Decoder, seqs: list[_Seq], strategy: Argmax | Sample, rng: np.random.Generator) -> list[Completion]:
-    eos = dec.eos
+    ends = dec.ends
     while True:
         for s in seqs:
             if s.ending is None:
@@ -869,7 +873,7 @@ def _greedy_or_sample(dec: _Decoder, seqs: list[_Seq], strategy: Argmax | Sample
                 continue
             if lse is not None:
                 s.logprob += float(row[tok]) - float(lse[k])
-            if tok == eos:
+            if tok in ends:
                 s.ending = "eos"
             else:
                 dec.push(s, tok)
@@ -887,7 +891,7 @@ def _raise_dead(seqs: list[_Seq]) -> None:
 
 
 def _beam(dec: _Decoder, seqs: list[_Seq], n: int) -> list[Completion]:
-    eos = dec.eos
+    ends = dec.ends
     live = [s for s in seqs if s.ending is None]
     finished: list[_Seq] = [s for s in seqs if s.ending is not None]
     while True:
@@ -934,7 +938,7 @@ def _beam(dec: _Decoder, seqs: list[_Seq], n: int) -> list[Completion]:
             child = parent.fork()
             tok = int(tk[j])
             child.logprob = float(sc[j]) - child.score0
-            if tok == eos:
+            if tok in ends:
                 child.ending = "eos"
             else:
                 dec.push(child, tok)

@@ -144,6 +144,10 @@ class LlamaBackend(KVCacheBackend):
         self._pieces = [vocabulary.piece(i) for i in range(self.n_vocab)]
         self.special_ids = np.flatnonzero(vocabulary.never).astype(np.int32)
         self.special_ids = self.special_ids[self.special_ids != self.eos_id]
+        # end-of-generation tokens besides EOS (e.g. Gemma's <end_of_turn>): only among the special ones
+        self.eog_ids = np.array(
+            [t for t in self.special_ids.tolist() if L.llama_vocab_is_eog(self._vocab_p, t)], np.int32
+        )
         self._alloc_batch(n_batch)
         self._tok_buf = (L.llama_token * 4096)()
         super().__init__()

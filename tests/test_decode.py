@@ -16,11 +16,11 @@ from _standin import (
     dfa_until,
     regex_ok,
 )
+
 from lmqc.compiler.ir import Stop
+from lmqc.errors import DecodeError
 from lmqc.runtime.backend import TinyBackend
 from lmqc.runtime.decode import Argmax, Beam, Sample, decode_hole, parse_strategy, score_options
-
-from lmqc.errors import DecodeError
 
 
 @pytest.fixture
@@ -466,3 +466,14 @@ def test_logits_processor_masks_like_the_decoder(tb):
     d = AutomatonLogitsProcessor(auto(tb, dfa_len_lt(40)))
     s = d(np.asarray(ctx, np.intc), tb.reference_logits(ctx).copy())
     assert np.isneginf(s[[0, 1, 3]]).all() and np.isfinite(s[300])
+
+
+def test_other_end_of_generation_tokens_end_unconstrained_holes(tb):
+    ctx = prompt(tb)
+    tb._bigram[:, 3] = 50.0  # a control token the model loves
+    tb.eog_ids = np.array([3], np.int32)  # ... that marks the end of a turn
+    for strategy in (Argmax(), Sample(), Beam(2)):
+        out = decode_hole(tb, [ctx], None, strategy=strategy, rng=0)
+        assert out[0].ending == "eos" and out[0].tokens == []
+    [c] = decode_hole(tb, [ctx], None, min_tokens=2, max_tokens=4)
+    assert 3 not in c.tokens and c.n_tokens >= 2
