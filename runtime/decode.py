@@ -314,9 +314,10 @@ class _Hole:
         n_vocab: int,
         eos: int,
         special: np.ndarray,
-        eog: np.ndarray,
+        eog: np.ndarray | None = None,
     ) -> None:
         self.a = automaton
+        eog = np.zeros(0, np.int32) if eog is None else eog
         self.unconstrained = automaton is None or bool(getattr(automaton, "unconstrained", False))
         self.eos = eos
         self.V = n_vocab
