@@ -109,6 +109,28 @@ def _timed(fn, repeat: int):
     return best, out
 
 
+def _vocab_timings() -> None:
+    """Vocabulary preparation in fresh processes: cold (empty cache dir) and from the disk cache."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    code = (
+        "import time, numpy; t = time.perf_counter()\n"
+        "from lmqc.runtime.models import get_vocabulary\n"
+        "v = get_vocabulary('gemma-3-270m'); v.fingerprint\n"
+        "print(f'{time.perf_counter() - t:.3f} {v.size} {v.fingerprint[:12]}')"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, LMQC_CACHE_DIR=tmp)
+        for label in ("cold", "cached"):
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            secs, size, fp = out.stdout.split()
+            print(f"vocabulary {label}: {float(secs) * 1000:.0f} ms ({size} tokens, fingerprint {fp}; "
+                  "numpy import excluded, lmqc/llama_cpp imports included)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=32)
@@ -120,6 +142,8 @@ def main() -> None:
 
     from lmqc.compiler.automaton import TokenAutomaton
     from lmqc.compiler.bytedfa import ByteDFA
+
+    _vocab_timings()
 
     t0 = time.perf_counter()
     model = get_model("gemma-3-270m", n_threads=args.threads)
