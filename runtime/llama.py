@@ -141,7 +141,9 @@ class LlamaBackend(KVCacheBackend):
         if vocabulary.size != self.n_vocab or vocabulary.eos_id != self.eos_id:
             raise ModelError(f"vocabulary does not match {self.model_path} (size {vocabulary.size} vs {self.n_vocab})")
         self._vocabulary = vocabulary
-        self._pieces = [vocabulary.piece(i) for i in range(self.n_vocab)]
+        raw = vocabulary.buffer.tobytes()
+        offs = vocabulary.offsets.tolist()
+        self._pieces = [raw[a:b] for a, b in zip(offs[:-1], offs[1:], strict=True)]
         self.special_ids = np.flatnonzero(vocabulary.never).astype(np.int32)
         self.special_ids = self.special_ids[self.special_ids != self.eos_id]
         # end-of-generation tokens besides EOS (e.g. Gemma's <end_of_turn>): only among the special ones
