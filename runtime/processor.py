@@ -4,10 +4,11 @@ For users who drive llama-cpp-python themselves but want lmqc's compiled constra
 
     import lmqc
     from llama_cpp import Llama, LogitsProcessorList
+    from lmqc.runtime.models import resolve_model
     from lmqc.runtime.processor import AutomatonLogitsProcessor
 
     q = lmqc.compile('"Age: [AGE]" where INT(AGE)', model="gemma-3-270m")
-    llm = Llama(model_path=lmqc.runtime.models.resolve_model("gemma-3-270m"), verbose=False)
+    llm = Llama(model_path=resolve_model("gemma-3-270m"), verbose=False)
     proc = AutomatonLogitsProcessor(q.automaton("AGE"))          # one processor per completion call
     out = llm.create_completion("Q: How old is the Eiffel tower?\\nA: ", max_tokens=8, temperature=0,
                                 logits_processor=LogitsProcessorList([proc]))
