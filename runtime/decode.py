@@ -834,6 +834,11 @@ def decode_hole(
         if not ctx:
             raise DecodeError("a hole needs a non-empty context (start the prompt with BOS)")
         s = _Seq(i, h, ctx, len(ctx), state, init[i])
+        if not h.unconstrained and h.mte[state] >= _INF_TOKENS:
+            raise DecodeError(
+                "the constraint cannot be satisfied with this model's vocabulary: no token sequence spells an "
+                "accepted value"
+            )
         if h.max_tokens is not None and not h.unconstrained and h.mte[state] > h.max_tokens:
             raise DecodeError(
                 f"the constraint needs at least {int(h.mte[state])} tokens but the hole allows {h.max_tokens}"

@@ -139,6 +139,9 @@ class StandInAutomaton:
                         mte[s] = mte[nxt] + 1
                         changed = True
         self.min_tokens_to_end = np.minimum(mte, inf).astype(np.int32)
+        # prune: a token is allowed only if the value can still be completed after it (sound and complete)
+        for s in range(S):
+            trans[s] = {t: nxt for t, nxt in trans[s].items() if mte[nxt] < inf}
         self._allowed = []
         for s in range(S):
             ids = sorted(trans[s]) + ([eos_id] if self._final[s] and not self._stopped[s] else [])

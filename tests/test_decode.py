@@ -477,3 +477,53 @@ def test_other_end_of_generation_tokens_end_unconstrained_holes(tb):
         assert out[0].ending == "eos" and out[0].tokens == []
     [c] = decode_hole(tb, [ctx], None, min_tokens=2, max_tokens=4)
     assert 3 not in c.tokens and c.n_tokens >= 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_randomized_invariants(seed):
+    """Random languages x strategies x budgets x stops: every completion keeps the decoder's invariants."""
+    import random
+
+    from lmqc.errors import DecodeError
+
+    rnd = random.Random(seed)
+    alphabet = 'ab .\n{}"0123456789éhelowrd'
+    for _ in range(40):
+        tb = TinyBackend(seed=rnd.randrange(5), n_seq=rnd.choice([2, 4, 8]), n_batch=rnd.choice([4, 16, 64]))
+        kind = rnd.randrange(4)
+        if kind == 0:
+            words = sorted({"".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 8))).encode() for _ in range(4)})
+            dfa = dfa_literals(words)
+        elif kind == 1:
+            dfa = dfa_len_lt(rnd.randint(2, 15))
+        elif kind == 2:
+            dfa = dfa_digits(rnd.randint(1, 7))
+        else:
+            dfa = None
+        excl = list(range(4, 260)) if rnd.random() < 0.3 else []
+        a = auto(tb, dfa, exclude=excl) if dfa is not None else None
+        strategy = rnd.choice([Argmax(), Sample(), Sample(0.7, top_k=3), Sample(1.2, top_p=0.7), Beam(rnd.randint(1, 4))])
+        B = rnd.randint(1, 3)
+        ctxs = [prompt(tb, rnd.choice(["Q: hi\nA:", "hello world", '{"name": ', "the the"])) for _ in range(B)]
+        maxt = rnd.choice([None, 2, 5, 12])
+        stops = [] if rnd.random() < 0.6 else [Stop(rnd.choice([".", " ", "o", "0", "ll", "\n"]), rnd.random() < 0.5)]
+        max_len = rnd.choice([None, len(ctxs[0]) + 4])
+        try:
+            out = decode_hole(
+                tb, ctxs, a, strategy=strategy, max_tokens=maxt, stops=stops, max_len=max_len,
+                rng=rnd.randrange(100), forced_text=rnd.random() < 0.7,
+            )
+        except DecodeError:
+            continue  # e.g. the language needs more tokens than the budget allows
+        for c in out:
+            check(tb, c, ctxs[c.parent])
+            if maxt is not None:
+                assert c.n_tokens <= maxt
+            if c.ending in ("eos", "max_tokens") and a is not None and not stops:
+                assert a.accepts(c.tokens), c
+            if c.ending == "stop" and stops:
+                full, ph = tb.detokenize(c.tokens), stops[0].phrase.encode()
+                i = full.find(ph)
+                assert i >= 0 and c.value == full[: i + len(ph) if stops[0].keep else i]
+        if isinstance(strategy, Beam):
+            assert [c.score for c in out] == sorted((c.score for c in out), reverse=True)
