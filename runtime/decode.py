@@ -245,15 +245,18 @@ class _Mask:
 class _AutoCache:
     """Per-automaton caches: allowed sets by (mask id, final), forced-text runs by state."""
 
-    __slots__ = ("masks", "runs", "budget")
+    __slots__ = ("masks", "runs", "budget", "heals")
 
     def __init__(self) -> None:
         self.masks: dict[tuple[int, bool], _Mask] = {}
         self.runs: dict[int, tuple[list[int], int] | None] = {}
         # (state, tokens left after this one (capped), EOS excluded) -> allowed ids under the token budget
         self.budget: dict[tuple[int, int, bool], np.ndarray] = {}
+        # healed prefix -> (sorted first-token ids, the automaton state after each)
+        self.heals: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
 
+_UNCON_CACHE = _AutoCache()  # heal tables of unconstrained holes (keyed by prefix; vocabulary-specific below)
 _AUTO_CACHE: weakref.WeakKeyDictionary[Any, _AutoCache] = weakref.WeakKeyDictionary()
 _AUTO_LRU: OrderedDict[int, tuple[Any, _AutoCache]] = OrderedDict()
 _AUTO_LRU_SIZE = 64
@@ -332,6 +335,7 @@ class _Hole:
         self.uncon_noeos = _Dense(n_vocab, comp=np.union1d(uncon, np.union1d(eog, [eos])).astype(np.int32))
         if self.unconstrained:
             self.masks: dict[tuple[int, bool], _Mask] = {}
+            self.cache = _UNCON_CACHE
             self.mte = None
             self.mte_max = 0
         else:
@@ -394,6 +398,48 @@ class _Hole:
                     result = (toks, cur)
         runs[state] = result
         return result
+
+    def heal_table(self, h: bytes, backend: Backend) -> tuple[np.ndarray, np.ndarray]:
+        """First tokens of a healed hole: pieces ``h + rest`` with ``rest`` empty or a token the automaton
+        allows at its start, and the automaton state after ``rest`` (cached per prefix).
+
+        Returns ``(ids int32[K] sorted, next_state int64[K])``.
+        """
+        key = h if not self.unconstrained else h + b"\0" + str(id(backend.vocabulary)).encode()
+        hit = self.cache.heals.get(key)
+        if hit is not None:
+            return hit
+        v = backend.vocabulary
+        lengths = np.diff(v.offsets)
+        cand = np.flatnonzero((lengths >= len(h)) & ~v.never)
+        for k, byte in enumerate(h):  # vectorized prefix test, one byte column at a time
+            cand = cand[v.buffer[v.offsets[cand] + k] == byte]
+        if self.unconstrained:
+            ids = cand.astype(np.int32)
+            nxt = np.full(len(ids), -1, np.int64)
+        else:
+            start = int(self.a.initial)
+            allowed = {int(t) for t in self.mask(start).ids.tolist() if t != self.eos}
+            piece_id: dict[bytes, int] = {}
+            keep, states = [], []
+            for t in cand.tolist():
+                rest = v.piece(t)[len(h) :]
+                if not rest:
+                    keep.append(t)
+                    states.append(start)
+                    continue
+                if not piece_id:
+                    piece_id = {v.piece(r): r for r in allowed}
+                r = piece_id.get(rest)
+                if r is not None:
+                    keep.append(t)
+                    states.append(self.a.step(start, r))
+            ids = np.asarray(keep, np.int32)
+            nxt = np.asarray(states, np.int64)
+        order = np.argsort(ids, kind="stable")
+        hit = (ids[order], nxt[order])
+        self.cache.heals[key] = hit
+        return hit
 
     def allowed(self, state: int, n: int) -> tuple[np.ndarray | None, _Dense | None]:
         """Allowed set after ``n`` generated tokens: ``(ids, None)`` (sparse, sorted) or ``(None, dense)``."""
@@ -461,11 +507,15 @@ class _Seq:
     pending: int = 0  # trailing forced tokens whose log-probability is not yet known
     ending: str | None = None
     cut: int | None = None
+    heal: bytes = b""  # bytes of the prompt's last token, taken back for token healing (see decode_hole)
+    healing: bool = False  # the next token must start with ``heal``
+    heal_tok: int = -1  # the prompt token taken back (restored if the hole ends before re-spelling it)
 
     def fork(self) -> _Seq:
         return _Seq(
             self.parent, self.hole, list(self.context), self.start, self.state, self.score0, list(self.tokens),
             bytearray(self.value), list(self.ends), self.logprob, self.pending, self.ending, self.cut,
+            self.heal, self.healing, self.heal_tok,
         )
 
     @property
@@ -484,11 +534,34 @@ class _Decoder:
 
     # Appending a token and detecting how the hole ends ----------------------------------------------------
 
+    def allowed(self, s: _Seq) -> tuple[np.ndarray | None, _Dense | None]:
+        """The allowed set of a sequence's next token (the healed first token has its own table)."""
+        h = s.hole
+        if not s.healing:
+            return h.allowed(s.state, len(s.tokens))
+        ids, nxt = h.heal_table(s.heal, self.b)
+        if h.max_tokens is not None and not h.unconstrained:
+            ids = ids[h.mte[nxt] <= h.max_tokens - 1]
+        return ids, None
+
     def push(self, s: _Seq, tok: int) -> None:
         h = s.hole
         s.context.append(tok)
         s.tokens.append(tok)
         old = len(s.value)
+        if s.healing:
+            # the token re-spells the prompt's last bytes: only what follows them belongs to the value
+            s.healing = False
+            s.value += self.b.piece(tok)[len(s.heal) :]
+            s.ends.append(len(s.value))
+            if not h.unconstrained:
+                ids, nxt = h.heal_table(s.heal, self.b)
+                i = int(np.searchsorted(ids, tok))
+                if i >= len(ids) or int(ids[i]) != tok:
+                    raise DecodeError(f"internal error: token {tok} does not heal {s.heal!r}")
+                s.state = int(nxt[i])
+            self._check_end(s, old)
+            return
         s.value += self.b.piece(tok)
         s.ends.append(len(s.value))
         if not h.unconstrained:
@@ -496,6 +569,10 @@ class _Decoder:
             if nxt < 0:
                 raise DecodeError(f"internal error: automaton rejected token {tok} it allowed in state {s.state}")
             s.state = nxt
+        self._check_end(s, old)
+
+    def _check_end(self, s: _Seq, old: int) -> None:
+        h = s.hole
         if h.stops and len(s.value) > old:
             cut = self._find_stop(s.value, old, h)
             if cut is not None:
@@ -524,7 +601,7 @@ class _Decoder:
         The appended tokens reach the model in one batch with the next step's evaluation.
         """
         h = s.hole
-        if h.unconstrained:
+        if h.unconstrained or s.healing:
             return
         a = h.a
         while s.ending is None:
@@ -555,6 +632,9 @@ class _Decoder:
                 s.pending += 1
 
     def complete(self, s: _Seq) -> Completion:
+        if s.healing:  # ended before the healed token was chosen: give the prompt its token back
+            s.context = s.context + [s.heal_tok]
+            s.healing = False
         if s.cut is None:
             value = bytes(s.value)
             context = s.context
@@ -563,6 +643,8 @@ class _Decoder:
             j = bisect.bisect_right(s.ends, s.cut)  # tokens entirely inside the kept value
             context = s.context[: s.start + j]
             tail = value[(s.ends[j - 1] if j else 0) :]
+            if j == 0 and s.heal:
+                tail = s.heal + tail  # the healed token also carried the prompt's last bytes
             if tail:
                 context = context + self.b.tokenize(tail, bos=False)
         lp = s.logprob if self.scoring else math.nan
@@ -750,6 +832,7 @@ def decode_hole(
     scores: Sequence[float] | None = None,
     score: bool | None = None,
     forced_text: bool = True,
+    heal: bool = False,
 ) -> list[Completion]:
     """Fill one hole for a batch of branches.
 
@@ -785,6 +868,12 @@ def decode_hole(
         the forced bytes are tokenized as the model tokenizes text and appended without sampling, reaching the
         model in one batch. With ``False`` only single forced tokens (``automaton.forced``) are skipped, and
         the tokenization of forced text is the decoder's choice as for free text.
+    heal : bool
+        Token healing at the prompt/hole boundary: the context's last token (e.g. a trailing space) is taken
+        back and the first generated token must re-spell its bytes, followed by a valid start of the value
+        (for a constrained hole: nothing, or one token the automaton allows first). So ``"A: "`` can continue
+        with the model's natural ``" 42"`` instead of a space token followed by ``"42"``. The value and the
+        returned context are unchanged in meaning: the context still detokenizes to prompt + value.
 
     Returns
     -------
@@ -834,6 +923,12 @@ def decode_hole(
         if not ctx:
             raise DecodeError("a hole needs a non-empty context (start the prompt with BOS)")
         s = _Seq(i, h, ctx, len(ctx), state, init[i])
+        if heal and len(ctx) >= 2 and not bool(np.isin(ctx[-1], special)) and ctx[-1] != backend.eos_id:
+            last = backend.piece(ctx[-1])
+            if last:
+                s.heal, s.healing, s.heal_tok = last, True, ctx[-1]
+                s.context = ctx[:-1]
+                s.start = len(ctx) - 1
         if not h.unconstrained and h.mte[state] >= _INF_TOKENS:
             raise DecodeError(
                 "the constraint cannot be satisfied with this model's vocabulary: no token sequence spells an "
@@ -869,7 +964,7 @@ def _greedy_or_sample(dec: _Decoder, seqs: list[_Seq], strategy: Argmax | Sample
             if s.ending is not None:
                 continue  # was only evaluated to score its forced tail
             row = logits[k]
-            ids, dense = s.hole.allowed(s.state, len(s.tokens))
+            ids, dense = dec.allowed(s)
             if isinstance(strategy, Sample):
                 tok = _sample(row, ids, dense, strategy, rng)
             else:
@@ -917,7 +1012,7 @@ def _beam(dec: _Decoder, seqs: list[_Seq], n: int) -> list[Completion]:
             if s.ending is not None:
                 finished.append(s)
                 continue
-            ids, dense = s.hole.allowed(s.state, len(s.tokens))
+            ids, dense = dec.allowed(s)
             toks, vals = _topn(logits[k], ids, dense, n)
             if len(toks) == 0:
                 continue  # a dead beam simply drops out

@@ -504,26 +504,56 @@ def test_randomized_invariants(seed):
         a = auto(tb, dfa, exclude=excl) if dfa is not None else None
         strategy = rnd.choice([Argmax(), Sample(), Sample(0.7, top_k=3), Sample(1.2, top_p=0.7), Beam(rnd.randint(1, 4))])
         B = rnd.randint(1, 3)
-        ctxs = [prompt(tb, rnd.choice(["Q: hi\nA:", "hello world", '{"name": ', "the the"])) for _ in range(B)]
+        ctxs = [prompt(tb, rnd.choice(["Q: hi\nA:", "hello world ", '{"name": ', "the the", "A: "])) for _ in range(B)]
         maxt = rnd.choice([None, 2, 5, 12])
         stops = [] if rnd.random() < 0.6 else [Stop(rnd.choice([".", " ", "o", "0", "ll", "\n"]), rnd.random() < 0.5)]
         max_len = rnd.choice([None, len(ctxs[0]) + 4])
+        heal = rnd.random() < 0.4
         try:
             out = decode_hole(
                 tb, ctxs, a, strategy=strategy, max_tokens=maxt, stops=stops, max_len=max_len,
-                rng=rnd.randrange(100), forced_text=rnd.random() < 0.7,
+                rng=rnd.randrange(100), forced_text=rnd.random() < 0.7, heal=heal,
             )
         except DecodeError:
             continue  # e.g. the language needs more tokens than the budget allows
         for c in out:
-            check(tb, c, ctxs[c.parent])
+            ctx = ctxs[c.parent]
+            assert tb.detokenize(c.context) == tb.detokenize(ctx) + c.value
+            assert c.context[: len(ctx) - 1] == ctx[:-1]
+            if not heal:
+                check(tb, c, ctx)
             if maxt is not None:
                 assert c.n_tokens <= maxt
             if c.ending in ("eos", "max_tokens") and a is not None and not stops:
-                assert a.accepts(c.tokens), c
-            if c.ending == "stop" and stops:
+                assert a.accepts(c.tokens) if not heal else a.accepts(tb.tokenize(c.value)) or c.value == b"", c
+            if c.ending == "stop" and stops and not heal:
                 full, ph = tb.detokenize(c.tokens), stops[0].phrase.encode()
                 i = full.find(ph)
                 assert i >= 0 and c.value == full[: i + len(ph) if stops[0].keep else i]
         if isinstance(strategy, Beam):
             assert [c.score for c in out] == sorted((c.score for c in out), reverse=True)
+
+
+def test_token_healing(tb):
+    ctx = prompt(tb, "Q: say hello\nA: hello ")
+    assert tb.piece(ctx[-1]) == b" "
+    # unconstrained: the first token re-spells the space, e.g. " world"; greedy over exactly those tokens
+    [c] = decode_hole(tb, [ctx], None, heal=True, max_tokens=6)
+    assert c.context[: len(ctx) - 1] == ctx[:-1]
+    assert tb.detokenize(c.context) == tb.detokenize(ctx) + c.value
+    first = tb.piece(c.tokens[0])
+    assert first.startswith(b" ")
+    row = tb.reference_logits(ctx[:-1])
+    cands = [t for t in range(tb.n_vocab) if tb.piece(t).startswith(b" ") and t not in (0, 1, 2, 3)]
+    assert c.tokens[0] == max(cands, key=lambda t: row[t])
+    # constrained: " ?[0-9]+" after a prompt ending in a space; values still satisfy the automaton
+    a = auto(tb, dfa_int())
+    for strategy in (Argmax(), Sample(), Beam(3)):
+        for c in decode_hole(tb, [ctx], a, strategy=strategy, heal=True, rng=0, max_tokens=6):
+            assert tb.detokenize(c.context) == tb.detokenize(ctx) + c.value
+            assert regex_ok(r" ?[0-9]+", c.value), c.value
+            assert tb.piece(c.tokens[0]).startswith(b" ")
+    # a stop phrase inside the healed token: the prompt's space survives in the context
+    [c] = decode_hole(tb, [ctx], None, heal=True, stops=[(first[1:2], False)], max_tokens=6)
+    assert c.value == b"" and c.ending == "stop"
+    assert tb.detokenize(c.context) == tb.detokenize(ctx)
