@@ -305,6 +305,27 @@ def _token_info(backend: Backend) -> tuple[np.ndarray, np.ndarray] | None:
     return first, lengths
 
 
+_PIECE_INDEX: OrderedDict[int, tuple[Any, tuple[bytes, dict[bytes, int]]]] = OrderedDict()
+
+
+def _piece_index(v: Any) -> tuple[bytes, dict[bytes, int]]:
+    """The vocabulary's byte buffer and a ``piece bytes -> token id`` map (built once per vocabulary)."""
+    entry = _PIECE_INDEX.get(id(v))
+    if entry is not None and entry[0] is v:
+        return entry[1]
+    raw = v.buffer.tobytes()
+    offs = v.offsets.tolist()
+    never = v.never.tolist()
+    index: dict[bytes, int] = {}
+    for t in range(len(offs) - 2, -1, -1):  # descending, so the lowest id wins among equal pieces
+        if not never[t]:
+            index[raw[offs[t] : offs[t + 1]]] = t
+    _PIECE_INDEX[id(v)] = (v, (raw, index))
+    while len(_PIECE_INDEX) > 4:
+        _PIECE_INDEX.popitem(last=False)
+    return raw, index
+
+
 class _Hole:
     """What one branch's hole needs at every step: automaton, cached masks, stops, token window."""
 
@@ -419,23 +440,24 @@ class _Hole:
             nxt = np.full(len(ids), -1, np.int64)
         else:
             start = int(self.a.initial)
-            allowed = {int(t) for t in self.mask(start).ids.tolist() if t != self.eos}
-            piece_id: dict[bytes, int] = {}
-            keep, states = [], []
-            for t in cand.tolist():
-                rest = v.piece(t)[len(h) :]
-                if not rest:
-                    keep.append(t)
-                    states.append(start)
-                    continue
-                if not piece_id:
-                    piece_id = {v.piece(r): r for r in allowed}
-                r = piece_id.get(rest)
-                if r is not None:
-                    keep.append(t)
-                    states.append(self.a.step(start, r))
-            ids = np.asarray(keep, np.int32)
-            nxt = np.asarray(states, np.int64)
+            raw, index = _piece_index(v)
+            offs = v.offsets
+            rest_id = np.fromiter(
+                (index.get(raw[a + len(h) : b], -2) for a, b in zip(offs[cand].tolist(), offs[cand + 1].tolist(), strict=True)),
+                dtype=np.int64, count=len(cand),
+            )
+            empty = lengths[cand] == len(h)
+            rest_id[empty] = -1
+            ok_first = np.zeros(self.V, bool)
+            first_ids = self.mask(start).ids
+            ok_first[first_ids[first_ids != self.eos]] = True
+            ok = empty | ((rest_id >= 0) & ok_first[np.maximum(rest_id, 0)])
+            ids = cand[ok].astype(np.int32)
+            rid = rest_id[ok]
+            nxt = np.full(len(ids), start, np.int64)
+            body = rid >= 0
+            if body.any():
+                nxt[body] = np.asarray(self.a.step_many(np.full(int(body.sum()), start, np.int64), rid[body]))
         order = np.argsort(ids, kind="stable")
         hit = (ids[order], nxt[order])
         self.cache.heals[key] = hit
