@@ -9,8 +9,10 @@ All new tokens of all sequences of a step go into one ``llama_batch`` (see :clas
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,12 @@ __all__ = ["LlamaBackend", "llama_lib", "load_llama_model"]
 
 _init_lock = threading.Lock()
 _lib: Any = None
+_shutting_down = False
+
+
+def _mark_shutdown() -> None:
+    global _shutting_down
+    _shutting_down = True
 _quiet_cb: Any = None  # keep the ctypes callback alive for the process lifetime
 
 
@@ -54,6 +62,8 @@ def llama_lib() -> Any:
                 _quiet_cb = _quiet
                 llama_cpp.llama_log_set(_quiet_cb, None)
             llama_cpp.llama_backend_init()
+            # atexit runs last-registered first: this flag is set before llama_cpp's own teardown runs
+            atexit.register(_mark_shutdown)
             _lib = llama_cpp
     return _lib
 
@@ -250,7 +260,15 @@ class LlamaBackend(KVCacheBackend):
             L.llama_model_free(self._model)
             self._model = None
 
-    def __del__(self) -> None:
+    def __del__(self, _finalizing: Any = sys.is_finalizing) -> None:
+        # At interpreter shutdown llama_cpp may already have freed the backend (its own atexit hook); freeing
+        # a context then crashes, and the OS reclaims the memory anyway.
+        # (module globals may already be None then, hence the bound default argument and the try.)
+        try:
+            if _finalizing() or _shutting_down:
+                return
+        except Exception:  # noqa: BLE001
+            return
         try:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown may have torn down ctypes already

@@ -120,7 +120,7 @@ def run_compiled(
     started = time.perf_counter()
 
     _, pending, need = replay(query, scope, [])
-    root = _Branch([], backend.tokenize(pending, bos=True), pending, [], need)
+    root = _Branch([], backend.tokenize(_unhealed(compiled, pending, need), bos=True), pending, [], need)
     branches = [root] if isinstance(strategy, decode.Beam | decode.Argmax) or n == 1 else [
         _Branch([], list(root.context), root.prompt, [], need) for _ in range(n)
     ]
@@ -151,14 +151,16 @@ def run_compiled(
             parent = live[c.parent]
             ir = irs[c.parent]
             text = c.text
+            if ir.heal and text.startswith(ir.heal):
+                text = text[len(ir.heal) :]  # the healed space belongs to the prompt, not to the value
             if c.ending == "max_len":
-                partial = _result(_extend(parent, ir.var, text, text, c, backend, query, scope, finished=True))
+                partial = _result(_extend(parent, ir.var, text, text, c, backend, compiled, scope, finished=True))
                 raise MaxLenError(
                     f"max_len={max_len} tokens reached while decoding {ir.var}; partial result kept "
                     "(raise max_len in the decoder clause)",
                     partial=partial,
                 )
-            new.append(_extend(parent, ir.var, _convert(text, ir.is_int), text, c, backend, query, scope))
+            new.append(_extend(parent, ir.var, _convert(text, ir.is_int), text, c, backend, compiled, scope))
         branches = done + new
         if show:
             toks = sum(b.n_tokens for b in branches)
@@ -181,7 +183,7 @@ def _extend(
     text: str,
     c: decode.Completion,
     backend: Any,
-    query: nodes.Query,
+    compiled: CompiledQuery,
     scope: Mapping[str, Any],
     *,
     finished: bool = False,
@@ -191,8 +193,9 @@ def _extend(
     spans = [*parent.spans, (start, start + len(text), var)]
     if finished:
         return _Branch(values, c.context, parent.prompt + text, spans, None, c.score, None, parent.n_tokens + c.n_tokens)
-    _, pending, need = replay(query, scope, values)
-    context = c.context + (backend.tokenize(pending, bos=False) if pending else [])
+    _, pending, need = replay(compiled.query, scope, values)
+    prompt_part = _unhealed(compiled, pending, need)
+    context = c.context + (backend.tokenize(prompt_part, bos=False) if prompt_part else [])
     return _Branch(
         values,
         context,
@@ -203,6 +206,14 @@ def _extend(
         parent.distribution,
         parent.n_tokens + c.n_tokens,
     )
+
+
+def _unhealed(compiled: CompiledQuery, pending: str, need: NeedHole | None) -> str:
+    """The prompt text to tokenize before the next hole: a healed hole's prefix moves into the hole."""
+    if need is None or need.name not in compiled.holes:
+        return pending
+    heal = compiled.holes[need.name].heal
+    return pending[: -len(heal)] if heal and pending.endswith(heal) else pending
 
 
 def _score_distribution(

@@ -1,0 +1,135 @@
+"""Compiled queries: artifacts round-trip, refuse mismatches and corruption, and the compile cache."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lmqc
+from lmqc.compiler import artifact
+from lmqc.compiler.vocabulary import Vocabulary
+from lmqc.errors import ArtifactError
+
+SRC = '''argmax
+    "Q: [A]\\nN: [N]\\nFree: [F]"
+from "lmqc:tiny"
+where STOPS_AT(A, ".") and len(A) < 20 and INT(N) and len(TOKENS(N)) < 4
+'''
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return lmqc.compile(SRC, cache=False)
+
+
+def test_round_trip_preserves_automata_and_program(compiled, tmp_path: Path) -> None:
+    path = compiled.save(tmp_path / "q.lmqc")
+    loaded = lmqc.load(path)
+    assert loaded.query == compiled.query
+    assert loaded.holes == compiled.holes
+    assert loaded.vocab_fingerprint == compiled.vocab_fingerprint
+    for var, a in compiled.automata.items():
+        b = loaded.automaton(var)
+        assert b.n_states == a.n_states and b.unconstrained == a.unconstrained
+        for s in range(a.n_states):
+            assert np.array_equal(a.allowed(s), b.allowed(s))
+            assert a.is_final(s) == b.is_final(s) and a.is_stopped(s) == b.is_stopped(s)
+    # a loaded artifact runs exactly like the freshly compiled query
+    assert lmqc.run(loaded).prompt == lmqc.run(compiled).prompt
+
+
+def test_artifact_header_is_json_and_never_pickled(compiled, tmp_path: Path) -> None:
+    path = compiled.save(tmp_path / "q.lmqc")
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        header = json.loads(np.load(z.open("header.json.npy"), allow_pickle=False).tobytes())
+    assert all(n.endswith(".npy") for n in names)
+    assert header["format_version"] == artifact.FORMAT_VERSION
+    assert header["vocab_fingerprint"] == compiled.vocab_fingerprint
+    assert header["source_hash"] == artifact.source_hash(SRC)
+
+
+def test_refuses_another_vocabulary(compiled, tmp_path: Path) -> None:
+    path = compiled.save(tmp_path / "q.lmqc")
+    with pytest.raises(ArtifactError, match="another vocabulary"):
+        artifact.load(path, vocab_fingerprint="0" * 64)
+    other = Vocabulary([b"a", b"b", b""], eos_id=2)
+    with pytest.raises(ArtifactError, match="another vocabulary"):
+        artifact.load(path, vocab_fingerprint=other.fingerprint)
+
+
+def test_refuses_other_format_version(compiled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(artifact, "FORMAT_VERSION", artifact.FORMAT_VERSION + 1)
+    path = compiled.save(tmp_path / "future.lmqc")
+    monkeypatch.undo()
+    with pytest.raises(ArtifactError, match="format version"):
+        lmqc.load(path)
+
+
+@pytest.mark.parametrize("cut", [0, 10, 100, -50, -1])
+def test_refuses_truncated_files(compiled, tmp_path: Path, cut: int) -> None:
+    data = compiled.save(tmp_path / "q.lmqc").read_bytes()
+    bad = tmp_path / "bad.lmqc"
+    bad.write_bytes(data[:cut] if cut > 0 else data[: len(data) + cut] if cut < 0 else b"")
+    with pytest.raises(ArtifactError):
+        lmqc.load(bad)
+
+
+def test_refuses_a_pickled_or_foreign_npz(tmp_path: Path) -> None:
+    p = tmp_path / "evil.lmqc"
+    with open(p, "wb") as fh:
+        np.savez(fh, **{"header.json": np.array([{"format": "lmqc-artifact"}], dtype=object)})
+    with pytest.raises(ArtifactError):
+        lmqc.load(p)
+    q = tmp_path / "foreign.lmqc"
+    with open(q, "wb") as fh:
+        np.savez(fh, x=np.arange(3))
+    with pytest.raises(ArtifactError, match="not an lmqc artifact"):
+        lmqc.load(q)
+    with pytest.raises(ArtifactError, match="cannot read"):
+        lmqc.load(tmp_path / "missing.lmqc")
+
+
+def test_corrupt_automaton_arrays_are_refused(compiled, tmp_path: Path) -> None:
+    path = compiled.save(tmp_path / "q.lmqc")
+    with np.load(path, allow_pickle=False) as z:
+        files = {k: z[k] for k in z.files}
+    key = next(k for k in files if k.endswith("/next_table"))
+    files[key] = files[key] + 1000
+    bad = tmp_path / "bad.lmqc"
+    with open(bad, "wb") as fh:
+        np.savez(fh, **files)
+    with pytest.raises(ArtifactError):
+        lmqc.load(bad)
+
+
+def test_compile_cache_reuses_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMQC_CACHE_DIR", str(tmp_path))
+    a = lmqc.compile(SRC)
+    entries = list((tmp_path / "queries").glob("*.lmqc"))
+    assert len(entries) == 1
+    b = lmqc.compile(SRC)
+    assert b.compile_seconds == {}  # loaded, not rebuilt
+    assert a.holes == b.holes
+    entries[0].write_bytes(b"garbage")  # a damaged cache entry is rebuilt, not an error
+    c = lmqc.compile(SRC)
+    assert c.holes == a.holes and c.compile_seconds
+
+
+def test_token_healing_moves_trailing_space_into_the_hole() -> None:
+    q = lmqc.compile('argmax\n    "Answer: [X]"\nfrom "lmqc:tiny"\nwhere X in ["yes", "no"]', cache=False)
+    assert q.holes["X"].heal == " "
+    a = q.automaton("X")
+    vocab = lmqc.vocabulary("lmqc:tiny")
+    first = {vocab.piece(int(t)) for t in a.allowed(a.initial)}
+    assert first and all(p.startswith(b" ") for p in first)
+    r = lmqc.run(q)
+    assert r.variables["X"] in {"yes", "no"}
+    assert r.prompt == "Answer: " + r.variables["X"]
+    # a hole after an interpolation or at a statement start is not healed
+    q2 = lmqc.compile('argmax\n    "Answer:{s}[X]"\nfrom "lmqc:tiny"\nwhere X in ["yes", "no"]', cache=False)
+    assert q2.holes["X"].heal == ""
