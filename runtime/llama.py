@@ -30,13 +30,13 @@ __all__ = ["LlamaBackend", "llama_lib", "load_llama_model"]
 
 _init_lock = threading.Lock()
 _lib: Any = None
+_quiet_cb: Any = None  # keep the ctypes callback alive for the process lifetime
 _shutting_down = False
 
 
 def _mark_shutdown() -> None:
     global _shutting_down
     _shutting_down = True
-_quiet_cb: Any = None  # keep the ctypes callback alive for the process lifetime
 
 
 def llama_lib() -> Any:
