@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench bench-quick bench-anchors lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/compile.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/compile.py --quick
+
+bench-anchors: $(STAMP)
+	$(BIN)/pip install -q -e '.[model,test,anchors]'
+	$(BIN)/python benchmarks/anchors.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check lmqc compiler runtime tests benchmarks
