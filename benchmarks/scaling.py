@@ -101,10 +101,10 @@ def main() -> None:
         print(f"  vocabulary {v.size}: done", flush=True)
     names = [w.name for w in workloads]
     print(f"\ncompile time (ms, median of {R}) vs vocabulary size:")
-    print(table(["workload", *(f"{s // 1024}k" for s in SIZES)],
+    print(table(["workload", *(f"{s:,}" for s in SIZES)],
                 [[n, *(by_size[s][n]["compile_ms"] for s in SIZES)] for n in names]))
     print("\ntable memory (MB, automaton.nbytes right after compile) vs vocabulary size:")
-    print(table(["workload", *(f"{s // 1024}k" for s in SIZES)],
+    print(table(["workload", *(f"{s:,}" for s in SIZES)],
                 [[n, *(by_size[s][n]["table_bytes"] / 2**20 for s in SIZES)] for n in names]))
 
     # -- bound size ----------------------------------------------------------------------------------------------
