@@ -369,9 +369,8 @@ class ByteDFA:
                 column=span.column or None,
             )
 
-        heal = ir.heal.encode("utf-8")
         if ir.language is None and not ir.stops:
-            return cls.unconstrained_dfa().with_prefix(heal)
+            return cls.unconstrained_dfa()
         lang = charlang.minimize(charlang.compile_language(ir.language, error))
         span = getattr(ir.language, "span", ir.span) if ir.language is not None else ir.span
         if lang.is_empty():
@@ -384,38 +383,7 @@ class ByteDFA:
                     f"({', '.join(repr(s.phrase) for s in ir.stops)})",
                     span,
                 )
-        return cls.from_chardfa(lang).with_prefix(heal)
-
-    def with_prefix(self, prefix: bytes) -> ByteDFA:
-        """The language ``prefix · L``: a chain of states reading exactly ``prefix`` before this DFA.
-
-        Token healing uses it: a prompt's trailing space moves into the hole, so the model may pick the token
-        ``" Paris"`` it prefers over a lone ``" "`` followed by ``"Paris"``.
-        """
-        if not prefix:
-            return self
-        trans = self.trans
-        classes = self.classes.copy()
-        cols = [trans]
-        n_cls = trans.shape[1]
-        for b in sorted(set(prefix)):
-            # each prefix byte gets a class of its own, behaving in the old states like its former class
-            cols.append(trans[:, classes[b] : classes[b] + 1])
-            classes[b] = n_cls
-            n_cls += 1
-        body = np.concatenate(cols, axis=1)
-        k = len(prefix)
-        chain = np.full((k, n_cls), -1, np.int32)
-        for i, b in enumerate(prefix):
-            chain[i, classes[b]] = i + 1 if i + 1 < k else self.initial + k
-        shifted = np.where(body >= 0, body + k, -1).astype(np.int32)
-        return ByteDFA(
-            np.concatenate([chain, shifted]),
-            classes,
-            0,
-            np.concatenate([np.zeros(k, bool), self.final]),
-            np.concatenate([np.zeros(k, bool), self.stopped]),
-        )
+        return cls.from_chardfa(lang)
 
     @classmethod
     def from_regex(cls, pattern: str) -> ByteDFA:

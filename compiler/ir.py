@@ -7,8 +7,7 @@ A hole's constraints split into three independent parts:
   with ``And``/``Or``/``Not``); ``None`` means any string;
 * ``stops``: stop phrases; generation of the hole ends at the first occurrence of any of them (a token that
   crosses the phrase is allowed and the value is cut there; ``keep`` says whether the phrase stays in the value);
-* a token-count window ``min_tokens <= n <= max_tokens`` enforced by the runtime on top of the automaton;
-* ``heal``: prompt text moved into the hole for token healing (the automaton reads ``heal`` before the value).
+* a token-count window ``min_tokens <= n <= max_tokens`` enforced by the runtime on top of the automaton.
 """
 
 from __future__ import annotations
@@ -35,9 +34,6 @@ class HoleIR:
     min_tokens: int = 0
     max_tokens: int | None = None
     is_int: bool = False  # the value is returned as a Python int
-    # Token healing: text every occurrence of the hole is preceded by in the prompt (a trailing space). The
-    # runtime moves it from the prompt into the hole's first token and strips it from the value.
-    heal: str = ""
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
@@ -48,6 +44,5 @@ class HoleIR:
             parts.append(f"  tokens: {self.min_tokens}..{'' if self.max_tokens is None else self.max_tokens}")
         if self.is_int:
             parts.append("  value: int")
-        if self.heal:
-            parts.append(f"  healed prefix: {self.heal!r}")
+
         return "\n".join(parts)

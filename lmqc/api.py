@@ -5,7 +5,6 @@ Everything heavy is imported lazily so that ``import lmqc`` stays cheap and neve
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import os
@@ -64,12 +63,9 @@ def compile_query(
     holes = {}
     automata = {}
     seconds = {}
-    heal = _heal_prefixes(query)
     for var, constraint in hole_constraints(query).items():
         t0 = time.perf_counter()
         ir = lower_hole(var, constraint, source=query.source, filename=query.filename)
-        if var in heal:
-            ir = dataclasses.replace(ir, heal=heal[var])
         dfa = ByteDFA.from_ir(ir, source=query.source, filename=query.filename)
         span = constraint.span if constraint is not None else None
         automata[var] = TokenAutomaton.build(
@@ -103,28 +99,6 @@ def _compiler_digest() -> str:
     for path in sorted(Path(compiler.__file__).parent.glob("*.py")) + sorted(Path(compiler.__file__).parent.glob("*.lark")):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
-
-
-def _heal_prefixes(query: Query) -> dict[str, str]:
-    """Holes whose every occurrence follows literal prompt text ending in a space (token healing).
-
-    SentencePiece vocabularies attach a space to the word after it; a prompt ending in ``" "`` would make the
-    model continue after a lone space token, which it rarely saw in training. Such a hole reads the space as
-    the first byte of its own first token instead.
-    """
-    from lmqc.compiler import nodes
-    from lmqc.compiler.checker import iter_prompt_strings
-
-    tails: dict[str, set[str]] = {}
-    for ps in iter_prompt_strings(query.body):
-        prev = None
-        for part in ps.parts:
-            if isinstance(part, nodes.Hole):
-                ok = isinstance(prev, nodes.Text) and prev.value.endswith(" ")
-                tails.setdefault(part.name, set()).add(" " if ok else "")
-            prev = part
-    skip = query.distribution.var if query.distribution is not None else None
-    return {var: " " for var, t in tails.items() if t == {" "} and var != skip}
 
 
 def compile(  # noqa: A001 - the verb users expect, like re.compile

@@ -120,7 +120,7 @@ def run_compiled(
     started = time.perf_counter()
 
     _, pending, need = replay(query, scope, [])
-    root = _Branch([], backend.tokenize(_unhealed(compiled, pending, need), bos=True), pending, [], need)
+    root = _Branch([], backend.tokenize(pending, bos=True), pending, [], need)
     branches = [root] if isinstance(strategy, decode.Beam | decode.Argmax) or n == 1 else [
         _Branch([], list(root.context), root.prompt, [], need) for _ in range(n)
     ]
@@ -145,14 +145,13 @@ def run_compiled(
             max_len=max_len,
             rng=rng,
             scores=[b.logprob for b in live],
+            heal=True,  # token healing: "A: [X]" may continue with the model's natural " Paris"
         )
         new: list[_Branch] = []
         for c in completions:
             parent = live[c.parent]
             ir = irs[c.parent]
             text = c.text
-            if ir.heal and text.startswith(ir.heal):
-                text = text[len(ir.heal) :]  # the healed space belongs to the prompt, not to the value
             if c.ending == "max_len":
                 partial = _result(_extend(parent, ir.var, text, text, c, backend, compiled, scope, finished=True))
                 raise MaxLenError(
@@ -194,8 +193,7 @@ def _extend(
     if finished:
         return _Branch(values, c.context, parent.prompt + text, spans, None, c.score, None, parent.n_tokens + c.n_tokens)
     _, pending, need = replay(compiled.query, scope, values)
-    prompt_part = _unhealed(compiled, pending, need)
-    context = c.context + (backend.tokenize(prompt_part, bos=False) if prompt_part else [])
+    context = c.context + (backend.tokenize(pending, bos=False) if pending else [])
     return _Branch(
         values,
         context,
@@ -206,14 +204,6 @@ def _extend(
         parent.distribution,
         parent.n_tokens + c.n_tokens,
     )
-
-
-def _unhealed(compiled: CompiledQuery, pending: str, need: NeedHole | None) -> str:
-    """The prompt text to tokenize before the next hole: a healed hole's prefix moves into the hole."""
-    if need is None or need.name not in compiled.holes:
-        return pending
-    heal = compiled.holes[need.name].heal
-    return pending[: -len(heal)] if heal and pending.endswith(heal) else pending
 
 
 def _score_distribution(
