@@ -48,10 +48,26 @@ def _parse_file(path: str):  # noqa: ANN202 - returns lmqc.compiler.nodes.Query 
 # check
 
 
+def _check_languages(query) -> None:  # noqa: ANN001 - lmqc.compiler.nodes.Query
+    """Lower every hole to its byte DFA (no vocabulary needed): unsupported regex features and empty languages
+    are reported by ``check`` already, not only at compile time."""
+    from .compiler.bytedfa import ByteDFA
+    from .compiler.checker import hole_constraints
+    from .compiler.lower import lower_hole
+
+    try:
+        for var, constraint in hole_constraints(query).items():
+            ByteDFA.from_ir(lower_hole(var, constraint, source=query.source, filename=query.filename),
+                            source=query.source, filename=query.filename)
+    except SourceError as e:
+        raise e.with_file(query.filename, query.source) from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .compiler.checker import format_query, query_to_json
 
     query = _parse_file(args.query)
+    _check_languages(query)
     if args.json:
         print(json.dumps(query_to_json(query), indent=2, ensure_ascii=False))
     else:
