@@ -111,3 +111,18 @@ where INT(N) and len(TOKENS(N)) < 4 and W in ["Paris", "London", "Rome"]
     assert isinstance(r.variables["N"], int)
     assert r.variables["W"] in {"Paris", "London", "Rome"}
     assert re.search(r"A: \d+\n", r.prompt)
+
+
+def test_gemma_artifact_round_trip_and_refusal(tmp_path: Path) -> None:
+    source = (Path(__file__).parent.parent / "examples" / "regex_date.lmql").read_text()
+    q = lmqc.compile(source)
+    path = q.save(tmp_path / "date.lmqc")
+    loaded = lmqc.load(path, model="gemma-3-270m")
+    a, b = q.automaton("DATE"), loaded.automaton("DATE")
+    for s in range(a.n_states):
+        assert (a.allowed(s) == b.allowed(s)).all()
+    assert lmqc.run(loaded).variables == lmqc.run(q).variables
+    with pytest.raises(lmqc.ArtifactError, match="another vocabulary"):
+        lmqc.load(path, model="lmqc:tiny")
+    with pytest.raises(lmqc.ArtifactError, match="another vocabulary"):
+        lmqc.run(loaded, model="lmqc:tiny")
