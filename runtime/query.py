@@ -28,6 +28,37 @@ from .models import DEFAULT_MODEL, get_model
 DEFAULT_MAX_LEN = 2048
 
 
+class LocalDecoder:
+    """The decoder service of an in-process model: tokenization, :func:`decode.decode_hole` and
+    :func:`decode.score_options` on a loaded backend.
+
+    :func:`run_compiled` drives every query through this small interface, so that the same driver runs queries
+    in-process and against ``lmqc serve`` (``runtime.client.RemoteModel`` implements the same methods).
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    @property
+    def fingerprint(self) -> str:
+        return self.backend.vocabulary.fingerprint
+
+    def tokenize(self, text: str | bytes, *, bos: bool = False) -> list[int]:
+        return self.backend.tokenize(text, bos=bos)
+
+    def decode_hole(self, contexts: Any, automata: Any, **kwargs: Any) -> list[decode.Completion]:
+        return decode.decode_hole(self.backend, contexts, automata, **kwargs)
+
+    def score_options(self, context: Any, options: Any) -> np.ndarray:
+        return decode.score_options(self.backend, context, options)
+
+
+def decoder_service(spec: str) -> Any:
+    """The decoder service for a model spec: a remote one for ``lmqc://HOST:PORT``, else the loaded model."""
+    model = get_model(spec)
+    return model if hasattr(model, "decode_hole") else LocalDecoder(model)
+
+
 @dataclass(slots=True)
 class LMQLResult:
     """One result of a query.
@@ -99,12 +130,17 @@ def run_compiled(
     decoder: str | nodes.Decoder | None = None,
     inputs: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    endpoint: str | None = None,
 ) -> LMQLResult | list[LMQLResult]:
-    """Run a compiled query; a list (best first) for ``beam`` and ``sample(n>1)``, else one result."""
+    """Run a compiled query; a list (best first) for ``beam`` and ``sample(n>1)``, else one result.
+
+    With ``endpoint`` (``"HOST:PORT"`` of ``lmqc serve``; or a ``model`` spec ``"lmqc://HOST:PORT"``) the holes
+    are decoded by the server and everything else runs here, with the same results as in-process.
+    """
     query = compiled.query
-    spec = model or compiled.model or query.model or DEFAULT_MODEL
-    backend = get_model(spec)
-    if backend.vocabulary.fingerprint != compiled.vocab_fingerprint:
+    spec = f"lmqc://{endpoint}" if endpoint else model or compiled.model or query.model or DEFAULT_MODEL
+    backend = decoder_service(spec)
+    if backend.fingerprint != compiled.vocab_fingerprint:
         raise ArtifactError(
             f"the query was compiled for another vocabulary than {spec!r}'s: recompile it for this model"
         )
@@ -134,8 +170,7 @@ def run_compiled(
             continue
         names = [b.need.name for b in live]
         irs = [compiled.holes[name] for name in names]
-        completions = decode.decode_hole(
-            backend,
+        completions = backend.decode_hole(
             [b.context for b in live],
             [compiled.automaton(name) for name in names],
             strategy=strategy,
@@ -210,7 +245,7 @@ def _score_distribution(
     backend: Any, query: nodes.Query, scope: Mapping[str, Any], b: _Branch, dist: nodes.Distribution
 ) -> None:
     options = list(dist.options)
-    logps = decode.score_options(backend, b.context, [backend.tokenize(o, bos=False) for o in options])
+    logps = backend.score_options(b.context, [backend.tokenize(o, bos=False) for o in options])
     probs = np.exp(logps - logps.max())
     probs /= probs.sum()
     best = int(np.argmax(probs))

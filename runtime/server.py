@@ -1,0 +1,811 @@
+"""``lmqc serve``: one process holds the model; short-lived clients run queries against it.
+
+Clients compile locally (for the server model's vocabulary), run the prompt program locally, and send ONE request
+per hole with every branch's context; the server runs :func:`runtime.decode.decode_hole` for the whole hole (the
+same code path as in-process, same arguments) and returns the completions. Automata are content-addressed and
+uploaded once; the server keeps an LRU of them (and with them the decoder's per-automaton mask caches).
+
+Protocol (version 1, JSON over HTTP/1.1; every JSON request carries ``"protocol": 1``)
+---------------------------------------------------------------------------------------
+``GET /health``
+    ``{"status": "ok", "protocol": 1}``.
+``GET /info``
+    ``{"protocol", "lmqc_version", "model", "vocab_fingerprint", "vocab_size", "n_ctx", "limits": {"max_batch",
+    "max_len", "max_context"}, "stats": {...}}``. Stats: requests, batches, merged_batches (batches holding more
+    than one request), largest_batch (branches), branches, tokens, cancelled, errors, queue, uptime_s, backend
+    counters (eval/decode calls, tokens fed).
+``GET /vocab``
+    The vocabulary as ``.npz`` bytes of ``Vocabulary.to_arrays()`` (``buffer``, ``offsets``, ``eos_id``,
+    ``special_ids``; no pickled objects); header ``X-Lmqc-Vocab-Fingerprint``. Clients cache it by fingerprint.
+``POST /tokenize``
+    ``{"texts": [str | {"b64": ...}], "bos": bool}`` -> ``{"ids": [[int]]}`` (the server model's tokenizer).
+``PUT /automata/{hash}``
+    Body: ``.npz`` of ``TokenAutomaton.to_arrays()``. The server recomputes the content hash (sha256 over each
+    array's name, dtype, shape and bytes, sorted by name; first 32 hex digits) and checks the arrays against its
+    vocabulary. -> ``{"hash": ...}``.
+``POST /decode``
+    ``{"vocab_fingerprint", "contexts": [[int]] (B branches), "automata": [hash | null] (per branch),
+    "strategy": {"name": "argmax"} | {"name": "sample", "temperature", "top_k", "top_p"} | {"name": "beam", "n"},
+    "stops": [[[phrase, keep]]] (per branch; phrase a string or {"b64"}), "min_tokens": [int],
+    "max_tokens": [int | null], "max_len": int | null, "rng": numpy bit-generator state | null,
+    "scores": [float] | null, "score": bool | null, "forced_text": bool, "heal": bool}``
+    -> ``{"completions": [{"parent", "tokens", "value" (base64), "context", "logprob", "score", "ending",
+    "state"}], "rng": state after the decode, "batch": {"requests", "branches"}}``. Floats: NaN is ``null``,
+    infinities ``"inf"`` / ``"-inf"``. The rng state round-trips, so seeded sampling equals in-process.
+``POST /score``
+    ``{"vocab_fingerprint", "context": [int], "options": [[int]]}`` -> ``{"logprobs": [float]}``
+    (:func:`runtime.decode.score_options`).
+
+Errors are ``{"error": code, "message": text}``: 400 ``bad_request`` (malformed JSON or fields, wrong protocol),
+404 ``unknown_automata`` (with ``"missing": [hash]``: upload them and retry), 409 ``vocabulary_mismatch``
+(compiled for another vocabulary), 413 ``too_large`` (more branches than ``--max-batch``, a context longer than
+the model's context), 422 ``decode_error`` (the decoder's own ``DecodeError``, e.g. an unsatisfiable constraint
+within the token budget) or ``over_limit`` (``max_len`` above ``--max-len``), 503 ``shutting_down``,
+500 ``internal`` (the server keeps serving; the KV cache is reset).
+
+Scheduling
+----------
+One worker thread owns the backend (llama.cpp contexts are not thread-safe). Requests queue; when the worker is
+free it takes the oldest request and, if it is an ``argmax`` hole, every other waiting ``argmax`` request with
+the same ``max_len``/healing/scoring flags, up to ``--max-batch`` branches, and decodes them as ONE
+``decode_hole`` call: their branches advance together, one batched model evaluation per step. Sample and beam
+requests run alone (their random draws and beam pruning are per request). This is batching per arrival, not
+step-level continuous batching: a request arriving while a batch runs waits for that batch to finish.
+
+A client that disconnects is noticed while its request waits or runs: a waiting request is dropped, a running
+batch whose every request is gone stops at its next model step. SIGTERM stops accepting connections and lets
+in-flight requests finish (uvicorn's graceful shutdown), then stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lmqc.errors import ArtifactError, DecodeError, LmqcError, ServeError
+
+from . import decode
+from .client import (
+    PROTOCOL,
+    arrays_to_npz,
+    decode_float,
+    decode_text,
+    encode_completion,
+    encode_float,
+    hash_arrays,
+    npz_to_arrays,
+    rng_from_state,
+    rng_state,
+)
+
+__all__ = ["DEFAULT_MAX_BATCH", "Scheduler", "create_app", "load_backend", "serve"]
+
+DEFAULT_MAX_BATCH = 16
+MAX_BODY = 256 << 20
+
+
+class HTTPError(Exception):
+    """A request the server refuses: HTTP status, error code, message."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+class _Cancelled(Exception):
+    """Every request of a running batch is gone: stop decoding it."""
+
+
+# -- the worker --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Job:
+    """One request for the worker: a whole hole (``decode``) or option scoring (``score``)."""
+
+    kind: str
+    args: dict[str, Any]
+    merge_key: tuple[Any, ...] | None = None
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    cancelled: bool = False
+
+    @property
+    def n_branches(self) -> int:
+        return len(self.args["contexts"]) if self.kind == "decode" else 1
+
+
+class _Guard:
+    """The backend as the decoder sees it during one batch: stops at the next step if every request is gone."""
+
+    def __init__(self, backend: Any, jobs: list[Job], stopping: Callable[[], bool]) -> None:
+        self._b = backend
+        self._jobs = jobs
+        self._stopping = stopping
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._b, name)
+
+    def _check(self) -> None:
+        if all(j.cancelled for j in self._jobs) or self._stopping():
+            raise _Cancelled
+
+    def eval(self, contexts: Any) -> np.ndarray:
+        self._check()
+        return self._b.eval(contexts)
+
+    def eval_rows(self, contexts: Any, rows: Any) -> list[np.ndarray]:
+        self._check()
+        return self._b.eval_rows(contexts, rows)
+
+
+class Scheduler:
+    """The worker thread that owns the backend; see the module docstring (Scheduling)."""
+
+    def __init__(self, backend: Any, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self.backend = backend
+        self.max_batch = max_batch
+        self._cv = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._closing = False
+        self._abort = False
+        self.stats: dict[str, int] = {
+            "requests": 0, "batches": 0, "merged_batches": 0, "largest_batch": 0, "branches": 0, "tokens": 0,
+            "cancelled": 0, "errors": 0,
+        }
+        self._thread = threading.Thread(target=self._loop, name="lmqc-serve-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> concurrent.futures.Future:
+        with self._cv:
+            if self._closing:
+                raise HTTPError(503, "shutting_down", "the server is shutting down")
+            self._queue.append(job)
+            self.stats["requests"] += 1
+            self._cv.notify()
+        return job.future
+
+    def queued(self) -> int:
+        with self._cv:
+            return len(self._queue)
+
+    def close(self, *, abort: bool = False, timeout: float = 30.0) -> None:
+        """Stop taking jobs; finish the queued ones (or cancel them with ``abort``); join the worker."""
+        with self._cv:
+            self._closing = True
+            self._abort = abort
+            if abort:
+                for job in self._queue:
+                    job.future.set_exception(HTTPError(503, "shutting_down", "the server is shutting down"))
+                self._queue.clear()
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    # -- loop ---------------------------------------------------------------------------------------------
+
+    def _take(self) -> list[Job] | None:
+        with self._cv:
+            while True:
+                while self._queue and self._queue[0].cancelled:
+                    job = self._queue.popleft()
+                    self.stats["cancelled"] += 1
+                    job.future.cancel()
+                if self._queue:
+                    break
+                if self._closing:
+                    return None
+                self._cv.wait()
+            first = self._queue.popleft()
+            batch = [first]
+            if first.merge_key is not None:
+                total = first.n_branches
+                rest: deque[Job] = deque()
+                for job in self._queue:
+                    if job.cancelled:
+                        self.stats["cancelled"] += 1
+                        job.future.cancel()
+                    elif job.merge_key == first.merge_key and total + job.n_branches <= self.max_batch:
+                        batch.append(job)
+                        total += job.n_branches
+                    else:
+                        rest.append(job)
+                self._queue = rest
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                self._run(batch)
+            except BaseException as e:  # noqa: BLE001 - the worker must survive anything a request causes
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+
+    def _run(self, batch: list[Job]) -> None:
+        self.stats["batches"] += 1
+        branches = sum(j.n_branches for j in batch)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], branches)
+        if len(batch) > 1:
+            self.stats["merged_batches"] += 1
+            try:
+                results = self._execute_merged(batch)
+            except _Cancelled:
+                for job in batch:
+                    self._cancel(job)
+                return
+            except DecodeError:
+                results = None  # one request's error must not fail the others: run them one by one
+            except Exception:  # noqa: BLE001
+                self.backend.reset()
+                results = None
+            if results is not None:
+                for job, res in zip(batch, results, strict=True):
+                    self._finish(job, res)
+                return
+        for job in batch:
+            if job.cancelled:
+                self._cancel(job)
+                continue
+            try:
+                self._finish(job, self._execute(job))
+            except _Cancelled:
+                self._cancel(job)
+            except LmqcError as e:
+                self.stats["errors"] += 1
+                job.future.set_exception(e)
+            except Exception as e:  # noqa: BLE001 - report, reset the cache, keep serving
+                self.stats["errors"] += 1
+                self.backend.reset()
+                job.future.set_exception(e)
+
+    def _cancel(self, job: Job) -> None:
+        self.stats["cancelled"] += 1
+        if not job.future.done():
+            job.future.set_exception(HTTPError(499, "cancelled", "the request was cancelled"))
+
+    def _finish(self, job: Job, result: dict[str, Any]) -> None:
+        if job.kind == "decode":
+            self.stats["branches"] += job.n_branches
+            self.stats["tokens"] += sum(len(c.tokens) for c in result["completions"])
+        if not job.future.done():
+            job.future.set_result(result)
+
+    def _execute(self, job: Job) -> dict[str, Any]:
+        guard = _Guard(self.backend, [job], lambda: self._abort)
+        a = job.args
+        if job.kind == "score":
+            return {"logprobs": decode.score_options(guard, a["context"], a["options"])}
+        rng = a["rng"]
+        completions = decode.decode_hole(guard, a["contexts"], a["automata"], **{k: v for k, v in a.items() if k not in ("contexts", "automata")})
+        return {"completions": completions, "rng": rng, "batch": {"requests": 1, "branches": job.n_branches}}
+
+    def _execute_merged(self, batch: list[Job]) -> list[dict[str, Any]]:
+        """Several argmax requests as one ``decode_hole`` call; completions split back by branch."""
+        first = batch[0].args
+        contexts: list[Any] = []
+        merged: dict[str, list[Any]] = {k: [] for k in ("automata", "stops", "min_tokens", "max_tokens", "scores")}
+        offsets = []
+        for job in batch:
+            offsets.append(len(contexts))
+            contexts.extend(job.args["contexts"])
+            B = job.n_branches
+            for k in merged:
+                v = job.args[k]
+                merged[k].extend([0.0] * B if v is None else v)
+        guard = _Guard(self.backend, batch, lambda: self._abort)
+        completions = decode.decode_hole(
+            guard, contexts, merged["automata"], strategy=first["strategy"], stops=merged["stops"],
+            min_tokens=merged["min_tokens"], max_tokens=merged["max_tokens"], max_len=first["max_len"],
+            rng=first["rng"], scores=merged["scores"], score=first["score"], forced_text=first["forced_text"],
+            heal=first["heal"],
+        )
+        out = []
+        for job, off in zip(batch, offsets, strict=True):
+            mine = []
+            for c in completions[off : off + job.n_branches]:
+                c.parent -= off
+                mine.append(c)
+            out.append({"completions": mine, "rng": job.args["rng"], "batch": {"requests": len(batch), "branches": len(contexts)}})
+        return out
+
+
+# -- request parsing ---------------------------------------------------------------------------------------
+
+
+def _bad(message: str) -> HTTPError:
+    return HTTPError(400, "bad_request", message)
+
+
+def _ids(x: Any, name: str, V: int, *, nonempty: bool = False) -> list[int]:
+    if not isinstance(x, list) or not all(type(t) is int for t in x):
+        raise _bad(f"{name} must be a list of token ids")
+    if x and (min(x) < 0 or max(x) >= V):
+        raise _bad(f"{name} holds a token id outside the vocabulary (size {V})")
+    if nonempty and not x:
+        raise _bad(f"{name} must not be empty")
+    return x
+
+
+def _opt_int(x: Any, name: str) -> int | None:
+    if x is None:
+        return None
+    if type(x) is not int:
+        raise _bad(f"{name} must be an integer or null")
+    return x
+
+
+def _per_branch_list(body: dict[str, Any], key: str, B: int) -> list[Any]:
+    v = body.get(key)
+    if not isinstance(v, list) or len(v) != B:
+        raise _bad(f"{key} must be a list with one entry per context ({B})")
+    return v
+
+
+def _strategy(x: Any) -> decode.Strategy:
+    if not isinstance(x, dict) or not isinstance(x.get("name"), str):
+        raise _bad('strategy must be {"name": "argmax" | "sample" | "beam", ...}')
+    params = {k: v for k, v in x.items() if k != "name"}
+    for k, v in params.items():
+        if k not in ("temperature", "top_k", "top_p", "n") or isinstance(v, bool) or not isinstance(v, int | float):
+            raise _bad(f"strategy parameter {k!r} is unknown or not a number")
+    try:
+        return decode.parse_strategy(x["name"], **params)
+    except DecodeError as e:
+        raise _bad(str(e)) from None
+
+
+# -- the app -----------------------------------------------------------------------------------------------
+
+
+class ServerState:
+    """What the HTTP handlers share: backend facts, tokenizer, automaton LRU, scheduler, limits."""
+
+    def __init__(
+        self,
+        backend: Any,
+        *,
+        model: str,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_len: int | None = None,
+        automata_cache: int = 256,
+    ) -> None:
+        from lmqc import __version__
+
+        self.backend = backend
+        self.model = model
+        self.vocab = backend.vocabulary
+        self.fingerprint = self.vocab.fingerprint
+        self.V = int(backend.n_vocab)
+        self.n_ctx = int(backend.n_ctx)
+        self.max_batch = int(max_batch)
+        self.max_len = max_len
+        self.version = __version__
+        self.started = time.monotonic()
+        self._vocab_npz: bytes | None = None
+        self.automata: OrderedDict[str, Any] = OrderedDict()
+        self.automata_cache = automata_cache
+        self.tokenize = _tokenizer(backend)
+        self.scheduler = Scheduler(backend, self.max_batch)
+
+    def vocab_npz(self) -> bytes:
+        if self._vocab_npz is None:
+            self._vocab_npz = arrays_to_npz(self.vocab.to_arrays())
+        return self._vocab_npz
+
+    def info(self) -> dict[str, Any]:
+        stats: dict[str, Any] = dict(self.scheduler.stats)
+        stats["queue"] = self.scheduler.queued()
+        stats["uptime_s"] = round(time.monotonic() - self.started, 3)
+        bs = getattr(self.backend, "stats", None)
+        if bs is not None:
+            stats["backend"] = {k: getattr(bs, k) for k in ("eval_calls", "decode_calls", "tokens", "rows", "copies")}
+        return {
+            "protocol": PROTOCOL,
+            "lmqc_version": self.version,
+            "model": self.model,
+            "vocab_fingerprint": self.fingerprint,
+            "vocab_size": self.V,
+            "n_ctx": self.n_ctx,
+            "limits": {"max_batch": self.max_batch, "max_len": self.max_len, "max_context": self.n_ctx},
+            "automata_cached": len(self.automata),
+            "stats": stats,
+        }
+
+    # -- automata ------------------------------------------------------------------------------------------
+
+    def put_automaton(self, digest: str, data: bytes) -> None:
+        from lmqc.compiler.automaton import TokenAutomaton
+
+        try:
+            arrays = npz_to_arrays(data)
+        except ValueError as e:
+            raise _bad(f"automaton upload: {e}") from None
+        if hash_arrays(arrays) != digest:
+            raise _bad("automaton upload: the arrays do not match the hash in the URL")
+        try:
+            meta = np.asarray(arrays.get("meta", []), dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            meta = np.zeros(0, np.int64)
+        if len(meta) >= 5 and (int(meta[4]) != self.V or int(meta[2]) != self.vocab.eos_id):
+            raise HTTPError(
+                409, "vocabulary_mismatch",
+                f"the automaton was built for another vocabulary ({int(meta[4])} tokens, EOS {int(meta[2])}) than "
+                f"this server's model {self.model!r} ({self.V} tokens, EOS {self.vocab.eos_id}): recompile the "
+                "query for this model",
+            )
+        try:
+            automaton = TokenAutomaton.from_arrays(arrays, vocab=self.vocab)
+        except ArtifactError as e:
+            raise _bad(f"automaton upload: {e}") from None
+        self.automata[digest] = automaton
+        self.automata.move_to_end(digest)
+        while len(self.automata) > self.automata_cache:
+            self.automata.popitem(last=False)
+
+    # -- request bodies ------------------------------------------------------------------------------------
+
+    def _common(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise _bad("the request body must be a JSON object")
+        if body.get("protocol") != PROTOCOL:
+            raise _bad(f"protocol {body.get('protocol')!r} is not supported: this server speaks protocol {PROTOCOL}")
+        fp = body.get("vocab_fingerprint")
+        if fp is not None and fp != self.fingerprint:
+            raise HTTPError(
+                409, "vocabulary_mismatch",
+                f"the query was compiled for another vocabulary (fingerprint {str(fp)[:12]}) than this server's "
+                f"model {self.model!r} ({self.fingerprint[:12]}): recompile it for this model",
+            )
+        return body
+
+    def _context(self, x: Any, name: str) -> list[int]:
+        ctx = _ids(x, name, self.V, nonempty=True)
+        if len(ctx) > self.n_ctx:
+            raise HTTPError(413, "too_large", f"{name} has {len(ctx)} tokens; the model's context holds {self.n_ctx}")
+        return ctx
+
+    def decode_job(self, body: Any) -> Job:
+        body = self._common(body)
+        contexts = body.get("contexts")
+        if not isinstance(contexts, list) or not contexts:
+            raise _bad("contexts must be a non-empty list of token-id lists")
+        B = len(contexts)
+        if B > self.max_batch:
+            raise HTTPError(413, "too_large", f"{B} branches in one request; this server takes at most {self.max_batch} (--max-batch)")
+        ctxs = [self._context(c, f"contexts[{i}]") for i, c in enumerate(contexts)]
+        hashes = _per_branch_list(body, "automata", B)
+        missing = sorted({h for h in hashes if isinstance(h, str) and h not in self.automata})
+        if any(h is not None and not isinstance(h, str) for h in hashes):
+            raise _bad("automata must hold one hash (string) or null per context")
+        if missing:
+            raise HTTPError(404, "unknown_automata", "upload these automata (PUT /automata/{hash}) and retry", missing=missing)
+        autos = []
+        for h in hashes:
+            if h is not None:
+                self.automata.move_to_end(h)
+            autos.append(None if h is None else self.automata[h])
+        strategy = _strategy(body.get("strategy"))
+        if isinstance(strategy, decode.Beam) and strategy.n > self.max_batch:
+            raise HTTPError(413, "too_large", f"beam width {strategy.n} exceeds this server's --max-batch {self.max_batch}")
+        stops = []
+        for i, lst in enumerate(_per_branch_list(body, "stops", B)):
+            if not isinstance(lst, list):
+                raise _bad(f"stops[{i}] must be a list of [phrase, keep] pairs")
+            rules = []
+            for r in lst:
+                if not (isinstance(r, list) and len(r) == 2 and isinstance(r[1], bool)):
+                    raise _bad(f"stops[{i}] must be a list of [phrase, keep] pairs")
+                try:
+                    phrase = decode_text(r[0])
+                except ValueError as e:
+                    raise _bad(f"stops[{i}]: {e}") from None
+                if not phrase:
+                    raise _bad(f"stops[{i}]: a stop phrase cannot be empty")
+                rules.append((phrase, r[1]))
+            stops.append(tuple(rules))
+        mins = [_opt_int(m, "min_tokens") or 0 for m in _per_branch_list(body, "min_tokens", B)]
+        maxs = [_opt_int(m, "max_tokens") for m in _per_branch_list(body, "max_tokens", B)]
+        max_len = _opt_int(body.get("max_len"), "max_len")
+        if max_len is not None and max_len < 1:
+            raise _bad("max_len must be positive")
+        if self.max_len is not None and (max_len is None or max_len > self.max_len):
+            raise HTTPError(
+                422, "over_limit",
+                f"max_len={max_len} exceeds this server's limit of {self.max_len} tokens (--max-len): pass "
+                f"max_len <= {self.max_len} in the decoder clause",
+            )
+        scores = body.get("scores")
+        if scores is not None:
+            scores = _per_branch_list(body, "scores", B)
+            try:
+                scores = [decode_float(s) for s in scores]
+            except ValueError as e:
+                raise _bad(f"scores: {e}") from None
+        score = body.get("score")
+        if score is not None and not isinstance(score, bool):
+            raise _bad("score must be true, false or null")
+        try:
+            rng = rng_from_state(body["rng"]) if body.get("rng") is not None else np.random.default_rng()
+        except ValueError as e:
+            raise _bad(str(e)) from None
+        args = {
+            "contexts": ctxs, "automata": autos, "strategy": strategy, "stops": stops, "min_tokens": mins,
+            "max_tokens": maxs, "max_len": max_len, "rng": rng, "scores": scores, "score": score,
+            "forced_text": bool(body.get("forced_text", True)), "heal": bool(body.get("heal", False)),
+        }
+        key = None
+        if isinstance(strategy, decode.Argmax):
+            key = ("argmax", max_len, args["heal"], bool(score), args["forced_text"])
+        return Job("decode", args, key)
+
+    def score_job(self, body: Any) -> Job:
+        body = self._common(body)
+        ctx = self._context(body.get("context"), "context")
+        options = body.get("options")
+        if not isinstance(options, list):
+            raise _bad("options must be a list of token-id lists")
+        opts = [_ids(o, f"options[{i}]", self.V) for i, o in enumerate(options)]
+        if len(opts) > 4 * self.max_batch:
+            raise HTTPError(413, "too_large", f"{len(opts)} options in one request; at most {4 * self.max_batch}")
+        if any(len(ctx) + len(o) > self.n_ctx for o in opts):
+            raise HTTPError(413, "too_large", f"context plus an option exceeds the model's context ({self.n_ctx})")
+        return Job("score", {"context": ctx, "options": opts})
+
+
+def _tokenizer(backend: Any) -> Callable[[str | bytes, bool], list[int]]:
+    """Tokenization usable on the event-loop thread while the worker decodes.
+
+    llama.cpp: a separate vocabulary-only model handle (``LlamaBackend.tokenize`` shares a buffer with the
+    worker); the same call and BOS rule as ``LlamaBackend.tokenize``. Other backends: their own ``tokenize``.
+    """
+    path = getattr(backend, "model_path", None)
+    if path is None:
+        return lambda text, bos: backend.tokenize(text, bos=bos)
+    from .llama import llama_lib, load_llama_model
+
+    L = llama_lib()
+    handle = load_llama_model(path, vocab_only=True)
+    vocab_p = L.llama_model_get_vocab(handle)
+    bos_id = backend.bos_id
+
+    def tokenize(text: str | bytes, bos: bool) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        buf = (L.llama_token * (len(data) + 8))()
+        n = L.llama_tokenize(vocab_p, data, len(data), buf, len(buf), False, False)
+        if n < 0:
+            raise DecodeError(f"tokenization of {len(data)} bytes failed")
+        ids = list(buf[:n])
+        if bos and bos_id is not None:
+            ids.insert(0, bos_id)
+        return ids
+
+    tokenize.handle = handle  # type: ignore[attr-defined]  # keep the model alive with the closure
+    return tokenize
+
+
+def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"protocol": PROTOCOL}
+    if "completions" in result:
+        out["completions"] = [encode_completion(c) for c in result["completions"]]
+        out["rng"] = rng_state(result["rng"])
+        out["batch"] = result["batch"]
+    if "logprobs" in result:
+        out["logprobs"] = [encode_float(float(x)) for x in result["logprobs"]]
+    return out
+
+
+def create_app(state: ServerState) -> Any:
+    """The Starlette application of a server state (routes as in the module docstring)."""
+    try:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+    except ImportError as e:
+        raise ServeError("lmqc serve needs the 'serve' extra: pip install 'lmqc[serve]'") from e
+
+    def error(e: HTTPError) -> JSONResponse:
+        return JSONResponse({"error": e.code, "message": e.message, **e.extra}, status_code=e.status)
+
+    async def read_json(request: Request) -> Any:
+        body = await read_body(request)
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise _bad(f"malformed JSON: {e}") from None
+
+    async def read_body(request: Request) -> bytes:
+        n = request.headers.get("content-length")
+        if n is not None and n.isdigit() and int(n) > MAX_BODY:
+            raise HTTPError(413, "too_large", f"request body over {MAX_BODY} bytes")
+        return await request.body()
+
+    async def wait_disconnect(request: Request) -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    async def run_job(request: Request, job: Job) -> Any:
+        fut = asyncio.wrap_future(state.scheduler.submit(job))
+        watch = asyncio.ensure_future(wait_disconnect(request))
+        try:
+            done, _ = await asyncio.wait({fut, watch}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # server shutdown cancelled this handler
+            job.cancelled = True
+            raise
+        finally:
+            if not watch.done():
+                watch.cancel()
+        if fut not in done:
+            job.cancelled = True  # the client is gone: drop the job, or stop its batch at the next step
+            fut.cancel()
+            return None
+        return fut.result()
+
+    def handler(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except HTTPError as e:
+                return error(e)
+            except DecodeError as e:
+                return error(HTTPError(422, "decode_error", str(e)))
+            except LmqcError as e:
+                return error(HTTPError(400, "bad_request", str(e)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - never take the server down
+                print(f"lmqc serve: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+                return error(HTTPError(500, "internal", f"{type(e).__name__}: {e}"))
+
+        return wrapped
+
+    @handler
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "protocol": PROTOCOL})
+
+    @handler
+    async def info(request: Request) -> Response:
+        return JSONResponse(state.info())
+
+    @handler
+    async def vocab(request: Request) -> Response:
+        return Response(
+            state.vocab_npz(), media_type="application/octet-stream",
+            headers={"X-Lmqc-Vocab-Fingerprint": state.fingerprint},
+        )
+
+    @handler
+    async def tokenize(request: Request) -> Response:
+        body = await read_json(request)
+        if not isinstance(body, dict) or body.get("protocol") != PROTOCOL:
+            raise _bad(f"the request must be a JSON object with \"protocol\": {PROTOCOL}")
+        texts = body.get("texts")
+        if not isinstance(texts, list):
+            raise _bad("texts must be a list")
+        try:
+            items = [decode_text(t) for t in texts]
+        except ValueError as e:
+            raise _bad(str(e)) from None
+        bos = bool(body.get("bos", False))
+        return JSONResponse({"protocol": PROTOCOL, "ids": [state.tokenize(t, bos) for t in items]})
+
+    @handler
+    async def put_automaton(request: Request) -> Response:
+        digest = request.path_params["digest"]
+        state.put_automaton(digest, await read_body(request))
+        return JSONResponse({"protocol": PROTOCOL, "hash": digest})
+
+    @handler
+    async def decode_(request: Request) -> Response:
+        job = state.decode_job(await read_json(request))
+        result = await run_job(request, job)
+        if result is None:
+            return Response(status_code=499)
+        return JSONResponse(_jsonable(result))
+
+    @handler
+    async def score(request: Request) -> Response:
+        job = state.score_job(await read_json(request))
+        result = await run_job(request, job)
+        if result is None:
+            return Response(status_code=499)
+        return JSONResponse(_jsonable(result))
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        yield
+        # uvicorn has let in-flight requests finish (or cancelled them after its grace period)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: state.scheduler.close(abort=True))
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/info", info, methods=["GET"]),
+        Route("/vocab", vocab, methods=["GET"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/automata/{digest}", put_automaton, methods=["PUT"]),
+        Route("/decode", decode_, methods=["POST"]),
+        Route("/score", score, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def load_backend(spec: str, *, max_batch: int = DEFAULT_MAX_BATCH, n_ctx: int | None = None) -> Any:
+    """The model a server holds, with enough KV-cache slots for ``max_batch`` branches decoded together."""
+    from .models import REMOTE_PREFIX, TINY_MODEL, get_model, resolve_model
+
+    path = resolve_model(spec)
+    if path.startswith(REMOTE_PREFIX):
+        raise ServeError(f"lmqc serve needs a local model, not another server ({spec!r})")
+    n_seq = max(8, int(max_batch))
+    if path == TINY_MODEL:
+        from .backend import TinyBackend
+
+        return TinyBackend(n_seq=n_seq)  # same vocabulary and logits as the in-process lmqc:tiny
+    options: dict[str, Any] = {"n_seq": n_seq}
+    if n_ctx is not None:
+        options["n_ctx"] = n_ctx
+    return get_model(spec, **options)
+
+
+def serve(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_len: int | None = None,
+    n_ctx: int | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Load ``model`` and serve it until SIGINT/SIGTERM (graceful: in-flight requests finish first)."""
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise ServeError("lmqc serve needs the 'serve' extra: pip install 'lmqc[serve]'") from e
+    if max_batch < 1:
+        raise ServeError(f"--max-batch must be >= 1, got {max_batch}")
+    t0 = time.perf_counter()
+    backend = load_backend(model, max_batch=max_batch, n_ctx=n_ctx)
+    state = ServerState(backend, model=model, max_batch=max_batch, max_len=max_len)
+    app = create_app(state)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=60, lifespan="on",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    print(
+        f"lmqc serve: {model} loaded in {time.perf_counter() - t0:.1f} s (vocabulary {state.fingerprint[:12]}, "
+        f"n_ctx {state.n_ctx}, max batch {max_batch}); listening on http://{host}:{port}",
+        file=sys.stderr, flush=True,
+    )
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler that was
+    # installed before it ran: make that handler a no-op, so a requested shutdown exits with status 0.
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, lambda signum, frame: None)
+        except ValueError:  # not the main thread: leave signals to the caller
+            break
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("lmqc serve: stopped", file=sys.stderr, flush=True)

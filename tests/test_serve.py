@@ -1,0 +1,327 @@
+"""Two-process mode: a real ``lmqc serve`` process on a free loopback port, clients in this process.
+
+Results through the server must equal in-process results (argmax, seeded sample, beam, distribution, several
+holes); concurrent clients get correct values; bad requests, another vocabulary and disconnecting clients leave
+the server serving; SIGTERM stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+import lmqc  # noqa: E402
+from lmqc.errors import ArtifactError, DecodeError, ServeError  # noqa: E402
+from lmqc.runtime.client import PROTOCOL, RemoteModel, arrays_to_npz, automaton_hash  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    def __init__(self, model: str, *extra: str, timeout: float = 60.0) -> None:
+        self.port = _free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lmqc.cli", "serve", "--model", model, "--port", str(self.port), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.get("/health")["status"] == "ok":
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"lmqc serve did not start: {self.proc.communicate()[1]}")
+            time.sleep(0.1)
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://{self.endpoint}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: bytes, method: str = "POST") -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://{self.endpoint}{path}", data=body, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return self.proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[_Server]:
+    srv = _Server("lmqc:tiny", "--max-batch", "16")
+    yield srv
+    code, err = srv.stop()
+    assert code == 0, err
+    assert "lmqc serve: stopped" in err
+
+
+TWO_HOLES = '''{decoder}
+    "Q: {{name}} says [X]\\n"
+    "A: [Y] and [Z]"
+from "lmqc:tiny"
+where len(TOKENS(X)) < 6 and STOPS_AT(X, ".") and INT(Y) and len(TOKENS(Y)) < 4 and Z in ["yes", "no", "ok"]
+'''
+
+DISTRIBUTION = '''argmax
+    "Review: {text}\\nSentiment: [S]"
+from "lmqc:tiny"
+distribution S in ["positive", "negative", "neutral"]
+'''
+
+
+def _same(a, b) -> None:
+    a = a if isinstance(a, list) else [a]
+    b = b if isinstance(b, list) else [b]
+    assert [r.to_json() for r in a] == [r.to_json() for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.spans == y.spans and x.n_tokens == y.n_tokens
+        assert (math.isnan(x.logprob) and math.isnan(y.logprob)) or x.logprob == y.logprob
+
+
+@pytest.mark.parametrize(
+    "decoder", ["argmax", "sample(n=3, seed=7)", "sample(n=2, temperature=0.7, top_k=20, top_p=0.9, seed=3)", "beam(n=3)"]
+)
+def test_results_equal_in_process(server: _Server, decoder: str) -> None:
+    src = TWO_HOLES.format(decoder=decoder)
+    local = lmqc.run(src, name="Bob")
+    remote = lmqc.run(src, name="Bob", endpoint=server.endpoint)
+    _same(local, remote)
+
+
+def test_distribution_and_model_spec(server: _Server) -> None:
+    local = lmqc.run(DISTRIBUTION, text="great")
+    remote = lmqc.run(DISTRIBUTION.replace('"lmqc:tiny"', f'"lmqc://{server.endpoint}"'), text="great")
+    _same(local, remote)
+    assert remote.distribution is not None and abs(sum(remote.distribution.values()) - 1) < 1e-9
+
+
+def test_compiled_query_and_cli(server: _Server, tmp_path, capsys) -> None:
+    from lmqc.cli import main
+
+    q = tmp_path / "q.lmql"
+    q.write_text(TWO_HOLES.format(decoder="sample(n=2, seed=1)"))
+    assert main(["run", str(q), "--input", "name=Ann", "--json"]) == 0
+    local = capsys.readouterr().out
+    assert main(["run", str(q), "--input", "name=Ann", "--json", "--endpoint", server.endpoint]) == 0
+    assert capsys.readouterr().out == local
+    compiled = lmqc.compile(TWO_HOLES.format(decoder="argmax"), endpoint=server.endpoint)
+    assert compiled.model == f"lmqc://{server.endpoint}"
+    _same(lmqc.run(compiled, name="Ann"), lmqc.run(TWO_HOLES.format(decoder="argmax"), name="Ann"))
+
+
+def test_sixteen_concurrent_clients(server: _Server) -> None:
+    src = TWO_HOLES.format(decoder="argmax")
+    names = [f"client{i}" for i in range(16)]
+    expected = {n: lmqc.run(src, name=n).to_json() for n in names}
+    got: dict[str, dict] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
+
+    def client(n: str) -> None:
+        try:
+            barrier.wait()
+            got[n] = lmqc.run(src, name=n, endpoint=server.endpoint).to_json()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert got == expected
+    for r in got.values():
+        v = r["variables"]
+        assert isinstance(v["Y"], int) and v["Z"] in {"yes", "no", "ok"} and "." not in v["X"][:-1]
+
+
+def test_waiting_argmax_requests_are_decoded_as_one_batch() -> None:
+    """Deterministic check of the grouping: requests queued while the worker is busy go out as one call."""
+    from lmqc.runtime import decode
+    from lmqc.runtime.backend import TinyBackend
+    from lmqc.runtime.server import ServerState
+
+    backend = TinyBackend(n_seq=16)
+    state = ServerState(backend, model="lmqc:tiny", max_batch=16)
+    compiled = lmqc.compile(TWO_HOLES.format(decoder="argmax"))
+    auto = compiled.automaton("X")
+    digest, arrays = automaton_hash(auto)
+    state.put_automaton(digest, arrays_to_npz(arrays))
+    prompts = [backend.tokenize(f"Q: person{i} says", bos=True) for i in range(5)]
+    bodies = [
+        {
+            "protocol": PROTOCOL, "vocab_fingerprint": state.fingerprint, "contexts": [p], "automata": [digest],
+            "strategy": {"name": "argmax"}, "stops": [[[".", True]]], "min_tokens": [0], "max_tokens": [5],
+            "max_len": 100, "rng": None, "scores": None, "score": None, "forced_text": True, "heal": True,
+        }
+        for p in prompts
+    ]
+    try:
+        with state.scheduler._cv:  # hold the worker while all five requests arrive
+            futures = [state.scheduler.submit(state.decode_job(b)) for b in bodies]
+        results = [f.result(30) for f in futures]
+    finally:
+        state.scheduler.close()
+    assert state.scheduler.stats["batches"] == 1 and state.scheduler.stats["merged_batches"] == 1
+    for p, res in zip(prompts, results, strict=True):
+        (c,) = res["completions"]
+        (ref,) = decode.decode_hole(TinyBackend(), [p], auto, stops=[(".", True)], max_tokens=5, max_len=100, heal=True)
+        assert (c.parent, c.tokens, c.value, c.context, c.ending) == (0, ref.tokens, ref.value, ref.context, ref.ending)
+
+
+def test_bad_requests_leave_the_server_serving(server: _Server) -> None:
+    info = server.get("/info")
+    fp = info["vocab_fingerprint"]
+    good = {
+        "protocol": PROTOCOL, "vocab_fingerprint": fp, "contexts": [[1, 300]], "automata": [None],
+        "strategy": {"name": "argmax"}, "stops": [[]], "min_tokens": [0], "max_tokens": [3], "max_len": None,
+        "rng": None, "scores": None, "score": None, "forced_text": True, "heal": False,
+    }
+    status, out = server.post("/decode", json.dumps(good).encode())
+    assert status == 200 and len(out["completions"]) == 1
+    cases = [
+        (b"{not json", 400),
+        (json.dumps([1, 2]).encode(), 400),
+        (json.dumps({**good, "protocol": 99}).encode(), 400),
+        (json.dumps({**good, "contexts": [[1, 10**6]]}).encode(), 400),
+        (json.dumps({**good, "contexts": [[]]}).encode(), 400),
+        (json.dumps({**good, "strategy": {"name": "nucleus"}}).encode(), 400),
+        (json.dumps({**good, "stops": "x"}).encode(), 400),
+        (json.dumps({**good, "rng": {"bit_generator": "os.system"}}).encode(), 400),
+        (json.dumps({**good, "vocab_fingerprint": "0" * 64}).encode(), 409),
+        (json.dumps({**good, "automata": ["f" * 32]}).encode(), 404),
+        (json.dumps({**good, "contexts": [[1, 300]] * 17, "automata": [None] * 17}).encode(), 413),
+        (json.dumps({**good, "contexts": [[1] + [300] * 600]}).encode(), 413),
+        (json.dumps({**good, "min_tokens": [5], "max_tokens": [2]}).encode(), 200),
+    ]
+    for body, want in cases:
+        status, out = server.post("/decode", body)
+        assert status == want, (body[:80], out)
+        if want != 200:
+            assert out["error"] and out["message"]
+    status, out = server.post("/score", json.dumps({"protocol": PROTOCOL, "context": [], "options": []}).encode())
+    assert status == 400
+    status, out = server.post("/automata/abc", b"not an npz", method="PUT")
+    assert status == 400
+    assert server.get("/health")["status"] == "ok"
+    _same(lmqc.run(TWO_HOLES.format(decoder="argmax"), name="Bob", endpoint=server.endpoint),
+          lmqc.run(TWO_HOLES.format(decoder="argmax"), name="Bob"))
+
+
+def test_automaton_for_another_vocabulary(server: _Server) -> None:
+    from lmqc.api import compile_query
+    from lmqc.compiler.vocabulary import Vocabulary
+
+    other = Vocabulary([b"", b"", b""] + [bytes([c]) for c in range(32, 127)], eos_id=2, special_ids=[0, 1])
+    compiled = compile_query(lmqc.parse('"A: [X]" where INT(X)'), other, model=f"lmqc://{server.endpoint}")
+    with pytest.raises(ArtifactError, match="another vocabulary"):
+        lmqc.run(compiled)
+    digest, arrays = automaton_hash(compiled.automaton("X"))
+    status, out = server.post(f"/automata/{digest}", arrays_to_npz(arrays), method="PUT")
+    assert status == 409 and out["error"] == "vocabulary_mismatch" and "recompile" in out["message"]
+    assert server.get("/health")["status"] == "ok"
+
+
+def test_decode_errors_and_unreachable_server(server: _Server) -> None:
+    src = '"A: [X]" from "lmqc:tiny" where REGEX(X, r"[0-9]{8}") and len(TOKENS(X)) < 3'
+    with pytest.raises(DecodeError) as local:
+        lmqc.run(src)
+    with pytest.raises(DecodeError) as remote:
+        lmqc.run(src, endpoint=server.endpoint)
+    assert str(local.value) == str(remote.value)
+    with pytest.raises(ServeError, match="cannot reach lmqc serve"):
+        RemoteModel(f"127.0.0.1:{_free_port()}").info()
+
+
+def test_disconnecting_clients_are_cleaned_up(server: _Server) -> None:
+    fp = server.get("/info")["vocab_fingerprint"]
+    before = server.get("/info")["stats"]
+    body = json.dumps({
+        "protocol": PROTOCOL, "vocab_fingerprint": fp, "contexts": [[1, 300]] * 8, "automata": [None] * 8,
+        "strategy": {"name": "sample", "temperature": 1.0, "top_k": 0, "top_p": 1.0}, "stops": [[]] * 8,
+        "min_tokens": [400] * 8, "max_tokens": [400] * 8, "max_len": None, "rng": None, "scores": None,
+        "score": None, "forced_text": True, "heal": False,
+    }).encode()
+    head = f"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    for _ in range(6):  # each one a long hole; the client hangs up right after sending
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(head.encode() + body)
+        time.sleep(0.02)
+        s.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stats = server.get("/info")["stats"]
+        if stats["queue"] == 0 and stats["requests"] - before["requests"] >= 6:
+            break
+        time.sleep(0.1)
+    stats = server.get("/info")["stats"]
+    assert stats["cancelled"] > before["cancelled"]
+    assert server.get("/health")["status"] == "ok"
+    _same(lmqc.run(TWO_HOLES.format(decoder="sample(n=2, seed=9)"), name="Bob", endpoint=server.endpoint),
+          lmqc.run(TWO_HOLES.format(decoder="sample(n=2, seed=9)"), name="Bob"))
+
+
+def test_info_reports_the_server(server: _Server) -> None:
+    info = server.get("/info")
+    assert info["protocol"] == PROTOCOL and info["lmqc_version"] == lmqc.__version__
+    assert info["model"] == "lmqc:tiny" and info["vocab_fingerprint"] == lmqc.vocabulary("lmqc:tiny").fingerprint
+    assert info["limits"]["max_batch"] == 16
+    assert {"requests", "batches", "merged_batches", "tokens", "cancelled", "queue"} <= set(info["stats"])
+    with urllib.request.urlopen(f"http://{server.endpoint}/vocab", timeout=10) as r:
+        assert r.headers["X-Lmqc-Vocab-Fingerprint"] == info["vocab_fingerprint"]
+        with np.load(__import__("io").BytesIO(r.read()), allow_pickle=False) as z:
+            assert set(z.files) == {"buffer", "offsets", "eos_id", "special_ids"}
+
+
+@pytest.mark.model
+def test_gemma_through_the_server_equals_in_process() -> None:
+    src = '''argmax(max_len=200)
+    "Q: What is the capital of France? Answer in one sentence.\\n"
+    "A: [ANSWER]\\n"
+    "Year the Eiffel Tower opened: [YEAR]"
+where STOPS_AT(ANSWER, ".") and len(TOKENS(ANSWER)) < 24 and INT(YEAR) and len(TOKENS(YEAR)) < 6
+'''
+    srv = _Server("gemma-3-270m", "--max-batch", "4", "--n-ctx", "1024", timeout=120)
+    try:
+        remote = lmqc.run(src, endpoint=srv.endpoint)
+        seeded = lmqc.run(src.replace("argmax(max_len=200)", "sample(n=2, seed=4, max_len=200)"), endpoint=srv.endpoint)
+    finally:
+        code, err = srv.stop()
+    assert code == 0, err
+    _same(lmqc.run(src), remote)
+    _same(lmqc.run(src.replace("argmax(max_len=200)", "sample(n=2, seed=4, max_len=200)")), seeded)
+    assert re.fullmatch(r"[^.]*\.", remote.variables["ANSWER"]) and isinstance(remote.variables["YEAR"], int)
