@@ -177,6 +177,27 @@ def main() -> None:
           f"sample(n={WIDTH}) {med(w_smp):.2f} s ({med(w_smp) / med(w_arg):.2f}x), "
           f"beam(n={WIDTH}) {med(w_beam):.2f} s ({med(w_beam) / med(w_arg):.2f}x)   target <= 2x")
 
+    # -- the model's own cost of width: one batched step of 1 vs WIDTH sequences (one new token each) ---------------
+    toks = [int(t) for t in model.tokenize(" the cat sat on", bos=False)][:WIDTH]
+    toks += [toks[0]] * (WIDTH - len(toks))
+    f1, fw = [], []
+    for _ in range(5 * R):
+        model.reset()
+        model.eval([base])
+        model.eval([base + [toks[0]]] * WIDTH)  # every slot holds the prompt (copies), untimed
+        t = time.perf_counter()
+        model.eval([base + [toks[0], toks[1]]])
+        f1.append(time.perf_counter() - t)
+        model.reset()
+        model.eval([base])
+        model.eval([base + [toks[0]]] * WIDTH)
+        t = time.perf_counter()
+        model.eval([base + [toks[0], x] for x in toks])
+        fw.append(time.perf_counter() - t)
+    width["model_step_1_s"], width[f"model_step_{WIDTH}_s"] = f1, fw
+    print(f"model step alone (backend.eval, one new token per sequence): 1 sequence {med(f1) * 1e3:.1f} ms, "
+          f"{WIDTH} sequences in one batch {med(fw) * 1e3:.1f} ms ({med(fw) / med(f1):.2f}x)")
+
     # -- external reference ---------------------------------------------------------------------------------------
     ref: dict[str, Any] | None = None
     if not args.no_reference:
