@@ -325,3 +325,47 @@ where STOPS_AT(ANSWER, ".") and len(TOKENS(ANSWER)) < 24 and INT(YEAR) and len(T
     _same(lmqc.run(src), remote)
     _same(lmqc.run(src.replace("argmax(max_len=200)", "sample(n=2, seed=4, max_len=200)")), seeded)
     assert re.fullmatch(r"[^.]*\.", remote.variables["ANSWER"]) and isinstance(remote.variables["YEAR"], int)
+
+
+def test_limits_are_refused_with_a_message() -> None:
+    from lmqc.runtime.backend import TinyBackend
+    from lmqc.runtime.server import HTTPError, ServerState
+
+    state = ServerState(TinyBackend(), model="lmqc:tiny", max_batch=4, max_len=64)
+    body = {
+        "protocol": PROTOCOL, "vocab_fingerprint": state.fingerprint, "contexts": [[1, 300]], "automata": [None],
+        "strategy": {"name": "beam", "n": 2}, "stops": [[]], "min_tokens": [0], "max_tokens": [3], "max_len": 200,
+        "rng": None, "scores": None, "score": None, "forced_text": True, "heal": False,
+    }
+    try:
+        with pytest.raises(HTTPError, match="--max-len") as e:
+            state.decode_job(body)
+        assert e.value.status == 422
+        with pytest.raises(HTTPError, match="beam width 5") as e:
+            state.decode_job({**body, "max_len": 64, "strategy": {"name": "beam", "n": 5}})
+        assert e.value.status == 413
+        assert state.decode_job({**body, "max_len": 64}).merge_key is None  # beam requests are never merged
+    finally:
+        state.scheduler.close()
+
+
+def test_sigterm_lets_in_flight_requests_finish() -> None:
+    srv = _Server("lmqc:tiny")
+    try:
+        fp = srv.get("/info")["vocab_fingerprint"]
+        body = json.dumps({
+            "protocol": PROTOCOL, "vocab_fingerprint": fp, "contexts": [[1, 300]] * 16, "automata": [None] * 16,
+            "strategy": {"name": "sample", "temperature": 1.0, "top_k": 0, "top_p": 1.0}, "stops": [[]] * 16,
+            "min_tokens": [300] * 16, "max_tokens": [300] * 16, "max_len": None, "rng": None, "scores": None,
+            "score": None, "forced_text": True, "heal": False,
+        }).encode()
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(zip(("status", "out"), srv.post("/decode", body), strict=True)))
+        t.start()
+        time.sleep(0.2)  # the hole takes ~1 s: SIGTERM arrives while it decodes
+        srv.proc.send_signal(signal.SIGTERM)
+        t.join(30)
+    finally:
+        code, err = srv.stop()
+    assert result["status"] == 200 and all(len(c["tokens"]) == 300 for c in result["out"]["completions"])
+    assert code == 0 and "lmqc serve: stopped" in err
