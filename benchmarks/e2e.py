@@ -81,9 +81,11 @@ def main() -> None:
         uncon_kw = {"min_tokens": k, "max_tokens": k}
         _, uout, uncon_stats = one(p, None, **uncon_kw)
         con_t, uncon_t, samp, beam = [], [], [], []
-        for _ in range(R):
-            con_t.append(sum(one(p, a, **limits)[0] for _ in range(reps)))
-            uncon_t.append(sum(one(p, None, **uncon_kw)[0] for _ in range(reps)))
+        for i in range(R):
+            # alternate which of the pair runs first, so that drift on a shared machine hits both alike
+            pair = [(con_t, a, limits), (uncon_t, None, uncon_kw)]
+            for dst, auto, kw in pair if i % 2 == 0 else pair[::-1]:
+                dst.append(sum(one(p, auto, **kw)[0] for _ in range(reps)))
             ws, sout, ss = one(p, a, contexts=[p] * WIDTH, strategy=Sample(temperature=1.0), rng=len(samp), **limits)
             samp.append({"wall": ws, "steps": ss["eval_calls"], "tokens": [c.n_tokens for c in sout], **ss})
             wb, bout, bs = one(p, a, strategy=Beam(WIDTH), **limits)
