@@ -180,7 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .runtime.server import serve
 
     serve(
-        args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_len=args.max_len, n_ctx=args.n_ctx
+        args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_len=args.max_len, n_ctx=args.n_ctx,
+        merge=not args.no_merge,
     )
     return 0
 
@@ -204,6 +205,10 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-len", type=int, default=None, metavar="N", help="refuse requests with a larger max_len (422)")
     p.add_argument("--n-ctx", type=int, default=None, metavar="N", help="KV-cache cells shared by all sequences")
+    p.add_argument(
+        "--no-merge", action="store_true",
+        help="decode every request alone (results bit-identical to in-process; no cross-client batching)",
+    )
     p.set_defaults(func=cmd_serve)
 
 

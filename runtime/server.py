@@ -51,6 +51,9 @@ the same ``max_len``/healing/scoring flags, up to ``--max-batch`` branches, and 
 ``decode_hole`` call: their branches advance together, one batched model evaluation per step. Sample and beam
 requests run alone (their random draws and beam pruning are per request). This is batching per arrival, not
 step-level continuous batching: a request arriving while a batch runs waits for that batch to finish.
+llama.cpp's logits depend slightly on the batch a sequence is evaluated in, so a merged argmax hole can resolve a
+near-tie differently than the same hole decoded alone (in-process batching of branches has the same property);
+``--no-merge`` (``merge=False``) decodes every request alone, for results bit-identical to in-process.
 
 A client that disconnects is noticed while its request waits or runs: a waiting request is dropped, a running
 batch whose every request is gone stops at its next model step. SIGTERM stops accepting connections and lets
@@ -381,9 +384,11 @@ class ServerState:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_len: int | None = None,
         automata_cache: int = 256,
+        merge: bool = True,
     ) -> None:
         from lmqc import __version__
 
+        self.merge = merge
         self.backend = backend
         self.model = model
         self.vocab = backend.vocabulary
@@ -420,6 +425,7 @@ class ServerState:
             "vocab_size": self.V,
             "n_ctx": self.n_ctx,
             "limits": {"max_batch": self.max_batch, "max_len": self.max_len, "max_context": self.n_ctx},
+            "merge": self.merge,
             "automata_cached": len(self.automata),
             "stats": stats,
         }
@@ -547,7 +553,7 @@ class ServerState:
             "forced_text": bool(body.get("forced_text", True)), "heal": bool(body.get("heal", False)),
         }
         key = None
-        if isinstance(strategy, decode.Argmax):
+        if self.merge and isinstance(strategy, decode.Argmax):
             key = ("argmax", max_len, args["heal"], bool(score), args["forced_text"])
         return Job("decode", args, key)
 
@@ -772,6 +778,7 @@ def serve(
     max_batch: int = DEFAULT_MAX_BATCH,
     max_len: int | None = None,
     n_ctx: int | None = None,
+    merge: bool = True,
     log_level: str = "warning",
 ) -> None:
     """Load ``model`` and serve it until SIGINT/SIGTERM (graceful: in-flight requests finish first)."""
@@ -783,7 +790,7 @@ def serve(
         raise ServeError(f"--max-batch must be >= 1, got {max_batch}")
     t0 = time.perf_counter()
     backend = load_backend(model, max_batch=max_batch, n_ctx=n_ctx)
-    state = ServerState(backend, model=model, max_batch=max_batch, max_len=max_len)
+    state = ServerState(backend, model=model, max_batch=max_batch, max_len=max_len, merge=merge)
     app = create_app(state)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=60, lifespan="on",

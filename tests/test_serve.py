@@ -345,8 +345,15 @@ def test_limits_are_refused_with_a_message() -> None:
             state.decode_job({**body, "max_len": 64, "strategy": {"name": "beam", "n": 5}})
         assert e.value.status == 413
         assert state.decode_job({**body, "max_len": 64}).merge_key is None  # beam requests are never merged
+        argmax = {**body, "max_len": 64, "strategy": {"name": "argmax"}}
+        assert state.decode_job(argmax).merge_key is not None
     finally:
         state.scheduler.close()
+    strict = ServerState(TinyBackend(), model="lmqc:tiny", merge=False)  # lmqc serve --no-merge
+    try:
+        assert strict.decode_job(argmax).merge_key is None
+    finally:
+        strict.scheduler.close()
 
 
 def test_sigterm_lets_in_flight_requests_finish() -> None:
