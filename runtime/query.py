@@ -43,6 +43,15 @@ class LocalDecoder:
     def fingerprint(self) -> str:
         return self.backend.vocabulary.fingerprint
 
+    def begin(self) -> None:
+        """Start a query from an empty KV cache.
+
+        llama.cpp's logits depend slightly on where a sequence's cells sit in the shared cache, so a seeded
+        sample could otherwise change with whatever ran earlier in the process. Re-evaluating a prompt costs
+        one batched step.
+        """
+        self.backend.reset()
+
     def tokenize(self, text: str | bytes, *, bos: bool = False) -> list[int]:
         return self.backend.tokenize(text, bos=bos)
 
@@ -144,6 +153,8 @@ def run_compiled(
         raise ArtifactError(
             f"the query was compiled for another vocabulary than {spec!r}'s: recompile it for this model"
         )
+    if hasattr(backend, "begin"):
+        backend.begin()
     dec = parse_decoder(decoder) if isinstance(decoder, str) else decoder or query.decoder or nodes.Decoder("argmax")
     params = dict(dec.args)
     n = int(params.get("n", 1))
