@@ -126,3 +126,14 @@ def test_gemma_artifact_round_trip_and_refusal(tmp_path: Path) -> None:
         lmqc.load(path, model="lmqc:tiny")
     with pytest.raises(lmqc.ArtifactError, match="another vocabulary"):
         lmqc.run(loaded, model="lmqc:tiny")
+
+
+def test_seeded_sample_does_not_depend_on_earlier_queries() -> None:
+    src = '''sample(n=2, seed=9)
+    "A short fruit list: [X]"
+from "gemma-3-270m"
+where len(TOKENS(X)) < 6
+'''
+    first = [r.variables["X"] for r in lmqc.run(src)]
+    lmqc.run(src.replace("sample(n=2, seed=9)", "beam(n=2)"))  # other sequences fill the KV cache
+    assert [r.variables["X"] for r in lmqc.run(src)] == first
