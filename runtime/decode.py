@@ -5,6 +5,9 @@ Entry points
 :func:`decode_hole` fills one hole for B branches (contexts) at once with ``argmax``, ``sample`` or ``beam``.
 All live sequences advance together: one batched :meth:`Backend.eval` call per step, never one per sequence.
 :func:`score_options` gives the log-probability of each option of a ``distribution`` clause in one call.
+:class:`HoleRun` is the step-wise engine under :func:`decode_hole` (argmax and sample): ``pending()`` /
+:func:`eval_seqs` / ``apply()`` per step, so ``lmqc serve`` can advance the holes of many requests with one
+batched evaluation per step through the same code.
 
 Per step and per live sequence the constraint work is a table lookup: the automaton state's mask id selects a
 cached allowed set. Sparse sets (at most half the vocabulary) are applied by gathering the allowed logits;
@@ -44,10 +47,12 @@ __all__ = [
     "Argmax",
     "Beam",
     "Completion",
+    "HoleRun",
     "Sample",
     "Strategy",
     "TokenAutomatonLike",
     "decode_hole",
+    "eval_seqs",
     "parse_strategy",
     "score_options",
 ]
@@ -717,18 +722,7 @@ class _Decoder:
 
         Returns the logits and, when scoring, the per-row log-sum-exp float64[B].
         """
-        ctxs = [s.context for s in seqs]
-        if self.scoring and any(s.pending for s in seqs):
-            parts = self.b.eval_rows(ctxs, [s.pending + 1 for s in seqs])
-            for s, rows in zip(seqs, parts, strict=True):
-                if s.pending:
-                    toks = np.asarray(s.context[len(s.context) - s.pending :])
-                    lse = _lse(rows[:-1])
-                    s.logprob += float((rows[np.arange(s.pending), toks] - lse).sum())
-                    s.pending = 0
-            logits = np.stack([p[-1] for p in parts])
-        else:
-            logits = self.b.eval(ctxs)
+        logits = eval_seqs(self.b, seqs)  # pending forced tokens exist only when scoring
         return logits, (_lse(logits) if self.scoring else None)
 
 
@@ -944,80 +938,163 @@ def decode_hole(
     DecodeError
         No allowed continuation exists for a branch (e.g. the constraint cannot end within ``max_tokens``).
     """
-    B = len(contexts)
-    if B == 0:
-        return []
-    if isinstance(strategy, str):
-        strategy = parse_strategy(strategy)
-    scoring = isinstance(strategy, Beam) if score is None else bool(score)
-    if isinstance(strategy, Beam) and not scoring:
-        raise DecodeError("beam search needs scores (score=False given)")
-    autos = _per_branch(automata, B, "automata", is_scalar=lambda v: v is None or hasattr(v, "initial"))
-    shared_stops = isinstance(stops, (str, bytes)) or _is_stop_rule(stops) or len(stops) == 0 or _is_stop_rule(stops[0])
-    if isinstance(stops, (str, bytes)) or _is_stop_rule(stops):
-        raise DecodeError("stops must be a sequence of stop rules, e.g. [Stop('\\n', keep=False)]")
-    stop_lists = [stops] * B if shared_stops else _per_branch(stops, B, "stops", is_scalar=lambda v: False)
-    mins = _per_branch(min_tokens, B, "min_tokens", is_scalar=lambda v: isinstance(v, (int, np.integer)))
-    maxs = _per_branch(max_tokens, B, "max_tokens", is_scalar=lambda v: v is None or isinstance(v, (int, np.integer)))
-    init = [0.0] * B if scores is None else [float(x) for x in scores]
-    if isinstance(rng, np.random.Generator):
-        gen = rng
-    else:
-        gen = np.random.default_rng(rng)
-
-    special = np.asarray(backend.special_ids, dtype=np.int32)
-    eog = np.asarray(getattr(backend, "eog_ids", ()), dtype=np.int32)
-    dec = _Decoder(backend, max_len, scoring, forced_text)
-    holes: dict[tuple[int, int, int, int | None], _Hole] = {}
-    seqs: list[_Seq] = []
-    for i in range(B):
-        key = (id(autos[i]), id(stop_lists[i]), mins[i], maxs[i])
-        h = holes.get(key)
-        if h is None:
-            h = _Hole(autos[i], stop_lists[i], mins[i], maxs[i], backend.n_vocab, backend.eos_id, special, eog)
-            holes[key] = h
-        state = -1 if h.unconstrained else int(h.a.initial)
-        ctx = list(contexts[i])
-        if not ctx:
-            raise DecodeError("a hole needs a non-empty context (start the prompt with BOS)")
-        s = _Seq(i, h, ctx, len(ctx), state, init[i])
-        if heal and len(ctx) >= 2 and not bool(np.isin(ctx[-1], special)) and ctx[-1] != backend.eos_id:
-            last = backend.piece(ctx[-1])
-            if last:
-                s.heal, s.healing, s.heal_tok = last, True, ctx[-1]
-                s.context = ctx[:-1]
-                s.start = len(ctx) - 1
-        if not h.unconstrained and h.mte[state] >= _INF_TOKENS:
-            raise DecodeError(
-                "the constraint cannot be satisfied with this model's vocabulary: no token sequence spells an "
-                "accepted value"
-            )
-        if h.max_tokens is not None and not h.unconstrained and h.mte[state] > h.max_tokens:
-            raise DecodeError(
-                f"the constraint needs at least {int(h.mte[state])} tokens but the hole allows {h.max_tokens}"
-            )
-        if h.max_tokens is not None and h.max_tokens <= 0:
-            s.ending = "max_tokens"
-        elif len(ctx) >= dec.max_len:
-            s.ending = "max_len"
-        seqs.append(s)
-
-    if isinstance(strategy, Beam):
-        return _beam(dec, seqs, strategy.n)
-    return _greedy_or_sample(dec, seqs, strategy, gen)
+    return HoleRun(
+        backend, contexts, automata, strategy=strategy, stops=stops, min_tokens=min_tokens, max_tokens=max_tokens,
+        max_len=max_len, rng=rng, scores=scores, score=score, forced_text=forced_text, heal=heal,
+    ).run()
 
 
-def _greedy_or_sample(dec: _Decoder, seqs: list[_Seq], strategy: Argmax | Sample, rng: np.random.Generator) -> list[Completion]:
-    ends = dec.ends
-    while True:
+class HoleRun:
+    """One :func:`decode_hole` call as a step-wise engine, so a caller can batch the steps of several holes.
+
+    Created from the same arguments as :func:`decode_hole` (the same checks and ``DecodeError``\\ s). For
+    argmax and sample, one step is::
+
+        todo = run.pending()           # forced tokens appended; the sequences that need a model row now
+        if run.done: ...               # nothing left: run.completions()
+        run.apply(eval_seqs(backend, todo))   # or rows of a bigger batch, in the order of ``todo``
+
+    :func:`decode_hole` itself runs this loop (:meth:`run`), so a caller that merges the ``todo`` lists of
+    several runs into one :func:`eval_seqs` call gets each run's tokens exactly as in-process whenever the
+    backend's logits do not depend on the batch (each run draws from its own generator, in branch order).
+    Beam search is not step-wise (``stepwise`` is False): :meth:`run` decodes its whole hole.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        contexts: Sequence[Sequence[int]],
+        automata: Any = None,
+        *,
+        strategy: Strategy = Argmax(),  # noqa: B008 - frozen dataclass, safe as a default
+        stops: Any = (),
+        min_tokens: int | Sequence[int] = 0,
+        max_tokens: int | None | Sequence[int | None] = None,
+        max_len: int | None = None,
+        rng: np.random.Generator | int | None = None,
+        scores: Sequence[float] | None = None,
+        score: bool | None = None,
+        forced_text: bool = True,
+        heal: bool = False,
+    ) -> None:
+        B = len(contexts)
+        if isinstance(strategy, str) and B:
+            strategy = parse_strategy(strategy)
+        self.strategy = strategy
+        self.stepwise = not isinstance(strategy, Beam)
+        self.done = False
+        self._todo: list[_Seq] | None = None
+        self.seqs: list[_Seq] = []
+        self.dec: _Decoder | None = None
+        if B == 0:  # nothing to decode: no checks, no backend access (as decode_hole always did)
+            self.done = True
+            self.rng = None
+            return
+        scoring = isinstance(strategy, Beam) if score is None else bool(score)
+        if isinstance(strategy, Beam) and not scoring:
+            raise DecodeError("beam search needs scores (score=False given)")
+        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.dec = dec = _Decoder(backend, max_len, scoring, forced_text)
+        autos = _per_branch(automata, B, "automata", is_scalar=lambda v: v is None or hasattr(v, "initial"))
+        shared_stops = isinstance(stops, (str, bytes)) or _is_stop_rule(stops) or len(stops) == 0 or _is_stop_rule(stops[0])
+        if isinstance(stops, (str, bytes)) or _is_stop_rule(stops):
+            raise DecodeError("stops must be a sequence of stop rules, e.g. [Stop('\\n', keep=False)]")
+        stop_lists = [stops] * B if shared_stops else _per_branch(stops, B, "stops", is_scalar=lambda v: False)
+        mins = _per_branch(min_tokens, B, "min_tokens", is_scalar=lambda v: isinstance(v, (int, np.integer)))
+        maxs = _per_branch(max_tokens, B, "max_tokens", is_scalar=lambda v: v is None or isinstance(v, (int, np.integer)))
+        init = [0.0] * B if scores is None else [float(x) for x in scores]
+
+        special = np.asarray(backend.special_ids, dtype=np.int32)
+        eog = np.asarray(getattr(backend, "eog_ids", ()), dtype=np.int32)
+        holes: dict[tuple[int, int, int, int | None], _Hole] = {}
+        seqs = self.seqs
+        for i in range(B):
+            key = (id(autos[i]), id(stop_lists[i]), mins[i], maxs[i])
+            h = holes.get(key)
+            if h is None:
+                h = _Hole(autos[i], stop_lists[i], mins[i], maxs[i], backend.n_vocab, backend.eos_id, special, eog)
+                holes[key] = h
+            state = -1 if h.unconstrained else int(h.a.initial)
+            ctx = list(contexts[i])
+            if not ctx:
+                raise DecodeError("a hole needs a non-empty context (start the prompt with BOS)")
+            s = _Seq(i, h, ctx, len(ctx), state, init[i])
+            if heal and len(ctx) >= 2 and not bool(np.isin(ctx[-1], special)) and ctx[-1] != backend.eos_id:
+                last = backend.piece(ctx[-1])
+                if last:
+                    s.heal, s.healing, s.heal_tok = last, True, ctx[-1]
+                    s.context = ctx[:-1]
+                    s.start = len(ctx) - 1
+            if not h.unconstrained and h.mte[state] >= _INF_TOKENS:
+                raise DecodeError(
+                    "the constraint cannot be satisfied with this model's vocabulary: no token sequence spells an "
+                    "accepted value"
+                )
+            if h.max_tokens is not None and not h.unconstrained and h.mte[state] > h.max_tokens:
+                raise DecodeError(
+                    f"the constraint needs at least {int(h.mte[state])} tokens but the hole allows {h.max_tokens}"
+                )
+            if h.max_tokens is not None and h.max_tokens <= 0:
+                s.ending = "max_tokens"
+            elif len(ctx) >= dec.max_len:
+                s.ending = "max_len"
+            seqs.append(s)
+
+    @property
+    def scoring(self) -> bool:
+        return self.dec is not None and self.dec.scoring
+
+    @property
+    def width(self) -> int:
+        """Most sequences this run evaluates in one step (branches; at most ``n`` after a beam's first step)."""
+        n = len(self.seqs)
+        return max(n, self.strategy.n) if isinstance(self.strategy, Beam) else n
+
+    def run(self) -> list[Completion]:
+        """Decode the whole hole alone: the loop of :func:`decode_hole`."""
+        if isinstance(self.strategy, Beam):
+            out = _beam(self.dec, self.seqs, self.strategy.n) if self.seqs else []
+            self.done = True
+            return out
+        while True:
+            todo = self.pending()
+            if self.done:
+                return self.completions()
+            self.apply(eval_seqs(self.dec.b, todo))  # type: ignore[union-attr]  # seqs exist, so dec does
+
+    def pending(self) -> list[_Seq]:
+        """Append forced tokens, then the sequences needing a model row this step (``done`` when none).
+
+        A sequence that already ended is included when scoring still needs rows for its forced tail.
+        """
+        if not self.stepwise:
+            raise DecodeError("internal error: beam search is not step-wise (use HoleRun.run)")
+        if self.done:
+            return []
+        dec, seqs = self.dec, self.seqs
         for s in seqs:
             if s.ending is None:
                 dec.advance_forced(s)
         _raise_dead(seqs)
         todo = [s for s in seqs if s.ending is None or (s.pending and dec.scoring)]
         if not todo:
-            break
-        logits, lse = dec.evaluate(todo)
+            self.done = True
+        self._todo = todo
+        return todo
+
+    def apply(self, logits: np.ndarray) -> None:
+        """Choose and append one token per sequence of the last :meth:`pending`, from its next-token logits.
+
+        ``logits`` is float32[len(todo), V] in the order of ``todo``; their forced tails must already be scored
+        (:func:`eval_seqs` does both). Random draws use this run's generator, in branch order.
+        """
+        todo = self._todo
+        if todo is None or len(logits) != len(todo):
+            raise DecodeError("internal error: HoleRun.apply without a matching pending()")
+        self._todo = None
+        dec, strategy, rng = self.dec, self.strategy, self.rng
+        ends = dec.ends
+        lse = _lse(logits) if dec.scoring else None
         for k, s in enumerate(todo):
             if s.ending is not None:
                 continue  # was only evaluated to score its forced tail
@@ -1036,8 +1113,29 @@ def _greedy_or_sample(dec: _Decoder, seqs: list[_Seq], strategy: Argmax | Sample
                 s.ending = "eos"
             else:
                 dec.push(s, tok)
-        _raise_dead(seqs)
-    return [dec.complete(s) for s in seqs]
+        _raise_dead(self.seqs)
+
+    def completions(self) -> list[Completion]:
+        """One completion per branch, in branch order (after ``done``)."""
+        return [self.dec.complete(s) for s in self.seqs]
+
+
+def eval_seqs(backend: Backend, seqs: Sequence[_Seq]) -> np.ndarray:
+    """Next-token logits float32[len(seqs), V] in ONE backend call; scores the sequences' pending forced tokens.
+
+    The sequences may come from several :class:`HoleRun`\\ s (only scoring runs have pending tokens).
+    """
+    ctxs = [s.context for s in seqs]
+    if any(s.pending for s in seqs):
+        parts = backend.eval_rows(ctxs, [s.pending + 1 for s in seqs])
+        for s, rows in zip(seqs, parts, strict=True):
+            if s.pending:
+                toks = np.asarray(s.context[len(s.context) - s.pending :])
+                lse = _lse(rows[:-1])
+                s.logprob += float((rows[np.arange(s.pending), toks] - lse).sum())
+                s.pending = 0
+        return np.stack([p[-1] for p in parts])
+    return backend.eval(ctxs)
 
 
 def _raise_dead(seqs: list[_Seq]) -> None:

@@ -1,9 +1,10 @@
 """``lmqc serve``: one process holds the model; short-lived clients run queries against it.
 
 Clients compile locally (for the server model's vocabulary), run the prompt program locally, and send ONE request
-per hole with every branch's context; the server runs :func:`runtime.decode.decode_hole` for the whole hole (the
-same code path as in-process, same arguments) and returns the completions. Automata are content-addressed and
-uploaded once; the server keeps an LRU of them (and with them the decoder's per-automaton mask caches).
+per hole with every branch's context; the server decodes the whole hole with the same arguments and the same
+code as in-process (:class:`runtime.decode.HoleRun`, the engine of :func:`runtime.decode.decode_hole`) and returns
+the completions. Automata are content-addressed and uploaded once; the server keeps an LRU of them (and with
+them the decoder's per-automaton mask caches).
 
 Protocol (version 1, JSON over HTTP/1.1; every JSON request carries ``"protocol": 1``)
 ---------------------------------------------------------------------------------------
@@ -11,9 +12,12 @@ Protocol (version 1, JSON over HTTP/1.1; every JSON request carries ``"protocol"
     ``{"status": "ok", "protocol": 1}``.
 ``GET /info``
     ``{"protocol", "lmqc_version", "model", "vocab_fingerprint", "vocab_size", "n_ctx", "limits": {"max_batch",
-    "max_len", "max_context"}, "stats": {...}}``. Stats: requests, batches, merged_batches (batches holding more
-    than one request), largest_batch (branches), branches, tokens, cancelled, errors, queue, uptime_s, backend
-    counters (eval/decode calls, tokens fed).
+    "max_len", "max_context"}, "stats": {...}}``. Stats: requests, batches (busy periods: holes decoded while
+    others overlap them count as one; each hole run alone counts one), merged_batches (busy periods with more
+    than one request), largest_batch (branches of the requests decoding at once), steps (batched model steps
+    of step-level decoding), merged_steps (steps holding sequences of more than one request), largest_step
+    (sequences in one step), most_requests_in_step, branches, tokens, cancelled, errors, queue, uptime_s,
+    backend counters (eval/decode calls, tokens fed).
 ``GET /vocab``
     The vocabulary as ``.npz`` bytes of ``Vocabulary.to_arrays()`` (``buffer``, ``offsets``, ``eos_id``,
     ``special_ids``; no pickled objects); header ``X-Lmqc-Vocab-Fingerprint``. Clients cache it by fingerprint.
@@ -30,7 +34,8 @@ Protocol (version 1, JSON over HTTP/1.1; every JSON request carries ``"protocol"
     "max_tokens": [int | null], "max_len": int | null, "rng": numpy bit-generator state | null,
     "scores": [float] | null, "score": bool | null, "forced_text": bool, "heal": bool}``
     -> ``{"completions": [{"parent", "tokens", "value" (base64), "context", "logprob", "score", "ending",
-    "state"}], "rng": state after the decode, "batch": {"requests", "branches"}}``. Floats: NaN is ``null``,
+    "state"}], "rng": state after the decode, "batch": {"requests", "branches"}}`` (``batch``: the most requests
+    and branches that were decoding together in one of this hole's steps). Floats: NaN is ``null``,
     infinities ``"inf"`` / ``"-inf"``. The rng state round-trips, so seeded sampling equals in-process.
 ``POST /score``
     ``{"vocab_fingerprint", "context": [int], "options": [[int]]}`` -> ``{"logprobs": [float]}``
@@ -45,18 +50,26 @@ within the token budget) or ``over_limit`` (``max_len`` above ``--max-len``), 50
 
 Scheduling
 ----------
-One worker thread owns the backend (llama.cpp contexts are not thread-safe). Requests queue; when the worker is
-free it takes the oldest request and, if it is an ``argmax`` hole, every other waiting ``argmax`` request with
-the same ``max_len``/healing/scoring flags, up to ``--max-batch`` branches, and decodes them as ONE
-``decode_hole`` call: their branches advance together, one batched model evaluation per step. Sample and beam
-requests run alone (their random draws and beam pruning are per request). This is batching per arrival, not
-step-level continuous batching: a request arriving while a batch runs waits for that batch to finish.
-llama.cpp's logits depend slightly on the batch a sequence is evaluated in, so a merged argmax hole can resolve a
-near-tie differently than the same hole decoded alone (in-process batching of branches has the same property);
-``--no-merge`` (``merge=False``) decodes every request alone, for results bit-identical to in-process.
+One worker thread owns the backend (llama.cpp contexts are not thread-safe) and does step-level continuous
+batching. It holds a set of running holes (:class:`runtime.decode.HoleRun`, one per ``argmax`` or ``sample``
+request) and advances ALL of them by one token per step with ONE batched model evaluation
+(:func:`runtime.decode.eval_seqs` over every running hole's pending sequences; scoring holes get their extra
+forced-tail rows in the same call). Between two steps, queued requests join while their branches fit in
+``--max-batch`` beside the running ones, and a request whose hole is done is answered at once, while the others
+go on. Each request keeps its own generator and draws in its own branch order, exactly as in-process
+``decode_hole``, so seeded sampling and argmax give the in-process tokens whenever the logits of a sequence do
+not depend on the batch it is evaluated in (true of the tiny test backend). Admission is FIFO: a request that
+does not fit yet holds back the decode requests behind it, so wide requests are not starved.
+
+Beam requests are not step-level: each waits until no hole is running and is then decoded whole, alone, as one
+``decode_hole`` call (beam pruning is per request and its width varies); so is every request with
+``--no-merge``. ``/score`` requests (one model call each) run between two steps. llama.cpp's logits depend
+slightly on the batch a sequence is evaluated in, so under concurrency a near-tie can resolve differently than
+the same hole decoded alone (in-process batching of branches has the same property); ``--no-merge``
+(``merge=False``) decodes every request alone, for results bit-identical to in-process.
 
 A client that disconnects is noticed while its request waits or runs: a waiting request is dropped, a running
-batch whose every request is gone stops at its next model step. SIGTERM stops accepting connections and lets
+hole is dropped before the next model step (a beam or ``--no-merge`` hole stops at its next step). SIGTERM stops accepting connections and lets
 in-flight requests finish (uvicorn's graceful shutdown), then stops the worker.
 """
 
@@ -107,7 +120,7 @@ class HTTPError(Exception):
 
 
 class _Cancelled(Exception):
-    """Every request of a running batch is gone: stop decoding it."""
+    """The request of a hole decoded alone is gone: stop decoding it."""
 
 
 # -- the worker --------------------------------------------------------------------------------------------
@@ -119,6 +132,8 @@ class Job:
 
     kind: str
     args: dict[str, Any]
+    # not None: the hole joins the running ones step by step (argmax/sample); None: decoded alone (beam,
+    # --no-merge, score)
     merge_key: tuple[Any, ...] | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     cancelled: bool = False
@@ -129,7 +144,7 @@ class Job:
 
 
 class _Guard:
-    """The backend as the decoder sees it during one batch: stops at the next step if every request is gone."""
+    """The backend as a hole decoded alone sees it: stops at the next step if its request is gone."""
 
     def __init__(self, backend: Any, jobs: list[Job], stopping: Callable[[], bool]) -> None:
         self._b = backend
@@ -152,6 +167,16 @@ class _Guard:
         return self._b.eval_rows(contexts, rows)
 
 
+@dataclass(eq=False)
+class _Live:
+    """A request whose hole the worker is decoding step by step, with what its response reports."""
+
+    job: Job
+    run: decode.HoleRun
+    requests: int = 1  # most requests that shared one model step with it
+    branches: int = 0  # most sequences (of all requests) in one step with it
+
+
 class Scheduler:
     """The worker thread that owns the backend; see the module docstring (Scheduling)."""
 
@@ -160,11 +185,13 @@ class Scheduler:
         self.max_batch = max_batch
         self._cv = threading.Condition()
         self._queue: deque[Job] = deque()
+        self._active: list[_Live] = []  # only the worker thread touches it
+        self._period_requests = 0
         self._closing = False
         self._abort = False
         self.stats: dict[str, int] = {
             "requests": 0, "batches": 0, "merged_batches": 0, "largest_batch": 0, "branches": 0, "tokens": 0,
-            "cancelled": 0, "errors": 0,
+            "cancelled": 0, "errors": 0, "steps": 0, "merged_steps": 0, "largest_step": 0, "most_requests_in_step": 0,
         }
         self._thread = threading.Thread(target=self._loop, name="lmqc-serve-worker", daemon=True)
         self._thread.start()
@@ -183,7 +210,7 @@ class Scheduler:
             return len(self._queue)
 
     def close(self, *, abort: bool = False, timeout: float = 30.0) -> None:
-        """Stop taking jobs; finish the queued ones (or cancel them with ``abort``); join the worker."""
+        """Stop taking jobs; finish the queued and running ones (or cancel them with ``abort``); join the worker."""
         with self._cv:
             self._closing = True
             self._abort = abort
@@ -196,83 +223,186 @@ class Scheduler:
 
     # -- loop ---------------------------------------------------------------------------------------------
 
-    def _take(self) -> list[Job] | None:
+    def _next(self) -> tuple[list[Job], Job | None] | None:
+        """Between two steps: the queued jobs that join the running holes now, and one job to run alone.
+
+        Mergeable (argmax/sample) holes join while their branches fit in ``max_batch`` beside the running ones.
+        A score job runs alone between two steps (one model call). Any other decode (beam, or every decode
+        with ``--no-merge``) runs alone once no hole is running. Admission is FIFO: a job that cannot start yet
+        holds back the decode jobs behind it, so a wide or beam request is not starved by later small ones.
+        Waits while there is nothing to do; ``None`` when closing and idle.
+        """
         with self._cv:
             while True:
-                while self._queue and self._queue[0].cancelled:
-                    job = self._queue.popleft()
-                    self.stats["cancelled"] += 1
-                    job.future.cancel()
-                if self._queue:
-                    break
-                if self._closing:
-                    return None
-                self._cv.wait()
-            first = self._queue.popleft()
-            batch = [first]
-            if first.merge_key is not None:
-                total = first.n_branches
+                admitted: list[Job] = []
+                alone: Job | None = None
+                width = sum(live.run.width for live in self._active)
                 rest: deque[Job] = deque()
+                blocked = False
                 for job in self._queue:
                     if job.cancelled:
                         self.stats["cancelled"] += 1
                         job.future.cancel()
-                    elif job.merge_key == first.merge_key and total + job.n_branches <= self.max_batch:
-                        batch.append(job)
-                        total += job.n_branches
+                    elif blocked:
+                        rest.append(job)
+                    elif job.kind == "score":
+                        if alone is None:
+                            alone = job
+                        else:
+                            rest.append(job)
+                    elif job.merge_key is None:
+                        if not self._active and not admitted and alone is None:
+                            alone = job
+                        else:
+                            rest.append(job)
+                        blocked = True
+                    elif width + job.n_branches <= self.max_batch or (not self._active and not admitted):
+                        admitted.append(job)
+                        width += job.n_branches
                     else:
                         rest.append(job)
+                        blocked = True
                 self._queue = rest
-            return batch
+                if admitted or alone is not None or self._active:
+                    return admitted, alone
+                if self._closing:
+                    return None
+                self._cv.wait()
 
     def _loop(self) -> None:
         while True:
-            batch = self._take()
-            if batch is None:
+            nxt = self._next()
+            if nxt is None:
                 return
+            admitted, alone = nxt
             try:
-                self._run(batch)
+                if alone is not None:
+                    self._run_alone(alone)
+                for job in admitted:
+                    self._admit(job)
+                if self._active:
+                    self._step()
             except BaseException as e:  # noqa: BLE001 - the worker must survive anything a request causes
-                for job in batch:
+                for live in self._active:
+                    if not live.job.future.done():
+                        live.job.future.set_exception(e)
+                self._active.clear()
+                for job in [*admitted, *([alone] if alone is not None else [])]:
                     if not job.future.done():
                         job.future.set_exception(e)
 
-    def _run(self, batch: list[Job]) -> None:
-        self.stats["batches"] += 1
-        branches = sum(j.n_branches for j in batch)
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], branches)
-        if len(batch) > 1:
+    def _admit(self, job: Job) -> None:
+        a = job.args
+        try:
+            run = decode.HoleRun(
+                self.backend, a["contexts"], a["automata"],
+                **{k: v for k, v in a.items() if k not in ("contexts", "automata")},
+            )
+        except Exception as e:  # noqa: BLE001 - e.g. an unsatisfiable constraint: this request's error only
+            self.stats["errors"] += 1
+            job.future.set_exception(e)
+            return
+        if not self._active:  # a new busy period ("batch"): holes that overlap in time belong to it
+            self.stats["batches"] += 1
+            self._period_requests = 0
+        self._period_requests += 1
+        if self._period_requests == 2:
             self.stats["merged_batches"] += 1
-            try:
-                results = self._execute_merged(batch)
-            except _Cancelled:
-                for job in batch:
-                    self._cancel(job)
-                return
-            except DecodeError:
-                results = None  # one request's error must not fail the others: run them one by one
-            except Exception:  # noqa: BLE001
-                self.backend.reset()
-                results = None
-            if results is not None:
-                for job, res in zip(batch, results, strict=True):
-                    self._finish(job, res)
-                return
-        for job in batch:
-            if job.cancelled:
-                self._cancel(job)
+        self._active.append(_Live(job, run))
+
+    def _step(self) -> None:
+        """Advance every running hole by one token: ONE batched model evaluation for all their sequences."""
+        groups: list[tuple[_Live, list[Any]]] = []
+        for live in list(self._active):
+            if live.job.cancelled or self._abort:
+                self._active.remove(live)
+                self._cancel(live.job)
                 continue
             try:
-                self._finish(job, self._execute(job))
-            except _Cancelled:
-                self._cancel(job)
-            except LmqcError as e:
-                self.stats["errors"] += 1
-                job.future.set_exception(e)
-            except Exception as e:  # noqa: BLE001 - report, reset the cache, keep serving
-                self.stats["errors"] += 1
+                todo = live.run.pending()
+            except Exception as e:  # noqa: BLE001 - DecodeError (dead constraint) or a bug: this request only
+                self._fail(live, e)
+                continue
+            if live.run.done:
+                self._active.remove(live)
+                self._complete(live)
+                continue
+            groups.append((live, todo))
+        if not groups:
+            return
+        n_seqs = sum(len(t) for _, t in groups)
+        width = sum(live.run.width for live, _ in groups)
+        self.stats["steps"] += 1
+        if len(groups) > 1:
+            self.stats["merged_steps"] += 1
+        self.stats["largest_step"] = max(self.stats["largest_step"], n_seqs)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], width)
+        self.stats["most_requests_in_step"] = max(self.stats["most_requests_in_step"], len(groups))
+        for live, _ in groups:
+            live.requests = max(live.requests, len(groups))
+            live.branches = max(live.branches, width)
+        try:
+            logits = decode.eval_seqs(self.backend, [s for _, t in groups for s in t])
+        except Exception as e:  # noqa: BLE001 - keep serving; the failure must stay the failing request's own
+            if not isinstance(e, LmqcError):
                 self.backend.reset()
-                job.future.set_exception(e)
+            if len(groups) == 1:
+                self._fail(groups[0][0], e)
+                return
+            logits = None  # retry each request alone (eval_seqs changes nothing before the model call returns)
+        if logits is None:
+            for live, todo in groups:
+                try:
+                    live.run.apply(decode.eval_seqs(self.backend, todo))
+                except Exception as e:  # noqa: BLE001
+                    if not isinstance(e, LmqcError):
+                        self.backend.reset()
+                    self._fail(live, e)
+            return
+        k = 0
+        for live, todo in groups:
+            rows = logits[k : k + len(todo)]
+            k += len(todo)
+            try:
+                live.run.apply(rows)
+            except Exception as e:  # noqa: BLE001 - e.g. no allowed continuation: this request's error only
+                self._fail(live, e)
+
+    def _fail(self, live: _Live, e: BaseException) -> None:
+        if live in self._active:
+            self._active.remove(live)
+        self.stats["errors"] += 1
+        if not live.job.future.done():
+            live.job.future.set_exception(e)
+
+    def _complete(self, live: _Live) -> None:
+        try:
+            completions = live.run.completions()
+        except Exception as e:  # noqa: BLE001
+            self.stats["errors"] += 1
+            live.job.future.set_exception(e)
+            return
+        batch = {"requests": live.requests, "branches": live.branches or live.run.width}
+        self._finish(live.job, {"completions": completions, "rng": live.job.args["rng"], "batch": batch})
+
+    def _run_alone(self, job: Job) -> None:
+        """A score job, a beam hole, or any hole with ``--no-merge``: decoded whole, as one ``decode_hole``."""
+        self.stats["batches"] += 1
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], job.n_branches)
+        if job.cancelled:
+            self._cancel(job)
+            return
+        try:
+            self._finish(job, self._execute(job))
+        except _Cancelled:
+            self._cancel(job)
+        except LmqcError as e:
+            self.stats["errors"] += 1
+            job.future.set_exception(e)
+        except Exception as e:  # noqa: BLE001 - report, reset the cache, keep serving
+            self.stats["errors"] += 1
+            self.backend.reset()
+            job.future.set_exception(e)
 
     def _cancel(self, job: Job) -> None:
         self.stats["cancelled"] += 1
@@ -294,35 +424,6 @@ class Scheduler:
         rng = a["rng"]
         completions = decode.decode_hole(guard, a["contexts"], a["automata"], **{k: v for k, v in a.items() if k not in ("contexts", "automata")})
         return {"completions": completions, "rng": rng, "batch": {"requests": 1, "branches": job.n_branches}}
-
-    def _execute_merged(self, batch: list[Job]) -> list[dict[str, Any]]:
-        """Several argmax requests as one ``decode_hole`` call; completions split back by branch."""
-        first = batch[0].args
-        contexts: list[Any] = []
-        merged: dict[str, list[Any]] = {k: [] for k in ("automata", "stops", "min_tokens", "max_tokens", "scores")}
-        offsets = []
-        for job in batch:
-            offsets.append(len(contexts))
-            contexts.extend(job.args["contexts"])
-            B = job.n_branches
-            for k in merged:
-                v = job.args[k]
-                merged[k].extend([0.0] * B if v is None else v)
-        guard = _Guard(self.backend, batch, lambda: self._abort)
-        completions = decode.decode_hole(
-            guard, contexts, merged["automata"], strategy=first["strategy"], stops=merged["stops"],
-            min_tokens=merged["min_tokens"], max_tokens=merged["max_tokens"], max_len=first["max_len"],
-            rng=first["rng"], scores=merged["scores"], score=first["score"], forced_text=first["forced_text"],
-            heal=first["heal"],
-        )
-        out = []
-        for job, off in zip(batch, offsets, strict=True):
-            mine = []
-            for c in completions[off : off + job.n_branches]:
-                c.parent -= off
-                mine.append(c)
-            out.append({"completions": mine, "rng": job.args["rng"], "batch": {"requests": len(batch), "branches": len(contexts)}})
-        return out
 
 
 # -- request parsing ---------------------------------------------------------------------------------------
@@ -553,8 +654,8 @@ class ServerState:
             "forced_text": bool(body.get("forced_text", True)), "heal": bool(body.get("heal", False)),
         }
         key = None
-        if self.merge and isinstance(strategy, decode.Argmax):
-            key = ("argmax", max_len, args["heal"], bool(score), args["forced_text"])
+        if self.merge and isinstance(strategy, decode.Argmax | decode.Sample):
+            key = ("step",)  # joins the running holes step by step (see Scheduling)
         return Job("decode", args, key)
 
     def score_job(self, body: Any) -> Job:

@@ -376,3 +376,81 @@ def test_sigterm_lets_in_flight_requests_finish() -> None:
         code, err = srv.stop()
     assert result["status"] == 200 and all(len(c["tokens"]) == 300 for c in result["out"]["completions"])
     assert code == 0 and "lmqc serve: stopped" in err
+
+
+def _decode_body(fp: str, contexts: list[list[int]], n_tokens: int, strategy: dict, rng: dict | None = None) -> bytes:
+    B = len(contexts)
+    return json.dumps({
+        "protocol": PROTOCOL, "vocab_fingerprint": fp, "contexts": contexts, "automata": [None] * B,
+        "strategy": strategy, "stops": [[]] * B, "min_tokens": [n_tokens] * B, "max_tokens": [n_tokens] * B,
+        "max_len": None, "rng": rng, "scores": None, "score": None, "forced_text": True, "heal": False,
+    }).encode()
+
+
+def _post_in_thread(server: _Server, body: bytes, out: dict, key: str, t0: float, delay: float) -> threading.Thread:
+    def go() -> None:
+        time.sleep(delay)
+        status, res = server.post("/decode", body)
+        out[key] = (status, res, time.monotonic() - t0)
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t
+
+
+def test_short_request_joins_a_running_hole_and_finishes_first(server: _Server) -> None:
+    """Step-level continuous batching: a request arriving mid-hole joins at the next step and returns when done."""
+    from lmqc.runtime import decode
+    from lmqc.runtime.backend import TinyBackend
+
+    fp = server.get("/info")["vocab_fingerprint"]
+    long_ctx = [[1, 300 + i] for i in range(8)]
+    short_ctx = [[1, 400]]
+    argmax = {"name": "argmax"}
+    out: dict = {}
+    t0 = time.monotonic()
+    threads = [  # the long hole (8 x 480 tokens) takes ~0.7 s; the short one (4 tokens) arrives 0.15 s in
+        _post_in_thread(server, _decode_body(fp, long_ctx, 480, argmax), out, "long", t0, 0.0),
+        _post_in_thread(server, _decode_body(fp, short_ctx, 4, argmax), out, "short", t0, 0.15),
+    ]
+    for t in threads:
+        t.join(60)
+    (s_long, r_long, t_long), (s_short, r_short, t_short) = out["long"], out["short"]
+    assert s_long == 200 and s_short == 200
+    assert t_short < t_long  # not queued behind the whole long hole
+    assert r_short["batch"]["requests"] == 2 and r_long["batch"]["requests"] == 2
+    for ctxs, n, res in ((long_ctx, 480, r_long), (short_ctx, 4, r_short)):
+        ref = decode.decode_hole(TinyBackend(), ctxs, None, min_tokens=n, max_tokens=n)
+        got = [(c["parent"], c["tokens"], c["context"], c["ending"]) for c in res["completions"]]
+        assert got == [(c.parent, c.tokens, c.context, c.ending) for c in ref]
+    stats = server.get("/info")["stats"]
+    assert stats["merged_steps"] > 0 and stats["most_requests_in_step"] >= 2
+
+
+def test_concurrent_seeded_samples_equal_in_process(server: _Server) -> None:
+    from lmqc.runtime import decode
+    from lmqc.runtime.backend import TinyBackend
+    from lmqc.runtime.client import rng_state
+
+    fp = server.get("/info")["vocab_fingerprint"]
+    cases = {  # name: (contexts, tokens, strategy, seed); "a" takes ~0.7 s, "b" arrives 0.1 s in
+        "a": ([[1, 310 + i] for i in range(8)], 450, {"name": "sample", "temperature": 1.0, "top_k": 0, "top_p": 1.0}, 11),
+        "b": ([[1, 330]] * 3, 200, {"name": "sample", "temperature": 0.8, "top_k": 40, "top_p": 0.9}, 12),
+    }
+    out: dict = {}
+    t0 = time.monotonic()
+    threads = [
+        _post_in_thread(server, _decode_body(fp, c, n, st, rng_state(np.random.default_rng(seed))), out, k, t0, 0.1 * j)
+        for j, (k, (c, n, st, seed)) in enumerate(cases.items())
+    ]
+    for t in threads:
+        t.join(60)
+    assert max(out[k][1]["batch"]["requests"] for k in cases) == 2
+    for k, (ctxs, n, st, seed) in cases.items():
+        status, res, _ = out[k]
+        assert status == 200, res
+        gen = np.random.default_rng(seed)
+        strategy = decode.Sample(st["temperature"], st["top_k"], st["top_p"])
+        ref = decode.decode_hole(TinyBackend(), ctxs, None, strategy=strategy, rng=gen, min_tokens=n, max_tokens=n)
+        assert [c["tokens"] for c in res["completions"]] == [c.tokens for c in ref]
+        assert res["rng"] == json.loads(json.dumps(rng_state(gen)))  # the generator advanced exactly as in-process
