@@ -109,6 +109,8 @@ __all__ = ["DEFAULT_MAX_BATCH", "Scheduler", "create_app", "load_backend", "serv
 
 DEFAULT_MAX_BATCH = 16
 MAX_BODY = 256 << 20
+_YIELD_EVERY = 0.005  # the worker hands the GIL to the event loop at least this often (see Scheduler._yield_gil)
+_YIELD_SLEEP = 0.0001
 
 
 class HTTPError(Exception):
@@ -187,6 +189,7 @@ class Scheduler:
         self._queue: deque[Job] = deque()
         self._active: list[_Live] = []  # only the worker thread touches it
         self._period_requests = 0
+        self._last_yield = 0.0
         self._closing = False
         self._abort = False
         self.stats: dict[str, int] = {
@@ -282,6 +285,7 @@ class Scheduler:
                     self._admit(job)
                 if self._active:
                     self._step()
+                    self._yield_gil()
             except BaseException as e:  # noqa: BLE001 - the worker must survive anything a request causes
                 for live in self._active:
                     if not live.job.future.done():
@@ -290,6 +294,19 @@ class Scheduler:
                 for job in [*admitted, *([alone] if alone is not None else [])]:
                     if not job.future.done():
                         job.future.set_exception(e)
+
+    def _yield_gil(self) -> None:
+        """Let the event loop run between steps (at most every ``_YIELD_EVERY`` seconds).
+
+        NumPy releases and re-takes the GIL inside every large operation, so the worker re-takes it before a
+        waiting thread wakes up, and CPython's forced switch never triggers: on a fast backend the event loop
+        could not accept a new request (or notice a disconnect) until every running hole was done. A short
+        sleep hands the GIL over for real.
+        """
+        now = time.perf_counter()
+        if now - self._last_yield >= _YIELD_EVERY:
+            time.sleep(_YIELD_SLEEP)
+            self._last_yield = time.perf_counter()
 
     def _admit(self, job: Job) -> None:
         a = job.args

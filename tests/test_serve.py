@@ -445,7 +445,7 @@ def test_concurrent_seeded_samples_equal_in_process(server: _Server) -> None:
     ]
     for t in threads:
         t.join(60)
-    assert max(out[k][1]["batch"]["requests"] for k in cases) == 2
+    assert max(out[k][1]["batch"]["requests"] for k in cases) == 2, {k: (v[1].get("batch"), v[2]) for k, v in out.items()}
     for k, (ctxs, n, st, seed) in cases.items():
         status, res, _ = out[k]
         assert status == 200, res
