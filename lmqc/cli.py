@@ -146,7 +146,8 @@ def _print_results(results: list, args: argparse.Namespace) -> None:
     color = sys.stdout.isatty()
     for k, r in enumerate(results):
         if len(results) > 1:
-            print(f"--- result {k + 1} of {len(results)} (logprob {r.logprob:.3f})")
+            score = "" if r.logprob != r.logprob else f" (logprob {r.logprob:.3f})"  # NaN: not scored
+            print(f"--- result {k + 1} of {len(results)}{score}")
         print(_highlight(r, color))
         if r.distribution is not None:
             for option, p in r.distribution.items():

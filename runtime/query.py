@@ -190,7 +190,7 @@ def run_compiled(
             max_tokens=[ir.max_tokens for ir in irs],
             max_len=max_len,
             rng=rng,
-            scores=[b.logprob for b in live],
+            scores=[0.0 if math.isnan(b.logprob) else b.logprob for b in live],
             heal=True,  # token healing: "A: [X]" may continue with the model's natural " Paris"
         )
         new: list[_Branch] = []
@@ -246,7 +246,7 @@ def _extend(
         parent.prompt + text + pending,
         spans,
         need,
-        c.score if not math.isnan(c.score) else 0.0,
+        c.score,  # NaN when the decoder did not score (argmax, sample)
         parent.distribution,
         parent.n_tokens + c.n_tokens,
     )
