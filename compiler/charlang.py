@@ -483,6 +483,51 @@ _AT_NAMES = {
 }
 
 
+_MARKERS = {  # how each unsupported feature is spelled, for pointing at it in the pattern text
+    "GROUPREF": ("\\1", "\\2", "\\3", "\\4", "\\5", "\\6", "\\7", "\\8", "\\9", "(?P="),
+    "GROUPREF_EXISTS": ("(?(",),
+    "ASSERT": ("(?=", "(?<="),
+    "ASSERT_NOT": ("(?!", "(?<!"),
+    "ATOMIC_GROUP": ("(?>",),
+    "POSSESSIVE_REPEAT": ("*+", "++", "?+", "}+"),
+    "AT_BEGINNING": ("^",),
+    "AT_BEGINNING_STRING": ("\\A",),
+    "AT_END": ("$",),
+    "AT_END_STRING": ("\\Z",),
+    "AT_BOUNDARY": ("\\b",),
+    "AT_NON_BOUNDARY": ("\\B",),
+}
+
+
+def _feature_offset(pattern: str, kind: str) -> int | None:
+    """Offset of the first spelling of ``kind`` in ``pattern``, outside character classes and escapes."""
+    markers = _MARKERS.get(kind, ())
+    i, n = 0, len(pattern)
+    while i < n:
+        if any(pattern.startswith(m, i) for m in markers):
+            return i
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+        elif ch == "[":  # skip a character class: '^' and a leading ']' belong to it
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            i = j + 1
+        else:
+            i += 1
+    return None
+
+
+def _at(pattern: str, kind: str) -> str:
+    off = _feature_offset(pattern, kind)
+    return "" if off is None else f" (at offset {off} of the pattern: {pattern[off:off + 8]!r})"
+
+
 def regex_feature_problem(pattern: str) -> str | None:
     """A message naming the first feature of ``pattern`` no DFA can express (or that lmqc does not support)."""
     try:
@@ -498,10 +543,16 @@ def regex_feature_problem(pattern: str) -> str | None:
         for op, av in items:
             name = str(op)
             if name in _UNSUPPORTED_OPS:
-                return f"regular expression uses {_UNSUPPORTED_OPS[name]}, which no finite automaton can express"
+                return (
+                    f"regular expression uses {_UNSUPPORTED_OPS[name]}{_at(pattern, name)}, "
+                    "which no finite automaton can express"
+                )
             if name == "AT":
                 what = _AT_NAMES.get(str(av), str(av))
-                return f"regular expression uses {what}; anchors are not supported (the pattern must match the whole value)"
+                return (
+                    f"regular expression uses {what}{_at(pattern, str(av))}; anchors are not supported "
+                    "(the pattern must match the whole value)"
+                )
             for sub in _children(av):
                 r = walk(sub)
                 if r:

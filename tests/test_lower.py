@@ -95,3 +95,13 @@ def test_empty_stop_phrase_and_empty_token_window():
         lower_hole("X", StopsAt("X", ""))
     with pytest.raises(ConstraintError, match="no possible length"):
         lower_hole("X", And((LenCmp("X", "<", 2, tokens=True), LenCmp("X", ">", 5, tokens=True))))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "offset"),
+    [(r"(a)\1", 3), (r"[(?=]x(?=a)", 6), (r"[\]$]b$", 6), (r"a\$b$", 4), (r"a*+", 1), (r"[^]^]^", 5)],
+)
+def test_unsupported_regex_errors_name_the_offset(pattern: str, offset: int) -> None:
+    from lmqc.compiler.charlang import regex_feature_problem
+
+    assert f"at offset {offset} of the pattern" in regex_feature_problem(pattern)
