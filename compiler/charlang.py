@@ -99,11 +99,16 @@ def _make(starts, iclass, trans, initial, final, stopped=None) -> CharDFA:
 def literal_alphabet(chars: set[str]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Intervals where every char of ``chars`` is its own class (1..n) and everything else is class 0."""
     cps = sorted({ord(c) for c in chars})
+    cls_of = {chr(cp): k for k, cp in enumerate(cps, start=1)}
+    starts, iclass = _point_intervals([(cp, k) for k, cp in enumerate(cps, start=1)], 0)
+    return np.asarray(starts, np.int64), np.asarray(iclass, np.int32), cls_of
+
+
+def _point_intervals(points: list[tuple[int, int]], default: int) -> tuple[list[int], list[int]]:
+    """Interval starts and classes for sorted (code point, class) pairs; every other code point is ``default``."""
     starts: list[int] = [0]
-    iclass: list[int] = [0]
-    cls_of: dict[str, int] = {}
-    for k, cp in enumerate(cps, start=1):
-        cls_of[chr(cp)] = k
+    iclass: list[int] = [default]
+    for cp, k in points:
         if starts[-1] == cp:
             iclass[-1] = k
         else:
@@ -111,8 +116,8 @@ def literal_alphabet(chars: set[str]) -> tuple[np.ndarray, np.ndarray, dict[str,
             iclass.append(k)
         if cp + 1 < MAX_CP:
             starts.append(cp + 1)
-            iclass.append(0)
-    return np.asarray(starts, np.int64), np.asarray(iclass, np.int32), cls_of
+            iclass.append(default)
+    return starts, iclass
 
 
 def refine(
@@ -588,17 +593,7 @@ def regex_dfa(pattern: str) -> CharDFA:
     n_keys = len(keys) + (1 if other is None else 0)
     other_cls = kpos[other] if other is not None else len(keys)  # a class nothing transitions on
     chars = sorted((ord(c), kpos[k]) for c, k in mapping.items() if c is not anything_else)
-    starts: list[int] = [0]
-    iclass: list[int] = [other_cls]
-    for cp, k in chars:
-        if starts[-1] == cp:
-            iclass[-1] = k
-        else:
-            starts.append(cp)
-            iclass.append(k)
-        if cp + 1 < MAX_CP:
-            starts.append(cp + 1)
-            iclass.append(other_cls)
+    starts, iclass = _point_intervals(chars, other_cls)
     states = sorted(fsm.states)
     spos = {s: i for i, s in enumerate(states)}
     trans = np.full((len(states), n_keys), -1, dtype=np.int32)
