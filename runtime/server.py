@@ -834,21 +834,19 @@ def create_app(state: ServerState) -> Any:
         state.put_automaton(digest, await read_body(request))
         return JSONResponse({"protocol": PROTOCOL, "hash": digest})
 
-    @handler
-    async def decode_(request: Request) -> Response:
-        job = state.decode_job(await read_json(request))
+    async def respond(request: Request, job: Any) -> Response:
         result = await run_job(request, job)
-        if result is None:
+        if result is None:  # the client went away; nobody reads this
             return Response(status_code=499)
         return JSONResponse(_jsonable(result))
 
     @handler
+    async def decode_(request: Request) -> Response:
+        return await respond(request, state.decode_job(await read_json(request)))
+
+    @handler
     async def score(request: Request) -> Response:
-        job = state.score_job(await read_json(request))
-        result = await run_job(request, job)
-        if result is None:
-            return Response(status_code=499)
-        return JSONResponse(_jsonable(result))
+        return await respond(request, state.score_job(await read_json(request)))
 
     from contextlib import asynccontextmanager
 
