@@ -1,9 +1,11 @@
 """Compiled queries and their artifacts.
 
 An artifact is one ``.npz`` file (``numpy.savez``; loaded with ``allow_pickle=False``): a JSON header array
-plus each hole's automaton arrays. The header holds the format version, lmqc version, the query source and its
-hash, the AST and per-hole IR as JSON (rebuilt only from known node classes), and the vocabulary fingerprint.
-Loading never executes code; a mismatch in format version or vocabulary is refused with a typed error.
+plus each hole slot's automaton arrays. The header holds the format version, lmqc version, the query source and
+its hash, the per-slot IR as JSON (rebuilt only from known node classes), and the vocabulary fingerprint.
+Loading parses the embedded source again (the program that runs is always compiled from it, never taken from
+elsewhere) and checks that its holes lower to the stored IR. Loading never executes query code; a mismatch in
+format version or vocabulary is refused with a typed error.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .ir import HoleIR
 from .serialize import from_json, to_json
 
 FORMAT = "lmqc-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _HEADER = "header.json"
 
 
@@ -42,11 +44,13 @@ class CompiledQuery:
     Attributes
     ----------
     query : nodes.Query
-        The AST (the program the runtime interprets).
+        The parsed query; its program (``program``) is compiled from ``query.source``.
     holes : dict[str, HoleIR]
-        Per-hole IR, in program order.
+        IR per hole slot (``checker.hole_slots``: ``NAME``, or ``NAME#2`` for a later occurrence of ``NAME`` with
+        other constraints), in source order. Slots whose constraint has Python arguments (``X in options``) have
+        no IR here: they are lowered when the hole starts.
     automata : dict[str, TokenAutomaton]
-        Per-hole token automaton over the vocabulary with ``vocab_fingerprint``.
+        Token automaton per slot in ``holes``, over the vocabulary with ``vocab_fingerprint``.
     vocab_fingerprint : str
         Fingerprint of the vocabulary the automata were built for.
     model : str | None
@@ -60,13 +64,33 @@ class CompiledQuery:
     vocab_size: int
     model: str | None = None
     compile_seconds: dict[str, float] = field(default_factory=dict)
+    _program: Any = field(default=None, repr=False)
+    _slots: dict[int, str] | None = field(default=None, repr=False)
+    runtime_cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # automata of dynamic constraints
 
     @property
     def source(self) -> str:
         return self.query.source
 
+    @property
+    def program(self) -> Any:
+        """The compiled prompt program (``compiler.program.Program``), built from ``query.source``."""
+        if self._program is None:
+            from .program import build
+
+            self._program = build(self.query)
+        return self._program
+
+    def slot(self, index: int) -> str:
+        """The automaton slot of hole occurrence ``index``."""
+        if self._slots is None:
+            from .checker import hole_slots
+
+            self._slots = hole_slots(self.query)
+        return self._slots[index]
+
     def automaton(self, var: str) -> TokenAutomaton:
-        """The token automaton of hole ``var``."""
+        """The token automaton of hole ``var`` (its first occurrence; ``NAME#2`` ... for later ones)."""
         try:
             return self.automata[var]
         except KeyError:
@@ -84,7 +108,6 @@ class CompiledQuery:
             "source_hash": source_hash(self.query.source),
             "source": self.query.source,
             "filename": self.query.filename,
-            "query": to_json(self.query),
             "holes": {var: to_json(ir) for var, ir in self.holes.items()},
             "vocab_fingerprint": self.vocab_fingerprint,
             "vocab_size": self.vocab_size,
@@ -142,11 +165,13 @@ def load(path: str | os.PathLike[str], *, vocab_fingerprint: str | None = None) 
             f"this model's is {vocab_fingerprint[:12]}): recompile it for this model"
         )
     try:
-        query = from_json(header["query"])
-        holes = {var: from_json(ir) for var, ir in header["holes"].items()}
-        query = _with_source(query, header["source"], header.get("filename", "<query>"))
-        if source_hash(query.source) != header["source_hash"]:
+        source, filename = header["source"], header.get("filename", "<query>")
+        if not isinstance(source, str) or not isinstance(filename, str):
+            raise ArtifactError(f"{path}: corrupt artifact (source is not text)")
+        if source_hash(source) != header["source_hash"]:
             raise ArtifactError(f"{path}: source hash mismatch (corrupt artifact)")
+        holes = {var: from_json(ir) for var, ir in header["holes"].items()}
+        query = _parse_source(path, source, filename, holes)
         automata = {}
         for var in holes:
             prefix = f"{var}/"
@@ -166,9 +191,27 @@ def load(path: str | os.PathLike[str], *, vocab_fingerprint: str | None = None) 
     )
 
 
-def _with_source(query: Any, source: str, filename: str) -> nodes.Query:
-    if not isinstance(query, nodes.Query):
-        raise ArtifactError("artifact header does not hold a query")
-    from dataclasses import replace
+def _parse_source(path: Path, source: str, filename: str, holes: dict[str, Any]) -> nodes.Query:
+    """Parse the embedded source (never executed here) and check it lowers to the stored IR."""
+    from lmqc.errors import LmqcError
 
-    return replace(query, source=source, filename=filename)
+    from .checker import hole_constraints, hole_slots
+    from .lower import is_dynamic, lower_hole
+    from .parser import parse
+
+    try:
+        query = parse(source, filename)
+    except LmqcError as exc:
+        raise ArtifactError(f"{path}: the embedded query does not compile with this lmqc ({exc})") from None
+    constraints = hole_constraints(query)
+    expected: dict[str, Any] = {}
+    for index, slot in hole_slots(query).items():
+        c = constraints[index]
+        if slot not in expected and not is_dynamic(c):
+            expected[slot] = lower_hole(query.holes()[index].name, c, source=source, filename=filename)
+    for slot, ir in holes.items():
+        if not isinstance(ir, HoleIR) or expected.get(slot) != ir:
+            raise ArtifactError(f"{path}: corrupt artifact (hole {slot!r} does not match its query)")
+    if set(expected) != set(holes):
+        raise ArtifactError(f"{path}: corrupt artifact (holes {sorted(holes)} do not match the query's {sorted(expected)})")
+    return query

@@ -7,6 +7,8 @@ under ``or``/``not`` is an error pointing at it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lmqc.errors import ConstraintError
 
 from .charlang import regex_feature_problem
@@ -15,6 +17,7 @@ from .nodes import (
     NOWHERE,
     And,
     Constraint,
+    Dyn,
     Contains,
     IsInt,
     LenCmp,
@@ -127,3 +130,73 @@ def _check_nested(c: Constraint, error, *, top: bool) -> None:
             raise error(problem, c.span)
     elif not isinstance(c, LenCmp | OneOf | IsInt | StartsWith | Contains):
         raise error(f"unsupported constraint {c}", getattr(c, "span", NOWHERE))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Constraints with Python arguments (``X in options``, ``len(TOKENS(X)) < n``): lowered when the hole starts.
+
+
+_DYN_FIELDS = ("bound", "options", "pattern", "phrase", "prefix")
+
+
+def is_dynamic(c: Constraint | None) -> bool:
+    """Whether a constraint has an argument given as a Python expression (a ``Dyn``)."""
+    if c is None:
+        return False
+    if isinstance(c, And | Or):
+        return any(is_dynamic(item) for item in c.items)
+    if isinstance(c, Not):
+        return is_dynamic(c.operand)
+    return any(isinstance(getattr(c, name, None), Dyn) for name in _DYN_FIELDS)
+
+
+def substitute(
+    c: Constraint, values: dict[str, object], *, source: str | None = None, filename: str = "<query>"
+) -> Constraint:
+    """``c`` with every ``Dyn`` argument replaced by its value (``values`` maps expression text to value).
+
+    Raises
+    ------
+    ConstraintError
+        A value of the wrong type for its place (a length bound that is not a non-negative int, options that are
+        not strings, ...), located at the expression.
+    """
+
+    def error(message: str, span: Span) -> ConstraintError:
+        return ConstraintError(
+            message, source=source, filename=filename, line=span.line or None, column=span.column or None
+        )
+
+    def value_of(d: Dyn, kind: str) -> object:
+        if d.expr not in values:
+            raise error(f"internal error: no value for {d.expr!r}", d.span)
+        v = values[d.expr]
+        if kind == "bound":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise error(f"{d.expr} must be a non-negative int here, got {v!r}", d.span)
+            return v
+        if kind == "options":
+            if isinstance(v, str) or not hasattr(v, "__iter__"):
+                raise error(f"{d.expr} must be a list of strings here, got {type(v).__name__}", d.span)
+            items = [x if isinstance(x, str) else None for x in v]  # type: ignore[attr-defined]
+            if not items or any(x is None for x in items):
+                raise error(f"{d.expr} must be a non-empty list of strings here, got {v!r}", d.span)
+            return tuple(dict.fromkeys(items))
+        if not isinstance(v, str):
+            raise error(f"{d.expr} must be a string here, got {type(v).__name__}", d.span)
+        if kind == "phrase" and not v:
+            raise error(f"{d.expr} is an empty string; a stop phrase or searched text must not be empty", d.span)
+        if kind == "pattern":
+            problem = regex_feature_problem(v)
+            if problem:
+                raise error(f"{d.expr}: {problem}", d.span)
+        return v
+
+    if isinstance(c, And | Or):
+        return type(c)(tuple(substitute(i, values, source=source, filename=filename) for i in c.items), span=c.span)
+    if isinstance(c, Not):
+        return Not(substitute(c.operand, values, source=source, filename=filename), span=c.span)
+    changes = {
+        name: value_of(getattr(c, name), name) for name in _DYN_FIELDS if isinstance(getattr(c, name, None), Dyn)
+    }
+    return replace(c, **changes) if changes else c

@@ -2,11 +2,10 @@
 
 Two families live here:
 
-* the prompt program (``Query`` and its statements), which the runtime interprets;
-* constraints (``where`` clauses, normalized), which ``lower`` turns into per-hole IR.
-
-Python fragments (``{expr}`` interpolations, assignments, loop headers, conditions) are kept as source text,
-already validated by Python's own ``ast`` module; the runtime evaluates them.
+* constraints (``where`` clauses, normalized), which ``lower`` turns into per-hole IR; an argument given as a
+  Python expression is a ``Dyn`` and is evaluated when its hole starts;
+* the query (``Query``): its body is Python (an ``ast.Module``, compiled by ``program`` into a generator
+  function); ``PromptString``/``Hole`` describe its query strings.
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ class LenCmp:
 
     var: str
     op: str
-    bound: int
+    bound: int | Dyn
     tokens: bool = False
     span: Span = field(default=NOWHERE, compare=False)
 
@@ -82,11 +81,11 @@ class OneOf:
     """``VAR in ["a", "b", ...]``."""
 
     var: str
-    options: tuple[str, ...]
+    options: tuple[str, ...] | Dyn
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
-        return f"{self.var} in {list(self.options)!r}"
+        return f"{self.var} in {self.options if isinstance(self.options, Dyn) else list(self.options)!r}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +104,7 @@ class Regex:
     """``REGEX(VAR, pattern)``: the whole value matches the Python ``re`` pattern."""
 
     var: str
-    pattern: str
+    pattern: str | Dyn
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
@@ -117,7 +116,7 @@ class StopsAt:
     """``STOPS_AT(VAR, phrase)``: generation of VAR ends at the first phrase; the value keeps it."""
 
     var: str
-    phrase: str
+    phrase: str | Dyn
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
@@ -129,7 +128,7 @@ class StopsBefore:
     """``STOPS_BEFORE(VAR, phrase)``: like STOPS_AT, but the phrase is dropped from the value."""
 
     var: str
-    phrase: str
+    phrase: str | Dyn
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
@@ -139,7 +138,7 @@ class StopsBefore:
 @dataclass(frozen=True, slots=True)
 class StartsWith:
     var: str
-    prefix: str
+    prefix: str | Dyn
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
@@ -151,7 +150,7 @@ class Contains:
     """``"s" in VAR``; ``not "s" in VAR`` is ``Not(Contains(...))``."""
 
     var: str
-    phrase: str
+    phrase: str | Dyn
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
@@ -175,7 +174,18 @@ def constraint_vars(c: Constraint) -> frozenset[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The prompt program.
+# The prompt program. The body itself is Python (an ``ast.Module``); these nodes describe its query strings.
+
+
+@dataclass(frozen=True, slots=True)
+class Dyn:
+    """A constraint argument given as a Python expression (``X in options``), evaluated when the hole starts."""
+
+    expr: str
+    span: Span = field(default=NOWHERE, compare=False)
+
+    def __str__(self) -> str:
+        return "{" + self.expr + "}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,60 +198,51 @@ class Text:
 
 @dataclass(frozen=True, slots=True)
 class Interp:
-    """``{expr}``: a Python expression, evaluated in the query's scope and formatted with ``str``."""
+    """``{expr}`` / ``{expr!r:>10}``: a Python f-string replacement field, evaluated in the query's scope."""
 
     expr: str
+    conversion: str = ""  # "", "r", "s" or "a"
+    format_spec: str = ""
+    span: Span = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """``{:system}``, ``{:user}``, ``{:assistant}``: the prompt continues in that chat role."""
+
+    name: str
     span: Span = field(default=NOWHERE, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Hole:
-    """``[VAR]``, ``[VAR: int]`` or ``[VAR: r"..."]``; the annotation is kept as its constraint."""
+    """``[VAR]``, ``[VAR: int]``, ``[VAR: r"..."]`` or ``[VAR: tactic]``.
+
+    ``annotation`` is a static constraint (``int``, a regex); ``tactic`` is any other annotation as Python source,
+    evaluated when the hole starts (a query function makes a nested query). ``index`` numbers the query's holes
+    in source order: the same name may occur in several query strings, each with its own constraints.
+    """
 
     name: str
     annotation: IsInt | Regex | None = None
+    tactic: str | None = None
+    index: int = 0
     span: Span = field(default=NOWHERE, compare=False)
 
 
-PromptPart = Text | Interp | Hole
+PromptPart = Text | Interp | Role | Hole
 
 
 @dataclass(frozen=True, slots=True)
 class PromptString:
-    """A string statement; ``where`` is its inline constraint (applies to this statement's holes)."""
+    """A query string statement; ``where`` is its inline constraint (applies to this statement's holes only),
+    ``distribution`` an inline ``distribution VAR in ...`` clause."""
 
     parts: tuple[PromptPart, ...]
     where: Constraint | None = None
+    distribution: Distribution | None = None
+    index: int = 0
     span: Span = field(default=NOWHERE, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class PyStmt:
-    """A simple Python statement (assignment, augmented assignment, call, pass, ...), as source."""
-
-    source: str
-    span: Span = field(default=NOWHERE, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class For:
-    """``for TARGET in ITER:`` around a body; target and iter are Python source."""
-
-    target: str
-    iter: str
-    body: tuple[Stmt, ...]
-    span: Span = field(default=NOWHERE, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class If:
-    """``if``/``elif``/``else``: branches of (condition source, body); the else branch has condition None."""
-
-    branches: tuple[tuple[str | None, tuple[Stmt, ...]], ...]
-    span: Span = field(default=NOWHERE, compare=False)
-
-
-Stmt = PromptString | PyStmt | For | If
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,18 +264,26 @@ class Decoder:
 
 @dataclass(frozen=True, slots=True)
 class Distribution:
-    """``distribution VAR in [options]``."""
+    """``distribution VAR in [options]``; options may be a Python expression evaluated when the hole starts."""
 
     var: str
-    options: tuple[str, ...]
+    options: tuple[str, ...] | Dyn
     span: Span = field(default=NOWHERE, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """A whole query. ``where`` is the query-level clause; inline clauses stay on their ``PromptString``."""
+    """A whole query.
 
-    body: tuple[Stmt, ...]
+    ``body`` is the program as Python (``ast.Module``, positions in the query source); its query-string
+    statements are described by ``prompts`` (in source order, ``PromptString.index`` = position). ``prologue``
+    is Python that runs before the program (code before the decoder clause). ``where`` is the query-level
+    clause; inline clauses stay on their ``PromptString``.
+    """
+
+    prompts: tuple[PromptString, ...]
+    body: Any = field(default=None, compare=False, repr=False)
+    prologue: Any = field(default=None, compare=False, repr=False)
     decoder: Decoder | None = None
     model: str | None = None
     where: Constraint | None = None
@@ -282,3 +291,7 @@ class Query:
     source: str = field(default="", compare=False, repr=False)
     filename: str = field(default="<query>", compare=False)
     span: Span = field(default=NOWHERE, compare=False)
+
+    def holes(self) -> list[Hole]:
+        """Every hole occurrence, in source order."""
+        return [p for ps in self.prompts for p in ps.parts if isinstance(p, Hole)]

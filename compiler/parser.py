@@ -1,5 +1,19 @@
-"""Query source -> ``nodes.Query``: the lark grammar (``lmql.lark``) for the outer structure, a small
-hand-written scanner for the inside of prompt strings, and Python's ``ast`` for every Python fragment.
+"""Query source -> ``nodes.Query``.
+
+An LMQL query is Python with a few additions, and it is parsed the way LMQL itself parses it: Python's own
+``tokenize`` finds the query's parts, and Python's own ``ast`` parses every one of them.
+
+1. *Layout* (``_split``): over Python tokens, find the optional decoder clause (``argmax``/``sample(...)``/...,
+   at the start of a top-level line; Python code before it is the *prologue*), the *body*, and the trailing
+   clauses ``from``, ``where`` and ``distribution`` (each at the start of a line, or after a string on the
+   same line in the one-line form). Inside the body, ``"..." where ...`` and ``"..." distribution ...`` after a
+   string statement are inline clauses, up to the end of the logical line.
+2. *Body*: the source with everything that is not body blanked out (so every position stays the source's) is
+   parsed by ``ast``; every statement-level string expression outside nested ``def``/``class``/``lambda`` is a
+   query string (``nodes.PromptString``), scanned by ``qstrings`` into text, ``{expr}`` and ``[HOLE]`` parts.
+3. *Clauses*: decoder arguments, the model, constraints and the distribution are parsed as Python
+   expressions and normalized into ``nodes`` constraints; an argument that is not a literal (``X in options``)
+   becomes a ``nodes.Dyn`` evaluated when the hole starts.
 
 ``parse`` raises only ``QuerySyntaxError`` / ``QueryTypeError`` on bad input, whatever the input is.
 """
@@ -7,687 +21,68 @@ hand-written scanner for the inside of prompt strings, and Python's ``ast`` for 
 from __future__ import annotations
 
 import ast
-import keyword
-import re
-import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
-from typing import Any, NoReturn
+import io
+import tokenize
+from bisect import bisect_left
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from lark import Lark, Token, Transformer
-from lark.exceptions import (
-    LarkError,
-    UnexpectedCharacters,
-    UnexpectedEOF,
-    UnexpectedInput,
-    UnexpectedToken,
-    VisitError,
-)
-from lark.lexer import LexerThread
-
-from ..errors import LmqcError, QuerySyntaxError, QueryTypeError
+from ..errors import LmqcError
 from . import checker, nodes
 from .nodes import Span
+from .qstrings import Errors, Lit, Pos, PromptScanner, check_regex, closest, decode_literal, python_message
 
-__all__ = ["parse"]
+__all__ = ["DECODERS", "IGNORED_DECODER_ARGS", "parse"]
 
-Pos = tuple[int, int]  # (line, column), 1-based
-
+# Decoder -> the arguments it takes. ``beam_var`` is LMQL's beam variant; lmqc runs it as ``beam``.
 DECODERS: dict[str, frozenset[str]] = {
-    "argmax": frozenset({"max_len"}),
+    "argmax": frozenset({"max_len", "n"}),
     "sample": frozenset({"n", "temperature", "top_k", "top_p", "seed", "max_len"}),
     "beam": frozenset({"n", "max_len"}),
+    "beam_var": frozenset({"n", "max_len"}),
 }
-
-CONSTRAINT_FUNCTIONS = ("INT", "REGEX", "STOPS_AT", "STOPS_BEFORE", "STARTS_WITH", "len", "TOKENS")
-
-
-@cache
-def _lark() -> Lark:
-    grammar = (Path(__file__).with_name("lmql.lark")).read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", lexer="basic", propagate_positions=False, maybe_placeholders=False)
-
-
-@cache
-def _lexer() -> Any:
-    # Lark.lex() would rebuild (and re-verify) the lexer on every call, which costs ~0.3 s.
-    return _lark()._build_lexer()
-
-
-def _tokens(text: str) -> Iterator[Token]:
-    return LexerThread.from_text(_lexer(), text).lex(None)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Layout: logical lines and indentation (lark's Indenter cannot look ahead, and we need one token of it to
-# let a line that starts with `and`/`or` continue the constraint above it).
-
-_OPEN = {"LPAR": ")", "LSQB": "]", "LBRACE": "}"}
-_CLOSE = {"RPAR", "RSQB", "RBRACE"}
-_CONTINUE_AFTER = {"WHERE", "FROM", "DISTRIBUTION", "AND", "OR", "NOT", "IN"}
-_CONTINUE_BEFORE = {"AND", "OR"}
-_LINE_START = {"_NL", "_INDENT", "_DEDENT"}
-
-
-def _indent_width(ws: str) -> int:
-    return len(ws.replace("\f", "").expandtabs(8))
-
-
-class _Layout:
-    """Turns the lexer's raw ``_NL`` tokens into logical line ends and ``_INDENT``/``_DEDENT`` tokens."""
-
-    def __init__(self, text: str, err: _Errors) -> None:
-        self.text = text
-        self.err = err
-        self.first: Token | None = None
-        self.first_indent: Token | None = None  # the _INDENT right after the first logical line, if any
-        self.lines_ended = 0
-        self.last: Token | None = None
-
-    def run(self, raw: Iterable[Token]) -> Iterator[Token]:
-        opened: list[Token] = []
-        stack: list[int] = []
-        pending: Token | None = None
-        clause_on_line: str | None = None
-        for tok in raw:
-            if tok.type == "_NL":
-                if not opened:
-                    pending = tok
-                continue
-            if self.first is None:
-                if tok.type == "NAME" and tok.value.lower() in DECODERS:
-                    tok = Token.new_borrow_pos("DECODER_NAME", tok.value, tok)
-                self.first = tok
-                # lark counts lines by "\n" only (str.splitlines would also split on \x0c, \u2028, ...)
-                lines = self.text.split("\n")
-                line_text = lines[tok.line - 1] if 0 < tok.line <= len(lines) else ""
-                stack = [_indent_width(line_text[: tok.column - 1])]
-                pending = None
-            if pending is not None:
-                if self.last is not None and self.last.type not in _CONTINUE_AFTER and tok.type not in _CONTINUE_BEFORE:
-                    yield from self._line_end(pending, tok, stack)
-                    clause_on_line = None
-                pending = None
-            elif (
-                not opened
-                and self.last is not None
-                and self.last.type not in _LINE_START
-                and (tok.type in ("FROM", "DISTRIBUTION") or (tok.type == "WHERE" and clause_on_line == "FROM"))
-            ):
-                # A one-line query (`argmax "Hi [X]" from "m" where ...`): each clause starts a logical line.
-                yield self._synthetic("_NL", tok)
-                self.lines_ended += 1
-                while len(stack) > 1:
-                    stack.pop()
-                    yield self._synthetic("_DEDENT", tok)
-                clause_on_line = None
-            if tok.type in ("FROM", "DISTRIBUTION"):
-                clause_on_line = tok.type
-            if tok.type in _OPEN:
-                opened.append(tok)
-            elif tok.type in _CLOSE and opened:
-                opened.pop()
-            self.last = tok
-            yield tok
-        if opened:
-            bracket = opened[-1]
-            self.err.syntax(f"'{bracket.value}' was never closed", bracket.line, bracket.column)
-        if self.last is not None:
-            end = Token("_NL", "", 0, self.last.end_line, self.last.end_column, self.last.end_line, self.last.end_column)
-            yield end
-            self.lines_ended += 1
-            for _ in stack[1:]:
-                yield Token.new_borrow_pos("_DEDENT", "", end)
-
-    def _synthetic(self, kind: str, at: Token) -> Token:
-        return Token(kind, "", at.start_pos, at.line, at.column, at.line, at.column)
-
-    def _line_end(self, nl: Token, nxt: Token, stack: list[int]) -> Iterator[Token]:
-        yield nl
-        self.lines_ended += 1
-        segments = nl.value.replace("\r\n", "\n").rsplit("\n", 1)
-        if len(segments) < 2:
-            return
-        width = _indent_width(segments[1])
-        if width > stack[-1]:
-            stack.append(width)
-            indent = self._synthetic("_INDENT", nxt)
-            if self.lines_ended == 1:
-                self.first_indent = indent
-            yield indent
-            return
-        while width < stack[-1]:
-            stack.pop()
-            yield self._synthetic("_DEDENT", nxt)
-        if width != stack[-1]:
-            self.err.syntax("unindent does not match any outer indentation level", nxt.line, nxt.column)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Errors
-
-
-class _Errors:
-    def __init__(self, source: str, filename: str) -> None:
-        self.source = source
-        self.filename = filename
-
-    def syntax(self, message: str, line: int, column: int) -> NoReturn:
-        raise QuerySyntaxError(message, source=self.source, filename=self.filename, line=line, column=column)
-
-    def type(self, message: str, line: int, column: int) -> NoReturn:
-        raise QueryTypeError(message, source=self.source, filename=self.filename, line=line, column=column)
-
-    def syntax_at(self, message: str, at: Span | Pos) -> NoReturn:
-        line, column = (at.line, at.column) if isinstance(at, Span) else at
-        self.syntax(message, line, column)
-
-    def type_at(self, message: str, at: Span | Pos) -> NoReturn:
-        line, column = (at.line, at.column) if isinstance(at, Span) else at
-        self.type(message, line, column)
-
-
-_TERMINAL_NAMES = {
-    "_NL": "end of line",
-    "_INDENT": "an indented block",
-    "_DEDENT": "end of block",
-    "$END": "end of query",
-    "NAME": "a name",
-    "STRING": "a string",
-    "NUMBER": "a number",
-    "DECODER_NAME": "a decoder",
-    "CMP_OP": "a comparison",
-    "OP": "an operator",
-}
-
-
-def _describe_terminal(name: str) -> str:
-    if name in _TERMINAL_NAMES:
-        return _TERMINAL_NAMES[name]
-    for term in _lark().terminals:
-        if term.name == name and term.pattern.type == "str":
-            return repr(term.pattern.value)
-    return name.lower()
-
-
-def _unexpected_token(e: UnexpectedToken, layout: _Layout, text: str, err: _Errors) -> NoReturn:
-    tok = e.token
-    first = layout.first
-    if (
-        tok.type == "_INDENT"
-        and tok is layout.first_indent
-        and first is not None
-        and first.type == "NAME"
-    ):
-        err.type(
-            f"unknown decoder '{first.value}' (expected argmax, sample or beam)", first.line, first.column
-        )
-    if tok.type == "$END":
-        what = "unexpected end of query"
-    elif tok.type == "_NL":
-        what = "unexpected end of line"
-    elif tok.type == "_INDENT":
-        what = "unexpected indent"
-    elif tok.type == "_DEDENT":
-        what = "unexpected end of indented block"
-    else:
-        what = f"unexpected {tok.value!r}"
-    expected = sorted(e.expected or ())
-    if expected == ["_INDENT"]:
-        what = "expected an indented block"
-    elif 0 < len(expected) <= 4:
-        names = [_describe_terminal(x) for x in expected]
-        what += "; expected " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1])
-    line = tok.line if isinstance(tok.line, int) else 1
-    column = tok.column if isinstance(tok.column, int) else 1
-    err.syntax(what, line, column)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# String literals and prompt strings
-
-
-def _token_positions(tok: Token) -> list[Pos]:
-    out: list[Pos] = []
-    line, col = tok.line, tok.column
-    for ch in tok.value:
-        out.append((line, col))
-        if ch == "\n":
-            line, col = line + 1, 1
-        else:
-            col += 1
-    return out
-
-
-def _span_of(start: Pos, last: Pos) -> Span:
-    return Span(start[0], start[1], last[0], last[1] + 1)
-
-
-_SIMPLE_ESCAPES = {
-    "\n": "",
-    "\\": "\\",
-    "'": "'",
-    '"': '"',
-    "a": "\a",
-    "b": "\b",
-    "f": "\f",
-    "n": "\n",
-    "r": "\r",
-    "t": "\t",
-    "v": "\v",
-}
-_PREFIX_CHARS = set("rRbBfFuU")
-_HEX = set("0123456789abcdefABCDEF")
-
-
-@dataclass(frozen=True, slots=True)
-class _Lit:
-    """A decoded string literal, with the source position of every decoded character."""
-
-    value: str
-    positions: tuple[Pos, ...]
-    prefix: str
-    span: Span
-    close: Pos  # where the closing quote starts (errors about "the end of the string" point there)
-
-
-def _decode_literal(chars: Sequence[str], pos: Sequence[Pos], err: _Errors) -> _Lit:
-    """Decode a Python string literal given as characters with their source positions."""
-    n = len(chars)
-    i = 0
-    while i < n and chars[i] in _PREFIX_CHARS:
-        i += 1
-    prefix = "".join(chars[:i]).lower()
-    if i >= n or chars[i] not in "'\"":
-        err.syntax_at("expected a string literal", pos[min(i, n - 1)] if n else (1, 1))
-    if "b" in prefix:
-        err.syntax_at("bytes literals are not allowed; use a normal string", pos[0])
-    quote = chars[i]
-    qlen = 3 if "".join(chars[i : i + 3]) == quote * 3 and n - i >= 6 else 1
-    body_start, body_end = i + qlen, n - qlen
-    span = _span_of(pos[0], pos[-1])
-    out: list[str] = []
-    out_pos: list[Pos] = []
-    j = body_start
-    raw = "r" in prefix
-    while j < body_end:
-        ch = chars[j]
-        if ch != "\\" or raw:
-            out.append(ch)
-            out_pos.append(pos[j])
-            if raw and ch == "\\" and j + 1 < body_end:
-                # In a raw string a backslash still protects the next character (kept verbatim).
-                out.append(chars[j + 1])
-                out_pos.append(pos[j + 1])
-                j += 1
-            j += 1
-            continue
-        at = pos[j]
-        nxt = chars[j + 1] if j + 1 < body_end else ""
-        if nxt in _SIMPLE_ESCAPES:
-            decoded = _SIMPLE_ESCAPES[nxt]
-            j += 2
-        elif nxt in "01234567" and nxt:
-            k = j + 1
-            while k < body_end and k < j + 4 and chars[k] in "01234567":
-                k += 1
-            decoded = chr(int("".join(chars[j + 1 : k]), 8))
-            j = k
-        elif nxt in ("x", "u", "U"):
-            width = {"x": 2, "u": 4, "U": 8}[nxt]
-            digits = "".join(chars[j + 2 : j + 2 + width])
-            if len(digits) != width or not set(digits) <= _HEX or j + 2 + width > body_end:
-                err.syntax_at(f"truncated \\{nxt} escape (needs {width} hex digits)", at)
-            code = int(digits, 16)
-            if code > 0x10FFFF:
-                err.syntax_at(f"illegal Unicode character in \\{nxt} escape", at)
-            decoded = chr(code)
-            j += 2 + width
-        elif nxt == "N":
-            close = j + 2
-            while close < body_end and chars[close] != "}":
-                close += 1
-            if j + 2 >= body_end or chars[j + 2] != "{" or close >= body_end:
-                err.syntax_at("malformed \\N{...} escape", at)
-            name = "".join(chars[j + 3 : close])
-            try:
-                decoded = unicodedata.lookup(name)
-            except KeyError:
-                err.syntax_at(f"unknown Unicode character name {name!r}", at)
-            j = close + 1
-        else:
-            # Python keeps unknown escapes (`"\d"`) verbatim, which regexes written without r"" rely on.
-            decoded = "\\"
-            j += 1
-        for c in decoded:
-            out.append(c)
-            out_pos.append(at)
-    return _Lit("".join(out), tuple(out_pos), prefix, span, pos[body_end] if body_end < n else pos[-1])
-
-
-def _decode_token(tok: Token, err: _Errors) -> _Lit:
-    return _decode_literal(tok.value, _token_positions(tok), err)
-
-
-def _check_regex(pattern: str, positions: Sequence[Pos], fallback: Pos, err: _Errors) -> None:
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        where = positions[e.pos] if e.pos is not None and e.pos < len(positions) else fallback
-        err.type_at(f"invalid regular expression: {e.msg}", where)
-    except (OverflowError, RecursionError, ValueError, MemoryError) as e:
-        err.type_at(f"invalid regular expression: {e}", fallback)
-
-
-def _python_error_pos(e: SyntaxError, base: Sequence[Pos], shift: int = 0) -> Pos:
-    """Map a SyntaxError in a fragment (first line shifted by ``shift`` wrapper chars) onto the source."""
-    if not base:
-        return (1, 1)
-    lineno = e.lineno or 1
-    offset = max(1, (e.offset or 1))
-    if lineno == 1:
-        idx = offset - 1 - shift
-    else:
-        idx, seen = 0, 1
-        # base holds one position per fragment character; walk to the error's line in the fragment
-        while idx < len(base) - 1 and seen < lineno:
-            if base[idx + 1][0] != base[idx][0]:
-                seen += 1
-            idx += 1
-        idx += offset - 1
-    return base[max(0, min(idx, len(base) - 1))]
-
-
-def _python_message(e: BaseException) -> str:
-    msg = e.msg if isinstance(e, SyntaxError) and e.msg else str(e)
-    return f"invalid Python: {msg}"
-
-
-class _PromptScanner:
-    """Splits a decoded prompt string into Text / Interp / Hole parts, keeping source positions."""
-
-    def __init__(self, lit: _Lit, err: _Errors) -> None:
-        self.chars = lit.value
-        self.pos = lit.positions
-        self.err = err
-        self.end_pos: Pos = lit.close
-
-    def at(self, i: int) -> Pos:
-        return self.pos[i] if i < len(self.pos) else self.end_pos
-
-    def scan(self) -> tuple[nodes.PromptPart, ...]:
-        chars, n = self.chars, len(self.chars)
-        parts: list[nodes.PromptPart] = []
-        buf: list[str] = []
-        buf_pos: list[Pos] = []
-
-        def flush() -> None:
-            if buf:
-                parts.append(nodes.Text("".join(buf), span=_span_of(buf_pos[0], buf_pos[-1])))
-                buf.clear()
-                buf_pos.clear()
-
-        i = 0
-        while i < n:
-            ch = chars[i]
-            nxt = chars[i + 1] if i + 1 < n else ""
-            if ch in "[]{}" and nxt == ch:
-                buf.append(ch)
-                buf_pos.append(self.pos[i])
-                i += 2
-            elif ch == "[":
-                flush()
-                hole, i = self.hole(i)
-                parts.append(hole)
-            elif ch == "{":
-                flush()
-                interp, i = self.interp(i)
-                parts.append(interp)
-            elif ch in "]}":
-                self.err.syntax_at(f"single '{ch}' in prompt string; write '{ch * 2}' for a literal '{ch}'", self.pos[i])
-            else:
-                buf.append(ch)
-                buf_pos.append(self.pos[i])
-                i += 1
-        flush()
-        return tuple(parts)
-
-    def skip_spaces(self, j: int) -> int:
-        while j < len(self.chars) and self.chars[j] in " \t":
-            j += 1
-        return j
-
-    def word(self, j: int) -> int:
-        while j < len(self.chars) and (self.chars[j].isalnum() or self.chars[j] == "_"):
-            j += 1
-        return j
-
-    def hole(self, i: int) -> tuple[nodes.Hole, int]:
-        chars, n = self.chars, len(self.chars)
-        j = self.skip_spaces(i + 1)
-        k = self.word(j)
-        name = chars[j:k]
-        if not name.isidentifier():
-            self.err.syntax_at("expected a variable name after '['; write '[[' for a literal '['", self.at(i))
-        if keyword.iskeyword(name):
-            self.err.syntax_at(f"hole name '{name}' is a Python keyword", self.at(j))
-        j = self.skip_spaces(k)
-        annotation: nodes.IsInt | nodes.Regex | None = None
-        if j < n and chars[j] == ":":
-            j = self.skip_spaces(j + 1)
-            k = self.word(j)
-            ann_start = j
-            if k < n and chars[k] in "'\"" and set(chars[j:k]) <= _PREFIX_CHARS:
-                end = self.literal_end(k)
-                lit = _decode_literal(chars[j:end], self.pos[j:end], self.err)
-                _check_regex(lit.value, lit.positions, self.at(ann_start), self.err)
-                annotation = nodes.Regex(name, lit.value, span=_span_of(self.at(ann_start), self.at(end - 1)))
-                j = end
-            elif chars[j:k] == "int":
-                annotation = nodes.IsInt(name, span=_span_of(self.at(j), self.at(k - 1)))
-                j = k
-            elif k > j:
-                self.err.type_at(
-                    f"unknown hole type '{chars[j:k]}'; expected int or a regex string like r\"[0-9]+\"", self.at(j)
-                )
-            else:
-                self.err.syntax_at("expected int or a regex string after ':' in hole", self.at(j))
-            j = self.skip_spaces(j)
-        if j >= n or chars[j] != "]":
-            self.err.syntax_at(f"expected ']' to close hole [{name}", self.at(j))
-        return nodes.Hole(name, annotation, span=_span_of(self.at(i), self.at(j))), j + 1
-
-    def literal_end(self, q: int) -> int:
-        """Index after the string literal whose opening quote is at ``q``."""
-        chars, n = self.chars, len(self.chars)
-        quote = chars[q]
-        delim = quote * 3 if chars[q : q + 3] == quote * 3 else quote
-        j = q + len(delim)
-        while j < n:
-            if chars[j] == "\\":
-                j += 2
-                continue
-            if chars.startswith(delim, j):
-                return j + len(delim)
-            j += 1
-        self.err.syntax_at("unterminated string in hole annotation", self.at(q))
-
-    def interp(self, i: int) -> tuple[nodes.Interp, int]:
-        chars, n = self.chars, len(self.chars)
-        j = i + 1
-        depth = 0
-        quote = ""
-        while j < n:
-            c = chars[j]
-            if quote:
-                if c == "\\":
-                    j += 2
-                    continue
-                if c == quote:
-                    quote = ""
-            elif c in "'\"":
-                quote = c
-            elif c in "([{":
-                depth += 1
-            elif c in ")]}":
-                if c == "}" and depth == 0:
-                    break
-                depth -= 1
-            j += 1
-        if j >= n:
-            self.err.syntax_at("'{' was never closed; write '{{' for a literal '{'", self.at(i))
-        raw = chars[i + 1 : j]
-        expr = raw.strip()
-        lead = len(raw) - len(raw.lstrip())
-        if not expr:
-            self.err.syntax_at("empty expression in '{}'; write '{{' for a literal '{'", self.at(i))
-        try:
-            ast.parse(expr, mode="eval")
-        except SyntaxError as e:
-            base = self.pos[i + 1 + lead : j]
-            self.err.syntax_at(_python_message(e), _python_error_pos(e, base))
-        except (ValueError, RecursionError, MemoryError, OverflowError) as e:
-            self.err.syntax_at(_python_message(e), self.at(i + 1))
-        return nodes.Interp(expr, span=_span_of(self.at(i), self.at(j))), j + 1
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Intermediate constraint expressions (what the c_* rules build before normalization)
-
-
-@dataclass(frozen=True, slots=True)
-class _Name:
-    name: str
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class _Str:
-    lit: _Lit
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class _Num:
-    value: Any
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class _List:
-    items: tuple[_Expr, ...]
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    func: str
-    args: tuple[_Expr, ...]
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class _Compare:
-    left: _Expr
-    op: str
-    op_span: Span
-    right: _Expr
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class _Bool:
-    op: str  # "and" | "or"
-    items: tuple[_Expr, ...]
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class _NotE:
-    operand: _Expr
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class _Paren:
-    inner: _Expr
-    span: Span
-
-
-_Expr = _Name | _Str | _Num | _List | _Call | _Compare | _Bool | _NotE | _Paren
-
-
-@dataclass(frozen=True, slots=True)
-class _Extent:
-    """Where a run of tokens starts and ends in the source."""
-
-    start: int
-    end: int
-    span: Span
-
-
-def _tok_span(tok: Token) -> Span:
-    return Span(tok.line, tok.column, tok.end_line, tok.end_column)
-
-
-def _join(a: Span, b: Span) -> Span:
-    return Span(a.line, a.column, b.end_line, b.end_column)
-
-
-def _extent(children: Iterable[Any]) -> _Extent:
-    items = [c for c in children if isinstance(c, Token | _Extent)]
-    first, last = items[0], items[-1]
-    start = first.start_pos if isinstance(first, Token) else first.start
-    end = last.end_pos if isinstance(last, Token) else last.end
-    a = _tok_span(first) if isinstance(first, Token) else first.span
-    b = _tok_span(last) if isinstance(last, Token) else last.span
-    return _Extent(start, end, _join(a, b))
-
-
-def _span(e: Any) -> Span:
-    return _tok_span(e) if isinstance(e, Token) else e.span
-
-
-_CMP_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "=="}
-_SIMPLE_STMTS = (
-    ast.Assign,
-    ast.AugAssign,
-    ast.AnnAssign,
-    ast.Expr,
-    ast.Pass,
-    ast.Break,
-    ast.Continue,
-    ast.Import,
-    ast.ImportFrom,
-    ast.Assert,
-    ast.Delete,
-    ast.Raise,
-    ast.Global,
-    ast.Nonlocal,
+# Options LMQL's decoders accept that mean nothing for a local llama.cpp model: accepted and ignored.
+IGNORED_DECODER_ARGS = frozenset(
+    {"chunksize", "openai_chunksize", "verbose", "cache", "show_speculative", "certificate", "stream", "step_budget"}
 )
 
+CONSTRAINT_FUNCTIONS = ("INT", "REGEX", "STOPS_AT", "STOPS_BEFORE", "STARTS_WITH", "len", "TOKENS")
+_ALIASES = {"int": "INT", "regex": "REGEX", "stops_at": "STOPS_AT", "stops_before": "STOPS_BEFORE",
+            "starts_with": "STARTS_WITH", "tokens": "TOKENS"}
+
+_SKIP = {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING, tokenize.ENDMARKER}
+# After a keyword at the start of a line, these make the line a Python statement (`where = 3`, `from.x`).
+_PY_AFTER_NAME = {"=", ".", ":", ",", "[", "+=", "-=", "*=", "/=", "//=", "%=", "**=", "|=", "&=", "^=", ">>=",
+                  "<<=", "@="}
+
 
 # --------------------------------------------------------------------------------------------------------------
-# Tree -> nodes
+# Source positions
 
 
-class QueryBuilder(Transformer[Token, nodes.Query]):
-    """One method per grammar rule (see lmql.lark); builds nodes.py nodes and reports errors with positions."""
+class _Text:
+    """The query text with line offsets: (line, col0) <-> offset."""
 
-    def __init__(self, text: str, err: _Errors) -> None:
-        super().__init__()
+    def __init__(self, text: str) -> None:
         self.text = text
-        self.err = err
-        self.var_spans: dict[int, Span] = {}
+        self.starts = [0]
+        for i, ch in enumerate(text):
+            if ch == "\n":
+                self.starts.append(i + 1)
 
-    # ---- helpers -------------------------------------------------------------------------------------------
+    def offset(self, pos: tuple[int, int]) -> int:
+        row, col = pos
+        return self.starts[row - 1] + col if 0 < row <= len(self.starts) else len(self.text)
 
-    def _positions(self, ext: _Extent) -> list[Pos]:
+    def pos(self, offset: int) -> Pos:
+        """1-based (line, column) of an offset."""
+        row = bisect_left(self.starts, offset + 1) - 1
+        return row + 1, offset - self.starts[row] + 1
+
+    def positions(self, start: int, end: int) -> list[Pos]:
+        line, col = self.pos(start)
         out: list[Pos] = []
-        line, col = ext.span.line, ext.span.column
-        for ch in self.text[ext.start : ext.end]:
+        for ch in self.text[start:end]:
             out.append((line, col))
             if ch == "\n":
                 line, col = line + 1, 1
@@ -695,56 +90,331 @@ class QueryBuilder(Transformer[Token, nodes.Query]):
                 col += 1
         return out
 
-    def _python(self, source: str, ext: _Extent, mode: str = "exec", shift: int = 0, wrapped: str = "") -> ast.AST:
-        try:
-            return ast.parse(wrapped or source, mode=mode)
-        except SyntaxError as e:
-            self.err.syntax_at(_python_message(e), _python_error_pos(e, self._positions(ext), shift))
-        except (ValueError, RecursionError, MemoryError, OverflowError) as e:
-            self.err.syntax_at(_python_message(e), ext.span)
 
-    # ---- query ---------------------------------------------------------------------------------------------
+def _tok_span(t: tokenize.TokenInfo) -> Span:
+    return Span(t.start[0], t.start[1] + 1, t.end[0], t.end[1] + 1)
 
-    def start(self, children: list[Any]) -> nodes.Query:
-        decoder = next((c for c in children if isinstance(c, nodes.Decoder)), None)
-        body = next(c for c in children if isinstance(c, tuple))
-        clauses: dict[str, Any] = next((c for c in children if isinstance(c, dict)), {})
-        lines = self.text.splitlines() or [""]
-        return nodes.Query(
-            body=body,
-            decoder=decoder,
-            model=clauses.get("model"),
-            where=clauses.get("where"),
-            distribution=clauses.get("distribution"),
-            source=self.text,
-            filename=self.err.filename,
-            span=Span(1, 1, len(lines), len(lines[-1]) + 1),
-        )
+
+def _node_span(node: ast.AST, line_shift: int = 0, col_base: tuple[int, int] | None = None) -> Span:
+    """Span of an ast node; ``col_base`` maps positions of a fragment parsed on its own onto the source."""
+    line, col = node.lineno, node.col_offset  # type: ignore[attr-defined]
+    end_line = getattr(node, "end_lineno", None) or line
+    end_col = getattr(node, "end_col_offset", None) or col
+    if col_base is not None:
+        base_line, base_col = col_base
+        col = col + base_col if line == 1 else col
+        end_col = end_col + base_col if end_line == 1 else end_col
+        line, end_line = line + base_line - 1, end_line + base_line - 1
+    return Span(line + line_shift, col + 1, end_line + line_shift, end_col + 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layout
+
+
+@dataclass(slots=True)
+class _Inline:
+    kind: str  # "where" | "distribution"
+    start: int  # offset of the keyword
+    body_start: int  # offset after the keyword
+    end: int  # offset after the clause
+    string_end: int  # offset where the string before it ends
+
+
+@dataclass(slots=True)
+class _Layout:
+    prologue: tuple[int, int] | None = None
+    decoder: tuple[int, int] | None = None
+    body: tuple[int, int] = (0, 0)
+    clauses: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # kind -> (kw start, start, end)
+    inline: list[_Inline] = field(default_factory=list)
+    first_body_token: tokenize.TokenInfo | None = None
+
+
+def _tokens(src: _Text, err: Errors) -> list[tokenize.TokenInfo]:
+    out: list[tokenize.TokenInfo] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src.text).readline):
+            if tok.type == tokenize.ERRORTOKEN and not tok.string.isspace():
+                if tok.string[:1] in "'\"":
+                    err.syntax("unterminated string literal", tok.start[0], tok.start[1] + 1)
+                err.syntax(f"unexpected character {tok.string!r}", tok.start[0], tok.start[1] + 1)
+            out.append(tok)
+    except IndentationError as e:
+        err.syntax(e.msg or "bad indentation", e.lineno or 1, e.offset or 1)
+    except tokenize.TokenError as e:
+        msg = str(e.args[0]) if e.args else "invalid syntax"
+        line, col = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], tuple) else (1, 0)
+        if "string" in msg:
+            # point at the opening quote of the unterminated string
+            start = _unterminated_string_start(src, line)
+            err.syntax("unterminated triple-quoted string literal", *start)
+        if "statement" in msg:
+            err.syntax("unexpected end of query: a bracket was never closed", *_unclosed_bracket(out, line))
+        err.syntax(msg, line, col + 1)
+    except SyntaxError as e:  # 3.12+ tokenizes in C and raises SyntaxError subclasses
+        msg = e.msg or "invalid syntax"
+        err.syntax(msg if "unterminated" not in msg else "unterminated string literal", e.lineno or 1, e.offset or 1)
+    return out
+
+
+def _unterminated_string_start(src: _Text, line: int) -> Pos:
+    # tokenize reports the line the string started on; the first triple quote on or after it is the culprit
+    offset = src.offset((line, 0))
+    hits = [i for i in (src.text.find('"""', offset), src.text.find("'''", offset)) if i >= 0]
+    return src.pos(min(hits)) if hits else (line, 1)
+
+
+def _unclosed_bracket(toks: list[tokenize.TokenInfo], line: int) -> Pos:
+    stack: list[tokenize.TokenInfo] = []
+    for t in toks:
+        if t.type == tokenize.OP and t.string in "([{":
+            stack.append(t)
+        elif t.type == tokenize.OP and t.string in ")]}" and stack:
+            stack.pop()
+    if stack:
+        return stack[-1].start[0], stack[-1].start[1] + 1
+    return line, 1
+
+
+def _is_decoder_start(sig: list[tokenize.TokenInfo], i: int) -> bool:
+    t = sig[i]
+    if t.type != tokenize.NAME or t.string.lower() not in DECODERS or t.start[1] != 0:
+        return False
+    nxt = sig[i + 1] if i + 1 < len(sig) else None
+    return nxt is None or nxt.type != tokenize.OP or nxt.string not in _PY_AFTER_NAME
+
+
+def _split(src: _Text, toks: list[tokenize.TokenInfo], err: Errors) -> _Layout:
+    sig = [t for t in toks if t.type not in _SKIP]
+    lay = _Layout()
+    # line_start[i]: sig[i] starts a logical line
+    line_start = [i == 0 or sig[i - 1].type == tokenize.NEWLINE for i in range(len(sig))]
+    i = 0
+    for j in range(len(sig)):
+        if line_start[j] and _is_decoder_start(sig, j):
+            if j > 0:
+                lay.prologue = (0, src.offset(sig[j].start))
+            k = j + 1
+            if k < len(sig) and sig[k].type == tokenize.OP and sig[k].string == "(":
+                depth = 0
+                while k < len(sig):
+                    if sig[k].type == tokenize.OP and sig[k].string in "([{":
+                        depth += 1
+                    elif sig[k].type == tokenize.OP and sig[k].string in ")]}":
+                        depth -= 1
+                        if depth == 0:
+                            break
+                    k += 1
+                k += 1
+            lay.decoder = (src.offset(sig[j].start), src.offset(sig[k - 1].end))
+            i = k
+            break
+    body_start = lay.decoder[1] if lay.decoder else 0
+    state = "body"
+    depth = 0
+    clause: tuple[str, int, int] | None = None  # current trailing clause: (kind, kw start, start)
+    inline: _Inline | None = None
+    body_end = len(src.text)
+
+    def close_clause(at: int) -> None:
+        nonlocal clause
+        if clause is not None:
+            kind, kw, start = clause
+            if kind in lay.clauses:
+                err.syntax_at(f"duplicate '{kind}' clause", src.pos(kw))
+            lay.clauses[kind] = (kw, start, at)
+            clause = None
+
+    while i < len(sig):
+        t = sig[i]
+        prev = sig[i - 1] if i > 0 else None
+        if t.type == tokenize.OP and t.string in "([{":
+            depth += 1
+        elif t.type == tokenize.OP and t.string in ")]}":
+            depth = max(0, depth - 1)
+        if inline is not None and depth == 0 and (
+            t.type == tokenize.NEWLINE or (t.type == tokenize.NAME and t.string.lower() in ("from", "distribution"))
+        ):
+            inline.end = src.offset(t.start)
+            lay.inline.append(inline)
+            inline = None
+            if t.type == tokenize.NEWLINE:
+                i += 1
+                continue
+        if t.type == tokenize.NAME and depth == 0:
+            kw = t.string.lower()
+            nxt = sig[i + 1] if i + 1 < len(sig) else None
+            py_use = nxt is not None and nxt.type == tokenize.OP and nxt.string in _PY_AFTER_NAME
+            after_string = prev is not None and prev.type == tokenize.STRING and not line_start[i]
+            at = src.offset(t.start)
+            if kw in ("where", "distribution") and state == "body" and after_string and inline is None and not py_use:
+                inline = _Inline(kw, at, src.offset(t.end), len(src.text), src.offset(prev.end))
+                i += 1
+                continue
+            starts_clause = False
+            if kw in ("where", "distribution") and not py_use and inline is None:
+                starts_clause = line_start[i] or state != "body"
+            elif kw == "from" and not py_use:
+                line_has_import = False
+                k = i + 1
+                while k < len(sig) and sig[k].type != tokenize.NEWLINE:
+                    if sig[k].type == tokenize.NAME and sig[k].string == "import":
+                        line_has_import = True
+                    k += 1
+                starts_clause = not line_has_import and (line_start[i] or after_string or state != "body")
+            if starts_clause:
+                if state == "body":
+                    body_end = at
+                close_clause(at)
+                clause = (kw, at, src.offset(t.end))
+                state = kw
+                i += 1
+                continue
+        if state == "body" and lay.first_body_token is None and t.type not in (tokenize.NEWLINE,):
+            lay.first_body_token = t
+        i += 1
+    if inline is not None:
+        inline.end = len(src.text)
+        lay.inline.append(inline)
+    close_clause(len(src.text))
+    lay.body = (body_start, body_end)
+    return lay
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Python fragments
+
+
+def _blank(text: str) -> str:
+    return "".join(ch if ch == "\n" else " " for ch in text)
+
+
+def _parse_body(src: _Text, lay: _Layout, err: Errors) -> tuple[ast.Module, int]:
+    """Parse the body as Python, positions kept; returns the module and the body's indentation (columns)."""
+    text = src.text
+    start, end = lay.body
+    chars = list(_blank(text[:start]) + text[start:end] + _blank(text[end:]))
+    for inl in lay.inline:
+        chars[inl.start : inl.end] = list(_blank(text[inl.start : inl.end]))
+    view = "".join(chars)
+    first = lay.first_body_token
+    if first is None:
+        return ast.Module(body=[], type_ignores=[]), 0
+    first_line = first.start[0]
+    shift_col = 0
+    lines = view.split("\n")
+    indent = first.start[1]
+    if lay.decoder is not None and src.pos(lay.decoder[0])[0] == first_line:
+        # one-line form (`argmax "..."`): the first body line shares the decoder's line; indent it like the
+        # body's next line so Python sees one block (positions on that line are shifted back after parsing)
+        rest = [ln for ln in lines[first_line:] if ln.strip() and not ln.lstrip().startswith("#")]
+        indent = len(rest[0]) - len(rest[0].lstrip()) if rest else 0
+        shift_col = first.start[1] - indent
+        lines[first_line - 1] = " " * indent + lines[first_line - 1][first.start[1] :]
+    wrapped = indent > 0
+    code = ("if 1:\n" if wrapped else "") + "\n".join(lines)
+    try:
+        tree = ast.parse(code, filename=err.filename)
+    except SyntaxError as e:
+        line = (e.lineno or 1) - (1 if wrapped else 0)
+        col = e.offset or 1
+        if line == first_line and shift_col:
+            col += shift_col
+        msg = e.msg or "invalid syntax"
+        if msg == "unexpected indent" or msg.startswith("unindent"):
+            err.syntax(msg, max(line, 1), col)
+        err.syntax(python_message(e), max(line, 1), col)
+    except (ValueError, RecursionError, MemoryError, OverflowError) as e:
+        err.syntax(python_message(e), first_line, first.start[1] + 1)
+    if wrapped:
+        ast.increment_lineno(tree, -1)
+        inner = tree.body[0]
+        tree = ast.Module(body=inner.body, type_ignores=[])  # type: ignore[attr-defined]
+    if shift_col:
+        for node in ast.walk(tree):
+            if getattr(node, "lineno", None) == first_line:
+                node.col_offset += shift_col  # type: ignore[attr-defined]
+            if getattr(node, "end_lineno", None) == first_line:
+                node.end_col_offset += shift_col  # type: ignore[attr-defined]
+    return tree, indent
+
+
+def _parse_expr(src: _Text, start: int, end: int, err: Errors, what: str) -> tuple[ast.expr, tuple[int, int]]:
+    """Parse source[start:end] as one Python expression (line breaks allowed); returns it and its base."""
+    fragment = src.text[start:end]
+    stripped = fragment.strip()
+    if not stripped or stripped.startswith("#"):
+        err.syntax_at(f"expected {what}", src.pos(start))
+    lead = len(fragment) - len(fragment.lstrip())
+    start += lead
+    fragment = fragment.strip()
+    line, col = src.pos(start)
+    # parenthesized, so a clause may continue over several lines; column base accounts for the "("
+    base = (line, col - 2)
+    try:
+        tree = ast.parse("(" + fragment + "\n)", mode="eval")
+    except SyntaxError as e:
+        eline = e.lineno or 1
+        ecol = (e.offset or 1) - (1 if eline == 1 else 0)
+        if eline == 1:
+            ecol += col - 1
+        err.syntax(f"invalid {what}: {e.msg}", line + eline - 1, max(1, ecol))
+    except (ValueError, RecursionError, MemoryError, OverflowError) as e:
+        err.syntax_at(f"invalid {what}: {e}", (line, col))
+    return tree.body, base
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The builder
+
+
+class _Builder:
+    def __init__(self, src: _Text, toks: list[tokenize.TokenInfo], err: Errors) -> None:
+        self.src = src
+        self.err = err
+        self.strings = [t for t in toks if t.type == tokenize.STRING]
+        self.string_starts = [src.offset(t.start) for t in self.strings]
+        self.var_spans: dict[int, Span] = {}
 
     # ---- decoder -------------------------------------------------------------------------------------------
 
-    def decoder_clause(self, children: list[Any]) -> nodes.Decoder:
-        name_tok: Token = children[0]
-        name = name_tok.value.lower()
+    def decoder(self, start: int, end: int) -> nodes.Decoder:
+        expr, base = _parse_expr(self.src, start, end, self.err, "decoder clause")
+        if isinstance(expr, ast.Name):
+            return nodes.Decoder(self._decoder_name(expr.id, expr, base), (), span=self._span(expr, base))
+        if not isinstance(expr, ast.Call) or not isinstance(expr.func, ast.Name):
+            self.err.syntax_at("invalid decoder clause", self._span(expr, base))
+        name = self._decoder_name(expr.func.id, expr.func, base)
+        if expr.args:
+            self.err.type_at("decoder arguments must be given by keyword, e.g. sample(n=2)", self._span(expr.args[0], base))
         allowed = DECODERS[name]
         args: dict[str, Any] = {}
-        end = _tok_span(name_tok)
-        for item in children[1:]:
-            if not isinstance(item, list):
-                continue
-            for arg_tok, value, value_span in item:
-                key = arg_tok.value.lower()
-                if key not in allowed:
-                    self.err.type_at(
-                        f"unknown argument '{arg_tok.value}' for decoder {name} "
-                        f"(expected {', '.join(sorted(allowed))})",
-                        _tok_span(arg_tok),
-                    )
-                if key in args:
-                    self.err.type_at(f"duplicate decoder argument '{key}'", _tok_span(arg_tok))
-                args[key] = self._decoder_arg(key, value, value_span)
-                end = value_span
-        return nodes.Decoder(name, tuple(sorted(args.items())), span=_join(_tok_span(name_tok), end))
+        for kw in expr.keywords:
+            if kw.arg is None:
+                self.err.type_at("** is not supported in the decoder clause", self._span(kw.value, base))
+            key = kw.arg.lower()
+            kspan = self._span(kw, base)
+            if key not in allowed and key not in IGNORED_DECODER_ARGS:
+                self.err.type_at(
+                    f"unknown argument '{kw.arg}' for decoder {name} (expected {', '.join(sorted(allowed))})", kspan
+                )
+            if key in args:
+                self.err.type_at(f"duplicate decoder argument '{key}'", kspan)
+            try:
+                value = ast.literal_eval(kw.value)
+            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+                self.err.type_at(f"decoder argument {key} must be a literal value", self._span(kw.value, base))
+            if key in IGNORED_DECODER_ARGS:
+                continue  # accepted for LMQL compatibility; nothing to do for a local model
+            args[key] = self._decoder_arg(key, value, self._span(kw.value, base))
+        return nodes.Decoder(name, tuple(sorted(args.items())), span=self._span(expr, base))
+
+    def _decoder_name(self, name: str, node: ast.AST, base: tuple[int, int]) -> str:
+        lowered = name.lower()
+        if lowered not in DECODERS:
+            self.err.type_at(f"unknown decoder '{name}' (expected {', '.join(DECODERS)})", self._span(node, base))
+        return lowered
 
     def _decoder_arg(self, key: str, value: Any, span: Span) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -765,297 +435,320 @@ class QueryBuilder(Transformer[Token, nodes.Query]):
             self.err.type_at(f"top_p must be in (0, 1], not {value}", span)
         return number
 
-    def decoder_args(self, children: list[Any]) -> list[tuple[Token, Any, Span]]:
-        return [c for c in children if isinstance(c, tuple)]
+    # ---- spans and literals --------------------------------------------------------------------------------
 
-    def decoder_arg(self, children: list[Any]) -> tuple[Token, Any, Span]:
-        return (children[0], children[2][0], children[2][1])
+    def _span(self, node: ast.AST, base: tuple[int, int] | None = None) -> Span:
+        return _node_span(node, col_base=base)
 
-    def decoder_value(self, children: list[Token]) -> tuple[Any, Span]:
-        span = _join(_tok_span(children[0]), _tok_span(children[-1]))
-        last = children[-1]
-        if last.type == "NUMBER":
-            value = self._number(last)
-            return (-value if len(children) == 2 else value), span
-        if last.type == "STRING":
-            return _decode_token(last, self.err).value, span
-        return last.value, span
-
-    def _number(self, tok: Token) -> Any:
-        try:
-            value = ast.literal_eval(tok.value)
-        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
-            self.err.syntax_at(f"invalid number {tok.value!r}", _tok_span(tok))
-        return value
-
-    # ---- prompt program ------------------------------------------------------------------------------------
-
-    def body(self, children: list[Any]) -> tuple[nodes.Stmt, ...]:
-        return tuple(c for c in children if not isinstance(c, Token))
-
-    block = body
-
-    def prompt_stmt(self, children: list[Any]) -> nodes.PromptString:
-        tok: Token = children[0]
-        lit = _decode_token(tok, self.err)
-        parts = _PromptScanner(lit, self.err).scan()
-        where = None
-        span = _tok_span(tok)
-        if len(children) > 2:
-            where = self._constraint(children[2])
-            span = _join(span, children[2].span)
-        return nodes.PromptString(parts, where, span=span)
-
-    def py_group(self, children: list[Any]) -> _Extent:
-        return _extent(children)
-
-    def py_header(self, children: list[Any]) -> _Extent:
-        return _extent(children)
-
-    def py_stmt(self, children: list[Any]) -> nodes.PyStmt:
-        ext = _extent(children)
-        source = self.text[ext.start : ext.end]
-        tree = self._python(source, ext)
-        body = getattr(tree, "body", [])
-        if len(body) != 1:
-            self.err.syntax_at("expected one Python statement per line", ext.span)
-        stmt = body[0]
-        if not isinstance(stmt, _SIMPLE_STMTS):
-            what = type(stmt).__name__.lower()
-            self.err.syntax_at(f"'{what}' statements are not supported in queries", ext.span)
-        return nodes.PyStmt(source, span=ext.span)
-
-    def for_stmt(self, children: list[Any]) -> nodes.For:
-        head: _Extent = children[1]
-        text = self.text[head.start : head.end]
-        wrapped = f"for {text}: pass"
-        tree = self._python(text, head, shift=4, wrapped=wrapped)
-        loop = tree.body[0]  # type: ignore[attr-defined]
-        if not isinstance(loop, ast.For):
-            self.err.syntax_at("invalid for loop header", head.span)
-        target = ast.get_source_segment(wrapped, loop.target) or ""
-        iterable = ast.get_source_segment(wrapped, loop.iter) or ""
-        body: tuple[nodes.Stmt, ...] = children[3]
-        return nodes.For(target, iterable, body, span=_join(_tok_span(children[0]), _last_span(body)))
-
-    def if_stmt(self, children: list[Any]) -> nodes.If:
-        head: _Extent = children[1]
-        branches: list[tuple[str | None, tuple[nodes.Stmt, ...]]] = [(self._condition(head), children[3])]
-        for extra in children[4:]:
-            branches.append(extra)
-        return nodes.If(tuple(branches), span=_join(_tok_span(children[0]), _last_span(branches[-1][1])))
-
-    def elif_branch(self, children: list[Any]) -> tuple[str | None, tuple[nodes.Stmt, ...]]:
-        return (self._condition(children[1]), children[3])
-
-    def else_branch(self, children: list[Any]) -> tuple[str | None, tuple[nodes.Stmt, ...]]:
-        return (None, children[2])
-
-    def _condition(self, head: _Extent) -> str:
-        text = self.text[head.start : head.end]
-        self._python(text, head, mode="eval")
-        return text
-
-    # ---- clauses -------------------------------------------------------------------------------------------
-
-    def clauses(self, children: list[Any]) -> dict[str, Any]:
-        return dict(children)
-
-    def from_clause(self, children: list[Token]) -> tuple[str, str]:
-        lit = _decode_token(children[1], self.err)
-        if not lit.value.strip():
-            self.err.type_at("empty model name in from clause", lit.span)
-        return ("model", lit.value)
-
-    def where_clause(self, children: list[Any]) -> tuple[str, nodes.Constraint]:
-        return ("where", self._constraint(children[1]))
-
-    def distribution_clause(self, children: list[Any]) -> tuple[str, nodes.Distribution]:
-        var_tok: Token = children[1]
-        options: _List = children[3]
-        if not options.items:
-            self.err.type_at("distribution needs at least one option", options.span)
+    def _literal(self, node: ast.Constant, base: tuple[int, int] | None) -> Lit:
+        """A string constant decoded again from its source tokens, so that every character has a position."""
+        span = self._span(node, base)
+        start = self.src.offset((span.line, span.column - 1))
+        end = self.src.offset((span.end_line, span.end_column - 1))
+        k = bisect_left(self.string_starts, start)
         values: list[str] = []
-        for item in options.items:
-            if not isinstance(item, _Str):
-                self.err.type_at("distribution options must be strings", item.span)
-            if item.lit.value in values:
-                self.err.type_at(f"duplicate distribution option {item.lit.value!r}", item.span)
-            values.append(item.lit.value)
-        dist = nodes.Distribution(var_tok.value, tuple(values), span=_join(_tok_span(children[0]), options.span))
-        self.var_spans[id(dist)] = _tok_span(var_tok)
-        return ("distribution", dist)
+        positions: list[Pos] = []
+        lit: Lit | None = None
+        while k < len(self.strings) and self.string_starts[k] < end:
+            tok = self.strings[k]
+            a, b = self.string_starts[k], self.src.offset(tok.end)
+            lit = decode_literal(tok.string, self.src.positions(a, b), self.err)
+            values.append(lit.value)
+            positions.extend(lit.positions)
+            k += 1
+        value = "".join(values)
+        if lit is None or value != node.value:
+            # not expected; fall back to Python's own decoding with positions at the literal's start
+            here = (span.line, span.column)
+            return Lit(node.value, tuple([here] * len(node.value)), "", span, here)
+        return Lit(value, tuple(positions), lit.prefix, span, lit.close)
 
-    # ---- constraint expressions ----------------------------------------------------------------------------
+    # ---- query strings -------------------------------------------------------------------------------------
 
-    def c_or(self, children: list[Any]) -> _Bool:
-        items = tuple(c for c in children if not isinstance(c, Token))
-        return _Bool("or", items, _join(items[0].span, items[-1].span))
+    def prompt(self, node: ast.Constant, index: int, indent: int, inline: _Inline | None, hole_base: int) -> nodes.PromptString:
+        lit = self._literal(node, None)
+        if "b" in lit.prefix:
+            self.err.syntax_at("bytes literals are not allowed; use a normal string", lit.span)
+        lit = _dedent(lit, indent)
+        parts = list(PromptScanner(lit, self.err).scan())
+        k = hole_base
+        for i, part in enumerate(parts):
+            if isinstance(part, nodes.Hole):
+                parts[i] = replace(part, index=k)
+                k += 1
+        where: nodes.Constraint | None = None
+        dist: nodes.Distribution | None = None
+        span = lit.span
+        if inline is not None:
+            expr, base = _parse_expr(self.src, inline.body_start, inline.end, self.err, f"{inline.kind} clause")
+            if inline.kind == "where":
+                where = self.constraint(expr, base)
+            else:
+                dist = self.distribution(expr, base, self.src.pos(inline.start))
+            end = self._span(expr, base)
+            span = Span(span.line, span.column, end.end_line, end.end_column)
+        return nodes.PromptString(tuple(parts), where, dist, index=index, span=span)
 
-    def c_and(self, children: list[Any]) -> _Bool:
-        items = tuple(c for c in children if not isinstance(c, Token))
-        return _Bool("and", items, _join(items[0].span, items[-1].span))
+    # ---- from / distribution -------------------------------------------------------------------------------
 
-    def c_not(self, children: list[Any]) -> _NotE:
-        return _NotE(children[1], _join(_tok_span(children[0]), children[1].span))
+    def model(self, start: int, end: int) -> str:
+        expr, base = _parse_expr(self.src, start, end, self.err, "model in from clause")
+        if not isinstance(expr, ast.Constant) or not isinstance(expr.value, str):
+            self.err.type_at('the from clause takes a model name string, e.g. from "gemma-3-270m"', self._span(expr, base))
+        if not expr.value.strip():
+            self.err.type_at("empty model name in from clause", self._span(expr, base))
+        return expr.value
 
-    def c_compare(self, children: list[Any]) -> _Compare:
-        left, (op, op_span), right = children
-        return _Compare(left, op, op_span, right, _join(left.span, right.span))
+    def distribution(self, expr: ast.expr, base: tuple[int, int], kw: Pos) -> nodes.Distribution:
+        if (
+            not isinstance(expr, ast.Compare)
+            or len(expr.ops) != 1
+            or not isinstance(expr.ops[0], ast.In)
+            or not isinstance(expr.left, ast.Name)
+        ):
+            self.err.type_at("a distribution clause reads: distribution VAR in [\"option\", ...]", self._span(expr, base))
+        right = expr.comparators[0]
+        rspan = self._span(right, base)
+        options: tuple[str, ...] | nodes.Dyn
+        if isinstance(right, ast.List | ast.Tuple):
+            if not right.elts:
+                self.err.type_at("distribution needs at least one option", rspan)
+            values: list[str] = []
+            for item in right.elts:
+                if not isinstance(item, ast.Constant) or not isinstance(item.value, str):
+                    self.err.type_at("distribution options must be strings", self._span(item, base))
+                if item.value in values:
+                    self.err.type_at(f"duplicate distribution option {item.value!r}", self._span(item, base))
+                values.append(item.value)
+            options = tuple(values)
+        else:
+            options = nodes.Dyn(self._source(right, base), span=rspan)
+        dist = nodes.Distribution(expr.left.id, options, span=Span(kw[0], kw[1], rspan.end_line, rspan.end_column))
+        self.var_spans[id(dist)] = self._span(expr.left, base)
+        return dist
 
-    def c_op(self, children: list[Token]) -> tuple[str, Span]:
-        return " ".join(t.value for t in children), _join(_tok_span(children[0]), _tok_span(children[-1]))
+    def _source(self, node: ast.AST, base: tuple[int, int] | None) -> str:
+        span = self._span(node, base)
+        a = self.src.offset((span.line, span.column - 1))
+        b = self.src.offset((span.end_line, span.end_column - 1))
+        return self.src.text[a:b]
 
-    def c_name(self, children: list[Token]) -> _Name:
-        return _Name(children[0].value, _tok_span(children[0]))
+    # ---- constraints ---------------------------------------------------------------------------------------
 
-    def c_string(self, children: list[Token]) -> _Str:
-        return _Str(_decode_token(children[0], self.err), _tok_span(children[0]))
-
-    def c_number(self, children: list[Token]) -> _Num:
-        value = self._number(children[-1])
-        span = _join(_tok_span(children[0]), _tok_span(children[-1]))
-        return _Num(-value if len(children) == 2 else value, span)
-
-    def c_call(self, children: list[Any]) -> _Call:
-        args = tuple(c for c in children[2:-1] if not isinstance(c, Token))
-        return _Call(children[0].value, args, _join(_tok_span(children[0]), _tok_span(children[-1])))
-
-    def c_list(self, children: list[Any]) -> _List:
-        items = tuple(c for c in children[1:-1] if not isinstance(c, Token))
-        return _List(items, _join(_tok_span(children[0]), _tok_span(children[-1])))
-
-    def c_paren(self, children: list[Any]) -> _Paren:
-        return _Paren(children[1], _join(_tok_span(children[0]), _tok_span(children[-1])))
-
-    # ---- normalization into nodes.py constraints -----------------------------------------------------------
-
-    def _constraint(self, e: _Expr) -> nodes.Constraint:
-        if isinstance(e, _Paren):
-            return self._constraint(e.inner)
-        if isinstance(e, _Bool):
+    def constraint(self, e: ast.expr, base: tuple[int, int]) -> nodes.Constraint:
+        span = self._span(e, base)
+        if isinstance(e, ast.BoolOp):
+            kind = nodes.And if isinstance(e.op, ast.And) else nodes.Or
             items: list[nodes.Constraint] = []
-            kind = nodes.And if e.op == "and" else nodes.Or
-            for sub in e.items:
-                c = self._constraint(sub)
+            for sub in e.values:
+                c = self.constraint(sub, base)
                 items.extend(c.items if isinstance(c, kind) else (c,))
-            return kind(tuple(items), span=e.span)
-        if isinstance(e, _NotE):
-            return nodes.Not(self._constraint(e.operand), span=e.span)
-        if isinstance(e, _Call):
-            return self._call(e)
-        if isinstance(e, _Compare):
-            return self._compare(e)
-        if isinstance(e, _Name):
-            self.err.type_at(f"'{e.name}' alone is not a constraint (try INT({e.name}) or len({e.name}) < 10)", e.span)
-        self.err.type_at("expected a constraint here", e.span)
+            return kind(tuple(items), span=span)
+        if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not):
+            return nodes.Not(self.constraint(e.operand, base), span=span)
+        if isinstance(e, ast.Call):
+            return self._call(e, base)
+        if isinstance(e, ast.Compare):
+            if len(e.ops) > 1:
+                # a < len(X) < b: a conjunction of the pairwise comparisons
+                pairs = []
+                left = e.left
+                for op, right in zip(e.ops, e.comparators, strict=True):
+                    pairs.append(self._compare(ast.Compare(left, [op], [right], **_loc(left, right)), base))
+                    left = right
+                return nodes.And(tuple(pairs), span=span)
+            return self._compare(e, base)
+        if isinstance(e, ast.Name):
+            self.err.type_at(f"'{e.id}' alone is not a constraint (try INT({e.id}) or len({e.id}) < 10)", span)
+        self.err.type_at("expected a constraint here", span)
 
-    def _var(self, e: _Expr, func: str) -> str:
-        if not isinstance(e, _Name):
-            self.err.type_at(f"{func} expects a variable name here", e.span)
-        return e.name
+    def _func(self, e: ast.Call) -> str | None:
+        if not isinstance(e.func, ast.Name):
+            return None
+        name = e.func.id
+        return _ALIASES.get(name, name)
 
-    def _string(self, e: _Expr, func: str, what: str = "a string") -> _Str:
-        if not isinstance(e, _Str):
-            self.err.type_at(f"{func} expects {what} here", e.span)
-        return e
+    def _var(self, e: ast.expr, func: str, base: tuple[int, int]) -> str:
+        if not isinstance(e, ast.Name):
+            self.err.type_at(f"{func} expects a variable name here", self._span(e, base))
+        return e.id
 
-    def _arity(self, e: _Call, n: int, usage: str) -> None:
-        if len(e.args) != n:
+    def _str_arg(self, e: ast.expr, func: str, base: tuple[int, int], what: str = "a string") -> str | nodes.Dyn:
+        if isinstance(e, ast.Constant):
+            if not isinstance(e.value, str):
+                self.err.type_at(f"{func} expects {what} here", self._span(e, base))
+            return e.value
+        if isinstance(e, ast.JoinedStr | ast.Name | ast.Attribute | ast.Call | ast.Subscript | ast.BinOp):
+            return nodes.Dyn(self._source(e, base), span=self._span(e, base))
+        self.err.type_at(f"{func} expects {what} here", self._span(e, base))
+
+    def _arity(self, e: ast.Call, func: str, n: int, usage: str, base: tuple[int, int]) -> None:
+        if len(e.args) != n or e.keywords:
             plural = "s" if n != 1 else ""
-            self.err.type_at(f"{e.func} takes {n} argument{plural} ({usage}), got {len(e.args)}", e.span)
+            self.err.type_at(f"{func} takes {n} argument{plural} ({usage}), got {len(e.args) + len(e.keywords)}", self._span(e, base))
 
-    def _atom(self, node: Any, var_expr: _Expr) -> Any:
-        self.var_spans[id(node)] = var_expr.span
+    def _atom(self, node: Any, var_expr: ast.AST, base: tuple[int, int]) -> Any:
+        self.var_spans[id(node)] = self._span(var_expr, base)
         return node
 
-    def _call(self, e: _Call) -> nodes.Constraint:
-        func = e.func
+    def _call(self, e: ast.Call, base: tuple[int, int]) -> nodes.Constraint:
+        func = self._func(e)
+        span = self._span(e, base)
         if func == "INT":
-            self._arity(e, 1, "INT(VAR)")
-            return self._atom(nodes.IsInt(self._var(e.args[0], func), span=e.span), e.args[0])
+            self._arity(e, func, 1, "INT(VAR)", base)
+            return self._atom(nodes.IsInt(self._var(e.args[0], func, base), span=span), e.args[0], base)
         if func == "REGEX":
-            self._arity(e, 2, 'REGEX(VAR, r"...")')
-            var = self._var(e.args[0], func)
-            pattern = self._string(e.args[1], func, "a regex string")
-            _check_regex(pattern.lit.value, pattern.lit.positions, (pattern.span.line, pattern.span.column), self.err)
-            return self._atom(nodes.Regex(var, pattern.lit.value, span=e.span), e.args[0])
+            self._arity(e, func, 2, 'REGEX(VAR, r"...")', base)
+            var = self._var(e.args[0], func, base)
+            pattern = self._str_arg(e.args[1], func, base, "a regex string")
+            if isinstance(pattern, str):
+                lit = self._literal(e.args[1], base)  # type: ignore[arg-type]
+                check_regex(pattern, lit.positions, (lit.span.line, lit.span.column), self.err)
+            return self._atom(nodes.Regex(var, pattern, span=span), e.args[0], base)
         if func in ("STOPS_AT", "STOPS_BEFORE", "STARTS_WITH"):
-            self._arity(e, 2, f'{func}(VAR, "text")')
-            var = self._var(e.args[0], func)
-            phrase = self._string(e.args[1], func)
-            if not phrase.lit.value and func != "STARTS_WITH":
-                self.err.type_at(f"{func} needs a non-empty stop phrase", phrase.span)
+            self._arity(e, func, 2, f'{func}(VAR, "text")', base)
+            var = self._var(e.args[0], func, base)
+            phrase = self._str_arg(e.args[1], func, base)
+            if phrase == "" and func != "STARTS_WITH":
+                self.err.type_at(f"{func} needs a non-empty stop phrase", self._span(e.args[1], base))
             kind = {"STOPS_AT": nodes.StopsAt, "STOPS_BEFORE": nodes.StopsBefore, "STARTS_WITH": nodes.StartsWith}
-            return self._atom(kind[func](var, phrase.lit.value, span=e.span), e.args[0])
+            return self._atom(kind[func](var, phrase, span=span), e.args[0], base)
         if func in ("len", "TOKENS"):
-            self.err.type_at(f"{func}(...) must be compared with a number, e.g. len(X) < 10", e.span)
-        hint = _closest(func, CONSTRAINT_FUNCTIONS)
+            self.err.type_at(f"{func}(...) must be compared with a number, e.g. len(X) < 10", span)
+        name = func or ast.unparse(e.func)
+        hint = closest(name, CONSTRAINT_FUNCTIONS)
         suggestion = f"; did you mean {hint}?" if hint else ""
-        self.err.type_at(f"unknown constraint function '{func}'{suggestion}", e.span)
+        self.err.type_at(f"unknown constraint function '{name}'{suggestion}", span)
 
-    def _length(self, e: _Expr) -> tuple[str, bool, _Expr] | None:
+    def _length(self, e: ast.expr, base: tuple[int, int]) -> tuple[str, bool, ast.expr] | None:
         """``len(VAR)`` -> (VAR, False), ``len(TOKENS(VAR))`` -> (VAR, True), anything else -> None."""
-        if not isinstance(e, _Call) or e.func != "len":
+        if not isinstance(e, ast.Call) or self._func(e) != "len":
             return None
-        self._arity(e, 1, "len(VAR) or len(TOKENS(VAR))")
+        self._arity(e, "len", 1, "len(VAR) or len(TOKENS(VAR))", base)
         arg = e.args[0]
-        if isinstance(arg, _Call) and arg.func == "TOKENS":
-            self._arity(arg, 1, "TOKENS(VAR)")
-            return self._var(arg.args[0], "TOKENS"), True, arg.args[0]
-        return self._var(arg, "len"), False, arg
+        if isinstance(arg, ast.Call) and self._func(arg) == "TOKENS":
+            self._arity(arg, "TOKENS", 1, "TOKENS(VAR)", base)
+            return self._var(arg.args[0], "TOKENS", base), True, arg.args[0]
+        return self._var(arg, "len", base), False, arg
 
-    def _compare(self, e: _Compare) -> nodes.Constraint:
-        if e.op in ("in", "not in"):
-            if isinstance(e.left, _Name) and e.op == "in":
-                if not isinstance(e.right, _List):
-                    self.err.type_at(f'expected a list of strings after \'in\', e.g. {e.left.name} in ["a", "b"]', e.right.span)
-                if not e.right.items:
-                    self.err.type_at("empty list of options", e.right.span)
-                options: list[str] = []
-                for item in e.right.items:
-                    if not isinstance(item, _Str):
-                        self.err.type_at("options must be strings", item.span)
-                    if item.lit.value not in options:
-                        options.append(item.lit.value)
-                return self._atom(nodes.OneOf(e.left.name, tuple(options), span=e.span), e.left)
-            if isinstance(e.left, _Str):
-                if not isinstance(e.right, _Name):
-                    self.err.type_at(f"expected a variable name after '{e.op}'", e.right.span)
-                if not e.left.lit.value:
-                    self.err.type_at("the searched text must not be empty", e.left.span)
-                node = self._atom(nodes.Contains(e.right.name, e.left.lit.value, span=e.span), e.right)
-                return nodes.Not(node, span=e.span) if e.op == "not in" else node
-            self.err.type_at(f"unsupported use of '{e.op}' (use VAR in [...] or \"text\" in VAR)", e.op_span)
-        length, bound, op = self._length(e.left), e.right, e.op
+    def _compare(self, e: ast.Compare, base: tuple[int, int]) -> nodes.Constraint:
+        op_node, left, right = e.ops[0], e.left, e.comparators[0]
+        span = self._span(e, base)
+        op_span = Span(span.line, span.column, span.end_line, span.end_column)
+        if isinstance(op_node, ast.In | ast.NotIn):
+            negate = isinstance(op_node, ast.NotIn)
+            if isinstance(left, ast.Name):
+                options = self._options(right, base)
+                node = self._atom(nodes.OneOf(left.id, options, span=span), left, base)
+                return nodes.Not(node, span=span) if negate else node
+            if isinstance(right, ast.Name):
+                phrase = self._str_arg(left, "'in'", base, "a string")
+                if phrase == "":
+                    self.err.type_at("the searched text must not be empty", self._span(left, base))
+                node = self._atom(nodes.Contains(right.id, phrase, span=span), right, base)
+                return nodes.Not(node, span=span) if negate else node
+            self.err.type_at('unsupported use of \'in\' (use VAR in [...] or "text" in VAR)', op_span)
+        if isinstance(op_node, ast.Eq | ast.NotEq) and (isinstance(left, ast.Name) or isinstance(right, ast.Name)):
+            var_node, value = (left, right) if isinstance(left, ast.Name) else (right, left)
+            if self._length(value, base) is None:
+                text = self._str_arg(value, "'=='", base, "a string")
+                options = (text,) if isinstance(text, str) else nodes.Dyn(f"[{text.expr}]", span=text.span)
+                node = self._atom(nodes.OneOf(var_node.id, options, span=span), var_node, base)
+                return nodes.Not(node, span=span) if isinstance(op_node, ast.NotEq) else node
+        ops = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "=="}
+        op = ops.get(type(op_node))
+        length, bound = self._length(left, base), right
         if length is None:
-            length, bound = self._length(e.right), e.left
-            op = _CMP_FLIP.get(op, op)
+            length, bound = self._length(right, base), left
+            op = _CMP_FLIP.get(op or "", op)
         if length is None:
-            self.err.type_at(f"unsupported comparison '{e.op}' (only len(VAR) or len(TOKENS(VAR)) can be compared)", e.op_span)
-        if op not in _CMP_FLIP:
-            self.err.type_at(f"unsupported comparison '{e.op}' for lengths (use <, <=, >, >= or ==)", e.op_span)
-        if not isinstance(bound, _Num) or isinstance(bound.value, bool) or not isinstance(bound.value, int):
-            self.err.type_at("a length must be compared with an integer", bound.span)
-        if bound.value < 0:
-            self.err.type_at(f"a length bound must not be negative, got {bound.value}", bound.span)
+            self.err.type_at(
+                "unsupported comparison (only len(VAR) or len(TOKENS(VAR)) can be compared, or VAR == \"text\")", op_span
+            )
+        if op is None:
+            self.err.type_at("unsupported comparison for lengths (use <, <=, >, >= or ==)", op_span)
+        bspan = self._span(bound, base)
+        value: int | nodes.Dyn
+        if isinstance(bound, ast.Constant) or (
+            isinstance(bound, ast.UnaryOp) and isinstance(bound.op, ast.USub) and isinstance(bound.operand, ast.Constant)
+        ):
+            v = ast.literal_eval(bound)
+            if isinstance(v, bool) or not isinstance(v, int):
+                self.err.type_at("a length must be compared with an integer", bspan)
+            if v < 0:
+                self.err.type_at(f"a length bound must not be negative, got {v}", bspan)
+            value = v
+        else:
+            value = nodes.Dyn(self._source(bound, base), span=bspan)
         var, tokens, var_expr = length
-        return self._atom(nodes.LenCmp(var, op, bound.value, tokens=tokens, span=e.span), var_expr)
+        return self._atom(nodes.LenCmp(var, op, value, tokens=tokens, span=span), var_expr, base)
+
+    def _options(self, e: ast.expr, base: tuple[int, int]) -> tuple[str, ...] | nodes.Dyn:
+        if isinstance(e, ast.List | ast.Tuple | ast.Set) and all(
+            isinstance(x, ast.Constant) for x in e.elts
+        ):
+            if not e.elts:
+                self.err.type_at("empty list of options", self._span(e, base))
+            out: list[str] = []
+            for item in e.elts:
+                if not isinstance(item.value, str):  # type: ignore[attr-defined]
+                    self.err.type_at("options must be strings", self._span(item, base))
+                if item.value not in out:  # type: ignore[attr-defined]
+                    out.append(item.value)  # type: ignore[attr-defined]
+            return tuple(out)
+        if isinstance(e, ast.Constant):
+            self.err.type_at("expected a list of strings after 'in', e.g. X in [\"a\", \"b\"]", self._span(e, base))
+        return nodes.Dyn(self._source(e, base), span=self._span(e, base))
 
 
-def _last_span(body: Sequence[Any]) -> Span:
-    return body[-1].span if body else nodes.NOWHERE
+_CMP_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "=="}
 
 
-def _closest(name: str, candidates: Iterable[str]) -> str | None:
-    import difflib
+def _loc(a: ast.AST, b: ast.AST) -> dict[str, int]:
+    return {
+        "lineno": a.lineno,  # type: ignore[attr-defined]
+        "col_offset": a.col_offset,  # type: ignore[attr-defined]
+        "end_lineno": getattr(b, "end_lineno", None) or b.lineno,  # type: ignore[attr-defined]
+        "end_col_offset": getattr(b, "end_col_offset", None) or b.col_offset,  # type: ignore[attr-defined]
+    }
 
-    pool = list(candidates)
-    lowered = {c.lower(): c for c in pool}
-    if name.lower() in lowered:
-        return lowered[name.lower()]
-    match = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
-    return match[0] if match else None
+
+def _dedent(lit: Lit, indent: int) -> Lit:
+    """Drop the body's indentation from the continuation lines of a multi-line query string, as LMQL does
+    (LMQL removes the prompt's common indentation from every source line, string contents included)."""
+    if indent <= 0 or not lit.positions or all(p[0] == lit.span.line for p in lit.positions):
+        return lit
+    keep = [
+        k
+        for k, (ch, (line, col)) in enumerate(zip(lit.value, lit.positions, strict=True))
+        if not (line > lit.span.line and col <= indent and ch in " \t")
+    ]
+    return Lit("".join(lit.value[k] for k in keep), tuple(lit.positions[k] for k in keep), lit.prefix, lit.span, lit.close)
+
+
+class PromptFinder(ast.NodeVisitor):
+    """Query strings: statement-level string constants of the query body, not inside nested functions,
+    classes or lambdas (there they are ordinary Python, as in LMQL)."""
+
+    def __init__(self) -> None:
+        self.found: list[ast.Expr] = []
+
+    def visit_Expr(self, node: ast.Expr) -> None:
+        if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str | bytes):
+            self.found.append(node)
+        else:
+            self.generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.AST) -> None:
+        pass
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
+
+
+def find_prompts(body: ast.Module) -> list[ast.Expr]:
+    finder = PromptFinder()
+    finder.visit(body)
+    return sorted(finder.found, key=lambda n: (n.lineno, n.col_offset))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1064,54 +757,78 @@ def _closest(name: str, candidates: Iterable[str]) -> str | None:
 
 def parse(source: str, filename: str = "<query>") -> nodes.Query:
     """Parse and check a query; raise QuerySyntaxError / QueryTypeError (with FILE:LINE:COL) on bad input."""
-    err = _Errors(source, filename)
-    # Trailing whitespace would otherwise read as an indented line at the end of the file.
-    text = source.rstrip(" \t\f\r\n")
-    layout = _Layout(text, err)
+    err = Errors(source, filename)
+    if "\x00" in source:
+        err.syntax_at("the query contains a NUL character", _first_pos(source, "\x00"))
+    text = source.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        err.syntax("empty query: expected at least one query string", 1, 1)
+    src = _Text(text)
     try:
-        tree = _parse_tree(text, layout, err)
-        builder = QueryBuilder(text, err)
-        try:
-            query: nodes.Query = builder.transform(tree)
-        except VisitError as e:
-            if isinstance(e.orig_exc, LmqcError | RecursionError):
-                raise e.orig_exc from None
-            raise
-        query = _with_source(query, source)
-        checker.check(query, builder.var_spans)
+        toks = _tokens(src, err)
+        lay = _split(src, toks, err)
+        b = _Builder(src, toks, err)
+        decoder = b.decoder(*lay.decoder) if lay.decoder else None
+        prologue = None
+        if lay.prologue is not None:
+            view = text[: lay.prologue[1]] + _blank(text[lay.prologue[1] :])
+            try:
+                prologue = ast.parse(view, filename=filename)
+            except SyntaxError as e:
+                err.syntax(python_message(e), e.lineno or 1, e.offset or 1)
+        body, indent = _parse_body(src, lay, err)
+        exprs = find_prompts(body)
+        by_end = {inl.string_end: inl for inl in lay.inline}
+        prompts: list[nodes.PromptString] = []
+        hole_count = 0
+        used_inline: set[int] = set()
+        for expr in exprs:
+            if isinstance(expr.value.value, bytes):  # type: ignore[attr-defined]
+                err.syntax_at("bytes literals are not allowed as query strings", _node_span(expr))
+            end = src.offset((expr.end_lineno or expr.lineno, expr.end_col_offset or 0))
+            inline = by_end.get(end)
+            if inline is not None:
+                used_inline.add(end)
+            ps = b.prompt(expr.value, len(prompts), indent, inline, hole_count)  # type: ignore[arg-type]
+            hole_count += sum(isinstance(p, nodes.Hole) for p in ps.parts)
+            prompts.append(ps)
+        for inl in lay.inline:
+            if inl.string_end not in used_inline:
+                err.syntax_at(f"'{inl.kind}' must follow a query string statement", src.pos(inl.start))
+        clauses: dict[str, Any] = {}
+        for kind, (kw, start, end) in lay.clauses.items():
+            if kind == "from":
+                clauses["model"] = b.model(start, end)
+            elif kind == "where":
+                expr, base = _parse_expr(src, start, end, err, "where clause")
+                clauses["where"] = b.constraint(expr, base)
+            else:
+                expr, base = _parse_expr(src, start, end, err, "distribution clause")
+                clauses["distribution"] = b.distribution(expr, base, src.pos(kw))
+        lines = text.split("\n")
+        query = nodes.Query(
+            prompts=tuple(prompts),
+            body=body,
+            prologue=prologue,
+            decoder=decoder,
+            model=clauses.get("model"),
+            where=clauses.get("where"),
+            distribution=clauses.get("distribution"),
+            source=source,
+            filename=filename,
+            span=Span(1, 1, len(lines), len(lines[-1]) + 1),
+        )
+        checker.check(query, b.var_spans)
         return query
     except RecursionError:
         err.syntax("query is nested too deeply", 1, 1)
+    except LmqcError:
+        raise
+    except (MemoryError, OverflowError) as e:
+        err.syntax(f"query too large to parse ({type(e).__name__})", 1, 1)
 
 
-def _parse_tree(text: str, layout: _Layout, err: _Errors) -> Any:
-    if not text.strip(" \t\f\r\n"):
-        err.syntax("empty query: expected at least one prompt string", 1, 1)
-    lark = _lark()
-    try:
-        interactive = lark.parse_interactive("")
-        for tok in layout.run(_tokens(text)):
-            interactive.feed_token(tok)
-        end = layout.last
-        eof = Token("$END", "", len(text), end.end_line, end.end_column) if end is not None else Token("$END", "", 0, 1, 1)
-        return interactive.feed_token(eof)
-    except UnexpectedCharacters as e:
-        ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else ""
-        if ch in "'\"":
-            err.syntax("unterminated string literal", e.line, e.column)
-        err.syntax(f"unexpected character {ch!r}", e.line, e.column)
-    except UnexpectedToken as e:
-        _unexpected_token(e, layout, text, err)
-    except UnexpectedEOF:
-        lines = text.splitlines() or [""]
-        err.syntax("unexpected end of query", len(lines), len(lines[-1]) + 1)
-    except UnexpectedInput as e:
-        err.syntax("invalid syntax", getattr(e, "line", 1) or 1, getattr(e, "column", 1) or 1)
-    except LarkError as e:
-        err.syntax(f"invalid syntax: {e}", 1, 1)
-
-
-def _with_source(query: nodes.Query, source: str) -> nodes.Query:
-    from dataclasses import replace
-
-    return replace(query, source=source)
+def _first_pos(text: str, ch: str) -> Pos:
+    i = text.index(ch)
+    line = text.count("\n", 0, i) + 1
+    return line, i - (text.rfind("\n", 0, i) + 1) + 1

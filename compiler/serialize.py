@@ -1,4 +1,4 @@
-"""AST and IR <-> JSON, for artifacts.
+"""Constraint IR <-> JSON, for artifacts (the query itself travels as source and is parsed again).
 
 Only the node and IR classes listed here can be rebuilt, so loading an artifact never executes code or
 instantiates anything else (the point of refusing pickle).
@@ -28,16 +28,7 @@ _CLASSES: dict[str, type] = {
         nodes.StopsBefore,
         nodes.StartsWith,
         nodes.Contains,
-        nodes.Text,
-        nodes.Interp,
-        nodes.Hole,
-        nodes.PromptString,
-        nodes.PyStmt,
-        nodes.For,
-        nodes.If,
-        nodes.Decoder,
-        nodes.Distribution,
-        nodes.Query,
+        nodes.Dyn,
         ir.Stop,
         ir.HoleIR,
     )

@@ -53,32 +53,27 @@ def vocabulary(model: str | None = None) -> Vocabulary:
 def compile_query(
     query: Query, vocab: Vocabulary, *, model: str | None = None
 ) -> CompiledQuery:
-    """Lower every hole of a parsed query and build its token automaton over ``vocab``."""
+    """Lower every hole slot of a parsed query and build its token automaton over ``vocab``.
+
+    Slots whose constraint has Python arguments (``X in options``) are lowered when the hole starts
+    (``runtime.query``), with the values the program has then.
+    """
     from lmqc.compiler.artifact import CompiledQuery
-    from lmqc.compiler.automaton import TokenAutomaton
-    from lmqc.compiler.bytedfa import ByteDFA
-    from lmqc.compiler.checker import hole_constraints
-    from lmqc.compiler.lower import lower_hole
+    from lmqc.compiler.checker import hole_constraints, hole_slots
+    from lmqc.compiler.lower import is_dynamic
 
     holes = {}
     automata = {}
     seconds = {}
-    for var, constraint in hole_constraints(query).items():
+    constraints = hole_constraints(query)
+    names = {h.index: h.name for h in query.holes()}
+    for index, slot in hole_slots(query).items():
+        constraint = constraints[index]
+        if slot in holes or is_dynamic(constraint):
+            continue
         t0 = time.perf_counter()
-        ir = lower_hole(var, constraint, source=query.source, filename=query.filename)
-        dfa = ByteDFA.from_ir(ir, source=query.source, filename=query.filename)
-        span = constraint.span if constraint is not None else None
-        automata[var] = TokenAutomaton.build(
-            dfa,
-            vocab,
-            name=var,
-            source=query.source,
-            filename=query.filename,
-            line=span.line if span and span.line else None,
-            column=span.column if span and span.column else None,
-        )
-        holes[var] = ir
-        seconds[var] = time.perf_counter() - t0
+        holes[slot], automata[slot] = build_hole(names[index], constraint, vocab, query.source, query.filename)
+        seconds[slot] = time.perf_counter() - t0
     return CompiledQuery(
         query=query,
         holes=holes,
@@ -88,6 +83,27 @@ def compile_query(
         model=model,
         compile_seconds=seconds,
     )
+
+
+def build_hole(var: str, constraint: Any, vocab: Vocabulary, source: str | None, filename: str) -> tuple[Any, Any]:
+    """One hole's IR and token automaton: constraint -> IR -> byte DFA -> token automaton over ``vocab``."""
+    from lmqc.compiler.automaton import TokenAutomaton
+    from lmqc.compiler.bytedfa import ByteDFA
+    from lmqc.compiler.lower import lower_hole
+
+    ir = lower_hole(var, constraint, source=source, filename=filename)
+    dfa = ByteDFA.from_ir(ir, source=source, filename=filename)
+    span = constraint.span if constraint is not None else None
+    automaton = TokenAutomaton.build(
+        dfa,
+        vocab,
+        name=var,
+        source=source,
+        filename=filename,
+        line=span.line if span and span.line else None,
+        column=span.column if span and span.column else None,
+    )
+    return ir, automaton
 
 
 @functools.cache

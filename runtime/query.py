@@ -1,9 +1,9 @@
 """Runs a compiled query: the prompt program, one batched decode per hole, distribution scoring, results.
 
-Every branch (one for argmax, n for sample, up to n for beam) holds its hole values, its token context and its
-running score. At each hole all live branches are decoded together by :func:`decode.decode_hole` (one batched
-model evaluation per step). Beam search forks branches; a forked branch replays the program with its values
-(``interpreter.replay``), which is cheap next to a model step.
+Every branch (one for argmax, n for sample, up to n for beam) holds its program (``execution.Execution``), its
+prompt, its token context and its running score. At each hole all live branches are decoded together by
+:func:`decode.decode_hole` (one batched model evaluation per step). When a branch has several continuations
+(beam search), the first takes its program and each other one forks it by replaying its trace of values.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from lmqc.compiler.artifact import CompiledQuery
 from lmqc.errors import ArtifactError, DecodeError, MaxLenError, QueryTypeError
 
 from . import decode
-from .interpreter import NeedHole, replay
+from .execution import Effect, Execution, Request
 from .models import DEFAULT_MODEL, get_model
 
 DEFAULT_MAX_LEN = 2048
@@ -52,7 +52,9 @@ class LocalDecoder:
         """
         self.backend.reset()
 
-    def tokenize(self, text: str | bytes, *, bos: bool = False) -> list[int]:
+    def tokenize(self, text: str | bytes, *, bos: bool = False, special: bool = False) -> list[int]:
+        if special:
+            return self.backend.tokenize(text, bos=bos, special=True)
         return self.backend.tokenize(text, bos=bos)
 
     def decode_hole(self, contexts: Any, automata: Any, **kwargs: Any) -> list[decode.Completion]:
@@ -60,6 +62,10 @@ class LocalDecoder:
 
     def score_options(self, context: Any, options: Any) -> np.ndarray:
         return decode.score_options(self.backend, context, options)
+
+    @property
+    def vocabulary(self) -> Any:
+        return self.backend.vocabulary
 
 
 def decoder_service(spec: str) -> Any:
@@ -75,16 +81,18 @@ class LMQLResult:
     Attributes
     ----------
     prompt : str
-        The whole prompt with every hole filled.
+        The whole prompt with every hole filled (chat role switches appear as LMQL's ``<lmql:ROLE/>`` tags).
     variables : dict[str, Any]
-        Hole values by name (INT holes as ``int``; for holes inside loops, the last value). The ``distribution``
-        variable holds the most likely option.
+        Hole values by name (INT holes as ``int``; for a hole filled several times, the last value). The
+        ``distribution`` variable holds the most likely option; a nested query's hole holds its return value.
     distribution : dict[str, float] | None
         For a ``distribution`` clause: every option's normalized probability, in option order.
     logprob : float
         Total log-probability of the generated tokens (NaN when not scored, e.g. argmax).
     spans : list[tuple[int, int, str]]
         (start, end, hole name) of every filled value inside ``prompt`` (for highlighting).
+    return_value : Any
+        What the query body returned (``return ...``), else None.
     """
 
     prompt: str
@@ -93,21 +101,13 @@ class LMQLResult:
     logprob: float = math.nan
     spans: list[tuple[int, int, str]] = field(default_factory=list)
     n_tokens: int = 0
+    return_value: Any = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "variables": self.variables, "distribution": self.distribution}
-
-
-@dataclass(slots=True)
-class _Branch:
-    values: list[Any]
-    context: list[int]
-    prompt: str
-    spans: list[tuple[int, int, str]]
-    need: NeedHole | None
-    logprob: float = 0.0
-    distribution: dict[str, float] | None = None
-    n_tokens: int = 0
+        out = {"prompt": self.prompt, "variables": self.variables, "distribution": self.distribution}
+        if self.return_value is not None:
+            out["return_value"] = self.return_value
+        return out
 
 
 def parse_decoder(spec: str) -> nodes.Decoder:
@@ -123,13 +123,156 @@ def parse_decoder(spec: str) -> nodes.Decoder:
         raise QueryTypeError(f"invalid decoder {spec!r}: {msg}") from None
 
 
-def _convert(value: str, is_int: bool) -> Any:
-    if not is_int:
+@dataclass(slots=True)
+class _Mark:
+    """Where a nested query started: the prompt and context lengths to roll back to when it returns."""
+
+    prompt: int
+    context: int
+    spans: int
+    var: str
+
+
+@dataclass(slots=True)
+class _Branch:
+    """One branch: its Python state (``Execution``), its prompt text and token context, its score."""
+
+    ex: Execution
+    context: list[int]
+    prompt: str = ""
+    spans: list[tuple[int, int, str]] = field(default_factory=list)
+    variables: dict[str, Any] = field(default_factory=dict)
+    request: Request | None = None
+    marks: list[_Mark] = field(default_factory=list)
+    role: str | None = None
+    logprob: float = 0.0
+    distribution: dict[str, float] | None = None
+    n_tokens: int = 0
+    pending: list[str] = field(default_factory=list)  # context text not yet tokenized
+
+    def fork(self) -> _Branch:
+        return _Branch(
+            self.ex.fork(), list(self.context), self.prompt, list(self.spans), dict(self.variables), self.request,
+            [replace(m) for m in self.marks], self.role, self.logprob, self.distribution, self.n_tokens,
+            list(self.pending),
+        )
+
+
+class _Driver:
+    """Runs one query: branches, their programs and the batched decode of their holes."""
+
+    def __init__(self, compiled: CompiledQuery, backend: Any, spec: str, scope: dict[str, Any], max_len: int) -> None:
+        self.compiled = compiled
+        self.backend = backend
+        self.spec = spec
+        self.scope = scope
+        self.max_len = max_len
+        self.chat: Any = None
+        self.loop: Any = None
+
+    # ---- program effects -----------------------------------------------------------------------------------
+
+    def resolve_nested(self, callee: Any, args: Any, kwargs: Any) -> tuple[CompiledQuery, dict[str, Any]] | None:
+        nested = getattr(callee, "__lmqc_nested__", None)
+        if nested is None:
+            return None
+        return nested(self.spec, tuple(args or ()), dict(kwargs or {}))
+
+    def apply(self, b: _Branch, effects: list[Effect], request: Request | None) -> None:
+        for e in effects:
+            if e.kind == "text":
+                b.prompt += e.value
+                b.pending.append(e.value)
+            elif e.kind == "role":
+                b.prompt += f"<lmql:{e.value}/>"
+                self.flush(b)
+                if self.chat is None:
+                    from .chat import chat_format
+
+                    self.chat = chat_format(getattr(self.backend, "backend", self.backend))
+                switch = self.chat.switch(b.role, e.value)
+                if switch:
+                    b.context.extend(self.tokenize_special(switch))
+                b.role = e.value
+            elif e.kind == "enter":
+                self.flush(b)
+                b.marks.append(_Mark(len(b.prompt), len(b.context), len(b.spans), e.value))
+            elif e.kind == "leave":
+                self.flush(b)
+                mark = b.marks.pop()
+                if e.value is not None:
+                    # the nested query's prompt is replaced by its return value (LMQL's stack-frame semantics)
+                    text = str(e.value)
+                    b.prompt = b.prompt[: mark.prompt] + text
+                    del b.context[mark.context :]
+                    del b.spans[mark.spans :]
+                    b.pending.append(text)
+                    b.spans.append((mark.prompt, mark.prompt + len(text), mark.var))
+                if not b.marks:
+                    b.variables[mark.var] = e.value if e.value is not None else b.ex.frames[-1].last_value
+        b.request = request
+        if request is not None:
+            self.flush(b)
+
+    def flush(self, b: _Branch) -> None:
+        if b.pending:
+            text = "".join(b.pending)
+            b.pending.clear()
+            if text:
+                b.context.extend(self.backend.tokenize(text, bos=not b.context))
+
+    def tokenize_special(self, text: str) -> list[int]:
+        try:
+            return self.backend.tokenize(text, bos=False, special=True)
+        except TypeError:  # a backend without control-token parsing
+            return self.backend.tokenize(text, bos=False)
+
+    # ---- holes ---------------------------------------------------------------------------------------------
+
+    def hole(self, req: Request) -> tuple[Any, Any, bool]:
+        """(IR, automaton, is_int) of a requested hole; constraints with Python arguments are lowered now."""
+        compiled = req.compiled
+        slot = compiled.slot(req.index)
+        if slot in compiled.holes:
+            ir = compiled.holes[slot]
+            return ir, compiled.automata[slot], ir.is_int
+        key = (slot, repr(sorted(req.dyn.items(), key=lambda kv: kv[0])))
+        cached = compiled.runtime_cache.get(key)
+        if cached is None:
+            from lmqc.api import build_hole
+            from lmqc.compiler.checker import hole_constraints
+            from lmqc.compiler.lower import substitute
+
+            q = compiled.query
+            c = substitute(hole_constraints(q)[req.index], dict(req.dyn), source=q.source, filename=q.filename)
+            name = q.holes()[req.index].name
+            cached = build_hole(name, c, self.backend.vocabulary, q.source, q.filename)
+            if len(compiled.runtime_cache) >= 64:
+                compiled.runtime_cache.pop(next(iter(compiled.runtime_cache)))
+            compiled.runtime_cache[key] = cached
+        ir, automaton = cached
+        return ir, automaton, ir.is_int
+
+    def distribution(self, b: _Branch) -> Any:
+        req = b.request
+        assert req is not None
+        options = [str(o) for o in req.dyn]
+        if not options:
+            raise DecodeError("distribution needs at least one option")
+        logps = self.backend.score_options(b.context, [self.backend.tokenize(o, bos=False) for o in options])
+        probs = np.exp(logps - logps.max())
+        probs /= probs.sum()
+        best = int(np.argmax(probs))
+        value = options[best]
+        name = req.compiled.query.holes()[req.index].name
+        start = len(b.prompt)
+        b.prompt += value
+        b.context.extend(self.backend.tokenize(value, bos=False))
+        b.spans.append((start, start + len(value), name))
+        if not b.marks:
+            b.variables[name] = value
+            b.distribution = {o: float(p) for o, p in zip(options, probs, strict=True)}
         return value
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise DecodeError(f"INT value {value!r} is not an integer") from None
 
 
 def run_compiled(
@@ -158,59 +301,84 @@ def run_compiled(
     dec = parse_decoder(decoder) if isinstance(decoder, str) else decoder or query.decoder or nodes.Decoder("argmax")
     params = dict(dec.args)
     n = int(params.get("n", 1))
-    strategy = decode.parse_strategy(dec.name, **params)
+    name = "beam" if dec.name == "beam_var" else dec.name
+    strategy = decode.parse_strategy(name, **params)
     rng = np.random.default_rng(params.get("seed"))
     max_len = int(params.get("max_len", DEFAULT_MAX_LEN))
     scope = dict(inputs or {})
-    _check_inputs(query, scope)
+    _check_inputs(compiled, scope)
     show = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
 
-    _, pending, need = replay(query, scope, [])
-    root = _Branch([], backend.tokenize(pending, bos=True), pending, [], need)
-    branches = [root] if isinstance(strategy, decode.Beam | decode.Argmax) or n == 1 else [
-        _Branch([], list(root.context), root.prompt, [], need) for _ in range(n)
-    ]
-    dist = query.distribution
-    while any(b.need is not None for b in branches):
-        live = [b for b in branches if b.need is not None]
-        done = [b for b in branches if b.need is None]
-        if dist is not None and all(b.need.name == dist.var for b in live):
-            for b in live:
-                _score_distribution(backend, query, scope, b, dist)
-            continue
-        names = [b.need.name for b in live]
-        irs = [compiled.holes[name] for name in names]
-        completions = backend.decode_hole(
-            [b.context for b in live],
-            [compiled.automaton(name) for name in names],
-            strategy=strategy,
-            stops=[tuple(ir.stops) for ir in irs],
-            min_tokens=[ir.min_tokens for ir in irs],
-            max_tokens=[ir.max_tokens for ir in irs],
-            max_len=max_len,
-            rng=rng,
-            scores=[0.0 if math.isnan(b.logprob) else b.logprob for b in live],
-            heal=True,  # token healing: "A: [X]" may continue with the model's natural " Paris"
-        )
-        new: list[_Branch] = []
-        for c in completions:
-            parent = live[c.parent]
-            ir = irs[c.parent]
-            text = c.text
-            if c.ending == "max_len":
-                partial = _result(_extend(parent, ir.var, text, text, c, backend, compiled, scope, finished=True))
-                raise MaxLenError(
-                    f"max_len={max_len} tokens reached while decoding {ir.var}; partial result kept "
-                    "(raise max_len in the decoder clause)",
-                    partial=partial,
-                )
-            new.append(_extend(parent, ir.var, _convert(text, ir.is_int), text, c, backend, compiled, scope))
-        branches = done + new
-        if show:
-            toks = sum(b.n_tokens for b in branches)
-            rate = toks / max(time.perf_counter() - started, 1e-9)
-            print(f"\r[lmqc] {toks} tokens, {rate:.1f} tok/s", end="", file=sys.stderr, flush=True)
+    driver = _Driver(compiled, backend, spec, scope, max_len)
+    ex = Execution.start(compiled, scope, driver.resolve_nested)
+    root = _Branch(ex, [])
+    driver.apply(root, *ex.begin())
+    branches = [root]
+    if root.request is not None and not isinstance(strategy, decode.Beam) and n > 1:
+        # n samples (or n argmax copies, as LMQL's argmax(n=...)) fork where they first decode
+        branches += [root.fork() for _ in range(n - 1)]
+    try:
+        while any(b.request is not None for b in branches):
+            live = [b for b in branches if b.request is not None]
+            done = [b for b in branches if b.request is None]
+            dists = [b for b in live if b.request.kind == "dist"]
+            if dists:
+                for b in dists:
+                    driver.apply(b, *b.ex.send(driver.distribution(b)))
+                continue
+            holes = [driver.hole(b.request) for b in live]
+            completions = backend.decode_hole(
+                [b.context for b in live],
+                [h[1] for h in holes],
+                strategy=strategy,
+                stops=[tuple(h[0].stops) for h in holes],
+                min_tokens=[h[0].min_tokens for h in holes],
+                max_tokens=[h[0].max_tokens for h in holes],
+                max_len=max_len,
+                rng=rng,
+                scores=[0.0 if math.isnan(b.logprob) else b.logprob for b in live],
+                heal=True,  # token healing: "A: [X]" may continue with the model's natural " Paris"
+            )
+            # forks must copy a parent before the parent's own program moves on
+            pending: list[tuple[_Branch, decode.Completion, tuple[Any, Any, bool]]] = []
+            seen: dict[int, int] = {}
+            for c in completions:
+                parent = live[c.parent]
+                k = seen.get(c.parent, 0)
+                seen[c.parent] = k + 1
+                pending.append((parent if k == 0 else parent.fork(), c, holes[c.parent]))
+            new = []
+            for b, c, (ir, _, is_int) in pending:
+                name = b.request.compiled.query.holes()[b.request.index].name
+                text = c.text
+                start = len(b.prompt)
+                b.prompt += text
+                b.context = list(c.context)
+                b.spans.append((start, start + len(text), name))
+                b.logprob = c.score
+                b.n_tokens += c.n_tokens
+                if c.ending == "max_len":
+                    if not b.marks:
+                        b.variables[name] = text
+                    raise MaxLenError(
+                        f"max_len={max_len} tokens reached while decoding {name}; partial result kept "
+                        "(raise max_len in the decoder clause)",
+                        partial=_result(b),
+                    )
+                value = _convert(text, is_int)
+                if not b.marks:
+                    b.variables[name] = value
+                driver.apply(b, *b.ex.send(value))
+                new.append(b)
+            branches = done + new
+            if show:
+                toks = sum(b.n_tokens for b in branches)
+                rate = toks / max(time.perf_counter() - started, 1e-9)
+                print(f"\r[lmqc] {toks} tokens, {rate:.1f} tok/s", end="", file=sys.stderr, flush=True)
+    finally:
+        if ex.loop is not None:
+            ex.loop.close()
     if show:
         print(file=sys.stderr)
     results = [_result(b) for b in branches]
@@ -221,69 +389,24 @@ def run_compiled(
     return results[0]
 
 
-def _extend(
-    parent: _Branch,
-    var: str,
-    value: Any,
-    text: str,
-    c: decode.Completion,
-    backend: Any,
-    compiled: CompiledQuery,
-    scope: Mapping[str, Any],
-    *,
-    finished: bool = False,
-) -> _Branch:
-    values = [*parent.values, value]
-    start = len(parent.prompt)
-    spans = [*parent.spans, (start, start + len(text), var)]
-    if finished:
-        return _Branch(values, c.context, parent.prompt + text, spans, None, c.score, None, parent.n_tokens + c.n_tokens)
-    _, pending, need = replay(compiled.query, scope, values)
-    context = c.context + (backend.tokenize(pending, bos=False) if pending else [])
-    return _Branch(
-        values,
-        context,
-        parent.prompt + text + pending,
-        spans,
-        need,
-        c.score,  # NaN when the decoder did not score (argmax, sample)
-        parent.distribution,
-        parent.n_tokens + c.n_tokens,
-    )
-
-
-def _score_distribution(
-    backend: Any, query: nodes.Query, scope: Mapping[str, Any], b: _Branch, dist: nodes.Distribution
-) -> None:
-    options = list(dist.options)
-    logps = backend.score_options(b.context, [backend.tokenize(o, bos=False) for o in options])
-    probs = np.exp(logps - logps.max())
-    probs /= probs.sum()
-    best = int(np.argmax(probs))
-    value = options[best]
-    start = len(b.prompt)
-    b.values.append(value)
-    b.spans.append((start, start + len(value), dist.var))
-    b.prompt += value
-    b.distribution = {o: float(p) for o, p in zip(options, probs, strict=True)}
-    _, pending, need = replay(query, scope, b.values)
-    if need is not None:  # the checker makes the distribution variable the last hole
-        raise DecodeError(f"distribution variable {dist.var} must be the last hole")
-    b.prompt += pending
-    b.need = None
+def _convert(value: str, is_int: bool) -> Any:
+    if not is_int:
+        return value
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise DecodeError(f"INT value {value!r} is not an integer") from None
 
 
 def _result(b: _Branch) -> LMQLResult:
-    variables: dict[str, Any] = {}
-    for (_, _, name), value in zip(b.spans, b.values, strict=True):
-        variables[name] = value
-    return LMQLResult(b.prompt, variables, b.distribution, b.logprob, list(b.spans), b.n_tokens)
+    return LMQLResult(
+        b.prompt, dict(b.variables), b.distribution, b.logprob, list(b.spans), b.n_tokens, b.ex.return_value
+    )
 
 
-def _check_inputs(query: nodes.Query, scope: Mapping[str, Any]) -> None:
-    from lmqc.compiler.checker import inputs as query_inputs
-
-    missing = [name for name in query_inputs(query) if name not in scope]
+def _check_inputs(compiled: CompiledQuery, scope: Mapping[str, Any]) -> None:
+    query = compiled.query
+    missing = [name for name in compiled.program.inputs if name not in scope]
     if missing:
         raise QueryTypeError(
             f"query input{'s' if len(missing) > 1 else ''} {', '.join(missing)} not given "

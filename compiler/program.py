@@ -1,0 +1,406 @@
+"""Query -> a Python generator function: the prompt program, compiled by Python's own compiler.
+
+The body of a query is Python. Its query strings are rewritten into ``yield`` expressions that hand control to
+the runtime, and everything else is left as written, so every Python construct behaves as Python (``def``,
+``class``, ``while``, ``try``, ``with``, ``return``, closures, comprehensions ...). For a query string
+``"Q: {q}\\nA: [ANSWER]"`` the generated code is::
+
+    yield ("text", f"Q: {q}\\nA: ")                 # f-string semantics for {expr}
+    ANSWER = yield ("hole", 0, {...}, None)          # the runtime decodes hole 0 and sends its value back
+
+Events (tuples, first item the kind):
+
+* ``("text", str)`` — prompt text;
+* ``("role", name)`` — ``{:user}``: the prompt continues in that chat role;
+* ``("hole", index, dyn, tactic)`` — decode hole ``index``; ``dyn`` maps each ``nodes.Dyn`` argument of its
+  constraint (by expression text) to its value, evaluated now; ``tactic`` is ``None`` or ``(callee, args,
+  kwargs)`` for ``[X: fn(args)]`` / ``(value, None, None)`` for ``[X: fn]`` (a nested query), unevaluated calls;
+* ``("dist", index, options)`` — score the distribution options for hole ``index``;
+* ``("await", awaitable)`` — ``await x`` in the query body; the runtime sends the result.
+
+The query's return value is the generator's (``StopIteration.value``). Compiling never runs query code.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import linecache
+import os
+import symtable
+import sys
+from dataclasses import dataclass
+from types import CodeType
+from typing import Any
+
+from ..errors import QuerySyntaxError
+from . import nodes
+from .parser import find_prompts
+
+FUNCTION = "__lmqc_query__"
+EV_TEXT, EV_ROLE, EV_HOLE, EV_DIST, EV_AWAIT = "text", "role", "hole", "dist", "await"
+
+# Names the runtime provides to every query: LMQL code refers to `lmql.` (lmqc answers for it).
+PROVIDED = frozenset({"lmql", "lmqc", "__name__", "__file__"})
+_BUILTINS = frozenset(dir(builtins))
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """The compiled prompt program of one query.
+
+    Attributes
+    ----------
+    code : CodeType
+        Module code that defines the generator function ``__lmqc_query__`` (running it only defines it). Its
+        parameters are ``params``.
+    prologue : CodeType | None
+        Module code of the Python before the decoder clause; runs once per execution, before the body.
+    inputs : tuple[str, ...]
+        Names the program reads before binding them (not builtins): the query's inputs, in order of first use.
+    params : tuple[str, ...]
+        The inputs the body also assigns (``x = int(x)``): passed as parameters, so they start with the input's
+        value; the other inputs are globals of the program's namespace.
+    source : str
+        The generated Python, for reading (``lmqc check --program``) and tests.
+    """
+
+    code: CodeType
+    prologue: CodeType | None
+    inputs: tuple[str, ...]
+    source: str
+    params: tuple[str, ...] = ()
+
+
+def dyn_args(query: nodes.Query, constraint: nodes.Constraint | None) -> list[nodes.Dyn]:
+    """Every ``Dyn`` argument of a constraint, each expression once, in a fixed order."""
+    out: dict[str, nodes.Dyn] = {}
+
+    def walk(c: Any) -> None:
+        if isinstance(c, nodes.And | nodes.Or):
+            for item in c.items:
+                walk(item)
+        elif isinstance(c, nodes.Not):
+            walk(c.operand)
+        elif c is not None:
+            for name in ("bound", "options", "pattern", "phrase", "prefix"):
+                value = getattr(c, name, None)
+                if isinstance(value, nodes.Dyn):
+                    out.setdefault(value.expr, value)
+
+    walk(constraint)
+    return list(out.values())
+
+
+class _Rewriter(ast.NodeTransformer):
+    """Query strings -> yields; ``await`` -> yield; ``import lmql`` dropped. Nested scopes stay untouched."""
+
+    def __init__(self, query: nodes.Query, err: Any, dist_hole: int | None) -> None:
+        from .checker import hole_constraints
+
+        self.query = query
+        self.err = err
+        self.constraints = hole_constraints(query)
+        self.dist_hole = dist_hole
+        self.prompt_at = {}
+        self.yields = 0
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        return node
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
+
+    def visit_Yield(self, node: ast.AST) -> ast.AST:
+        raise self.err("'yield' is not allowed in a query body (query strings are the program's yields)", node)
+
+    visit_YieldFrom = visit_Yield
+
+    def visit_Await(self, node: ast.Await) -> ast.AST:
+        self.yields += 1
+        value = self.visit(node.value)
+        return ast.copy_location(ast.Yield(ast.Tuple([ast.Constant(EV_AWAIT), value], ast.Load())), node)
+
+    def visit_Import(self, node: ast.Import) -> Any:
+        names = [a for a in node.names if a.name != "lmql"]
+        if not names:
+            return ast.copy_location(ast.Pass(), node)
+        node.names = names
+        return node
+
+    def visit_Expr(self, node: ast.Expr) -> Any:
+        ps = self.prompt_at.get((node.lineno, node.col_offset))
+        if ps is None:
+            return self.generic_visit(node)
+        return [ast.copy_location(s, node) for s in self.prompt(ps, node)]
+
+    # ---- query strings -------------------------------------------------------------------------------------
+
+    def prompt(self, ps: nodes.PromptString, at: ast.AST) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        run: list[ast.expr] = []
+
+        def flush() -> None:
+            if run:
+                if len(run) == 1 and isinstance(run[0], ast.Constant):
+                    text: ast.expr = run[0]
+                else:
+                    text = ast.JoinedStr(list(run))
+                out.append(self._yield_stmt(ast.Tuple([ast.Constant(EV_TEXT), text], ast.Load())))
+                run.clear()
+
+        for part in ps.parts:
+            if isinstance(part, nodes.Text):
+                if part.value:
+                    run.append(ast.Constant(part.value))
+            elif isinstance(part, nodes.Interp):
+                run.append(self._field(part, at))
+            elif isinstance(part, nodes.Role):
+                flush()
+                out.append(self._yield_stmt(ast.Tuple([ast.Constant(EV_ROLE), ast.Constant(part.name)], ast.Load())))
+            else:
+                flush()
+                out.append(self._hole(part, ps, at))
+        flush()
+        return out
+
+    def _yield_stmt(self, value: ast.expr) -> ast.stmt:
+        self.yields += 1
+        return ast.Expr(ast.Yield(value))
+
+    def _expr(self, source: str, at: ast.AST) -> ast.expr:
+        tree = ast.parse(source.strip(), mode="eval").body
+        for node in ast.walk(tree):
+            ast.copy_location(node, at)
+        return self.visit(tree)  # `await` inside an interpolation
+
+    def _field(self, part: nodes.Interp, at: ast.AST) -> ast.expr:
+        spec = ast.JoinedStr([ast.Constant(part.format_spec)]) if part.format_spec else None
+        conversion = ord(part.conversion) if part.conversion else -1
+        return ast.FormattedValue(self._expr(part.expr, at), conversion, spec)
+
+    def _hole(self, hole: nodes.Hole, ps: nodes.PromptString, at: ast.AST) -> ast.stmt:
+        self.yields += 1
+        if hole.index == self.dist_hole:
+            dist = ps.distribution or self.query.distribution
+            assert dist is not None
+            options: ast.expr = (
+                self._expr(dist.options.expr, at)
+                if isinstance(dist.options, nodes.Dyn)
+                else ast.Tuple([ast.Constant(o) for o in dist.options], ast.Load())
+            )
+            event = ast.Tuple([ast.Constant(EV_DIST), ast.Constant(hole.index), options], ast.Load())
+        else:
+            dyn = dyn_args(self.query, self.constraints.get(hole.index))
+            dyn_dict = ast.Dict([ast.Constant(d.expr) for d in dyn], [self._expr(d.expr, at) for d in dyn])
+            event = ast.Tuple(
+                [ast.Constant(EV_HOLE), ast.Constant(hole.index), dyn_dict, self._tactic(hole, at)], ast.Load()
+            )
+        return ast.Assign([ast.Name(hole.name, ast.Store())], ast.Yield(event))
+
+    def _tactic(self, hole: nodes.Hole, at: ast.AST) -> ast.expr:
+        if hole.tactic is None:
+            return ast.Constant(None)
+        tree = self._expr(hole.tactic, at)
+        if isinstance(tree, ast.Call):
+            # the call is not made: a query function called here would run on its own, outside this prompt
+            kwargs = ast.Dict([ast.Constant(k.arg) if k.arg else None for k in tree.keywords], [k.value for k in tree.keywords])
+            return ast.Tuple([tree.func, ast.Tuple(list(tree.args), ast.Load()), kwargs], ast.Load())
+        return ast.Tuple([tree, ast.Constant(None), ast.Constant(None)], ast.Load())
+
+
+def distribution_hole(query: nodes.Query) -> int | None:
+    """The hole occurrence a distribution clause scores (inline: its statement's; clause: the last hole)."""
+    for ps in query.prompts:
+        if ps.distribution is not None:
+            holes = [p for p in ps.parts if isinstance(p, nodes.Hole)]
+            return holes[-1].index if holes else None
+    if query.distribution is not None:
+        holes = query.holes()
+        return holes[-1].index if holes else None
+    return None
+
+
+_BUILT: dict[tuple[str, str, int], Program] = {}
+
+
+def build(query: nodes.Query) -> Program:
+    """The query's program, compiled once per (source, filename): see ``_build``."""
+    key = (query.source, query.filename, len(query.prompts))
+    program = _BUILT.get(key)
+    if program is None:
+        program = _build(query)
+        if len(_BUILT) >= 256:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[key] = program
+    return program
+
+
+def _build(query: nodes.Query) -> Program:
+    """Compile a parsed query's body and prologue. Raises QuerySyntaxError for Python the compiler refuses
+    (``break`` outside a loop, ``yield`` in the body, ...), located in the query source."""
+
+    def error(message: str, node: ast.AST | None = None, line: int | None = None, col: int | None = None) -> QuerySyntaxError:
+        if node is not None:
+            line, col = getattr(node, "lineno", None), getattr(node, "col_offset", -1) + 1
+        return QuerySyntaxError(message, source=query.source, filename=query.filename, line=line, column=col)
+
+    body = query.body if query.body is not None else ast.Module(body=[], type_ignores=[])
+    body = _copy(body)
+    rewriter = _Rewriter(query, error, distribution_hole(query))
+    exprs = find_prompts(body)
+    for ps, expr in zip(query.prompts, exprs, strict=True):
+        rewriter.prompt_at[(expr.lineno, expr.col_offset)] = ps
+    stmts: list[ast.stmt] = []
+    for stmt in body.body:
+        new = rewriter.visit(stmt)
+        stmts.extend(new if isinstance(new, list) else [new] if new is not None else [])
+    if not rewriter.yields:
+        # a body without query strings is still a generator (the runtime drives every query the same way)
+        stmts.insert(0, ast.If(ast.Constant(False), [ast.Expr(ast.Yield(None))], []))
+    if not stmts:
+        stmts = [ast.Pass()]
+    extra: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}
+    func = ast.FunctionDef(
+        name=FUNCTION, args=ast.arguments([], [], None, [], [], None, []), body=stmts, decorator_list=[], returns=None,
+        **extra,
+    )
+    if hasattr(stmts[0], "lineno"):
+        ast.copy_location(func, stmts[0])
+    module = ast.Module(body=[func], type_ignores=[])
+    ast.fix_missing_locations(module)
+    filename = query.filename
+    _register_source(filename, query.source)
+    inputs, params = _inputs(ast.unparse(module), func, query)
+    func.args = ast.arguments([], [ast.arg(p) for p in params], None, [], [], None, [])
+    ast.fix_missing_locations(module)
+    try:
+        code = compile(module, filename, "exec", dont_inherit=True)
+        prologue = compile(query.prologue, filename, "exec", dont_inherit=True) if query.prologue is not None else None
+    except SyntaxError as e:
+        raise error(f"invalid Python: {e.msg}", line=e.lineno, col=e.offset) from None
+    return Program(code, prologue, tuple(inputs), ast.unparse(module), tuple(params))
+
+
+def _copy(tree: ast.Module) -> ast.Module:
+    import copy
+
+    return copy.deepcopy(tree)
+
+
+def _register_source(filename: str, source: str) -> None:
+    """Let ``inspect.getsource`` find functions defined in a query (``@lmqc.query`` reads their docstring from
+    source) when the query did not come from a file on disk."""
+    if not os.path.exists(filename):
+        lines = source.splitlines(keepends=True)
+        linecache.cache[filename] = (len(source), None, lines, filename)
+
+
+def _inputs(generated: str, func: ast.FunctionDef, query: nodes.Query) -> tuple[list[str], list[str]]:
+    """The program's inputs and, among them, the ones its body assigns (which become parameters).
+
+    Free names (read somewhere, bound nowhere in prologue or body, not builtins) are inputs; so is a name the
+    body assigns but reads first (``x = int(x)``), in execution order as far as it is visible statically.
+    """
+    prologue = ast.unparse(query.prologue) if query.prologue is not None else ""
+    table = symtable.symtable(prologue + "\n" + generated, "<query>", "exec")
+    bound = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
+    free: set[str] = set()
+
+    def walk(t: symtable.SymbolTable) -> None:
+        for s in t.get_symbols():
+            if s.is_referenced() and (s.is_global() and not s.is_declared_global()):
+                free.add(s.get_name())
+        for child in t.get_children():
+            walk(child)
+
+    func_table = next(t for t in table.get_children() if t.get_name() == FUNCTION)
+    for child in table.get_children():
+        walk(child)
+    for s in table.get_symbols():
+        if s.is_referenced() and not s.is_assigned() and not s.is_imported():
+            free.add(s.get_name())
+    local = {s.get_name() for s in func_table.get_symbols() if s.is_local()}
+    first = _FirstUse()
+    for stmt in func.body:
+        first.visit(stmt)
+    params = sorted(n for n in local if first.loads_first.get(n) and n not in bound)
+    names = (free - bound - _BUILTINS - PROVIDED - {FUNCTION}) | set(params)
+    order = sorted(names, key=lambda n: (_first_use(query.source, n), n))
+    return order, [n for n in order if n in params]
+
+
+class _FirstUse(ast.NodeVisitor):
+    """Whether each name's first use, in (static) execution order, reads it."""
+
+    def __init__(self) -> None:
+        self.loads_first: dict[str, bool] = {}
+
+    def visit_Name(self, node: ast.Name) -> None:
+        self.loads_first.setdefault(node.id, isinstance(node.ctx, ast.Load))
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.visit(node.value)
+        for t in node.targets:
+            self.visit(t)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            self.visit(node.value)
+        self.visit(node.target)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self.visit(node.value)
+        if isinstance(node.target, ast.Name):
+            self.loads_first.setdefault(node.target.id, True)
+        else:
+            self.visit(node.target)
+
+    def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
+        self.visit(node.iter)
+        self.visit(node.target)
+        for s in [*node.body, *node.orelse]:
+            self.visit(s)
+
+    visit_AsyncFor = visit_For
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
+        # the body runs when called; only the name binds here
+        for d in node.decorator_list:
+            self.visit(d)
+        self.loads_first.setdefault(node.name, False)
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        pass
+
+    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+        for alias in node.names:
+            self.loads_first.setdefault((alias.asname or alias.name).split(".")[0], False)
+
+    visit_ImportFrom = visit_Import
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.type is not None:
+            self.visit(node.type)
+        if node.name:
+            self.loads_first.setdefault(node.name, False)
+        for s in node.body:
+            self.visit(s)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.visit(node.value)
+        self.visit(node.target)
+
+    def _comprehension(self, node: ast.AST) -> None:
+        for gen in node.generators:  # type: ignore[attr-defined]
+            self.visit(gen.iter)
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comprehension
+
+
+def _first_use(source: str, name: str) -> int:
+    import re
+
+    m = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", source)
+    return m.start() if m else len(source)
