@@ -221,41 +221,118 @@ def run(
     return run_compiled(compiled, model=model, decoder=decoder, inputs=inputs)
 
 
-def query(model: str | None = None, *, decoder: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: a function whose docstring is a query becomes a reusable query function.
+class QueryFunction:
+    """A query as a reusable function (``@lmqc.query``): its parameters are the query's inputs.
 
-    The function's parameters are the query's inputs; names of the enclosing scope are visible too. The query
-    is compiled once, on the first call.
+    The query is the function's docstring, read from the function's *source* as written (so ``"...\\n"`` in a
+    non-raw docstring stays a two-character escape in the query, as in LMQL), with an optional leading ``lmql``
+    marker and the common indentation removed. Names of the module and of the scope the function is defined in
+    are visible to the query. It is compiled once per model, on first use. Used as a hole's annotation
+    (``[X: fn]`` or ``[X: fn(args)]``) it runs as a nested query.
     """
-    import functools
+
+    def __init__(
+        self, fn: Callable[..., Any], model: str | None, decoder: str | None, enclosing: Mapping[str, Any]
+    ) -> None:
+        import functools
+        import inspect
+
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.model = model
+        self.decoder = decoder
+        self.enclosing = dict(enclosing)
+        self.signature = inspect.signature(fn)
+        self.source, self.filename = _docstring_query(fn)
+        self._compiled: dict[str | None, CompiledQuery] = {}
+
+    def __repr__(self) -> str:
+        return f"<lmqc query function {self.fn.__qualname__}>"
+
+    def compiled(self, model: str | None = None) -> CompiledQuery:
+        """The query compiled for ``model`` (default: the decorator's, else the query's own)."""
+        spec = model or self.model
+        if spec not in self._compiled:
+            self._compiled[spec] = compile(self.source, spec, filename=self.filename)
+        return self._compiled[spec]
+
+    def scope(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The names the query sees for a call: module globals, the defining scope, then the arguments."""
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return {**self.fn.__globals__, **self.enclosing, **bound.arguments}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from lmqc.runtime.query import run_compiled
+
+        return run_compiled(self.compiled(), model=self.model, decoder=self.decoder, inputs=self.scope(args, kwargs))
+
+    def __lmqc_nested__(self, model: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[CompiledQuery, dict[str, Any]]:
+        # a nested query decodes on the outer query's model
+        return self.compiled(model), self.scope(args, kwargs)
+
+
+def _docstring_query(fn: Callable[..., Any]) -> tuple[str, str]:
+    """(query source, filename) of a query function: its docstring as written in the source file."""
+    import ast
+    import inspect
+    import textwrap
+
+    name = getattr(fn, "__qualname__", getattr(fn, "__name__", "query"))
+    filename = f"<query {name}>"
+    text: str | None = None
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        node = tree.body[0] if tree.body else None
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                segment = ast.get_source_segment(textwrap.dedent(inspect.getsource(fn)), first.value)
+                if segment is not None:
+                    text = _literal_body(segment)
+    except (OSError, TypeError, SyntaxError, IndexError):
+        text = None  # no source (a REPL, exec without linecache): fall back on the docstring's value
+    if text is None:
+        text = fn.__doc__
+    if not text or not text.strip():
+        raise QueryTypeError(f"@lmqc.query function {name!r} has no docstring holding a query")
+    stripped = text.lstrip()
+    if stripped.startswith("lmql"):
+        text = stripped[4:]
+        text = text[1:] if text.startswith("\n") else text
+    return textwrap.dedent(text).strip("\n") + "\n", filename
+
+
+def _literal_body(segment: str) -> str:
+    """The characters between a string literal's quotes, escapes not interpreted."""
+    i = 0
+    while i < len(segment) and segment[i] in "rRuUbBfF":
+        i += 1
+    quote = segment[i : i + 3] if segment[i : i + 3] in ('"""', "'''") else segment[i]
+    return segment[i + len(quote) : len(segment) - len(quote)]
+
+
+def query(
+    fn: Callable[..., Any] | None = None, /, model: str | None = None, *, decoder: str | None = None
+) -> Any:
+    """Decorator: a function whose docstring is a query becomes a reusable query function (``QueryFunction``).
+
+    Use bare (``@lmqc.query``) or with options (``@lmqc.query(model="gemma-3-270m", decoder="beam(n=2)")``).
+    The function's parameters are the query's inputs; names of the enclosing scope are visible too.
+    """
     import inspect
 
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        doc = inspect.getdoc(fn)
-        if not doc:
-            raise QueryTypeError(f"@lmqc.query function {fn.__name__!r} has no docstring holding a query")
-        source = doc[len("lmql"):].lstrip("\n") if doc.startswith("lmql") else doc
-        signature = inspect.signature(fn)
-        frame = inspect.currentframe()
-        outer = frame.f_back if frame is not None else None
-        enclosing: Mapping[str, Any] = dict(outer.f_locals) if outer is not None else {}
-        filename = f"<query {fn.__qualname__}>"
-        state: dict[str, Any] = {}
+    if isinstance(fn, str):  # @lmqc.query("model") written positionally
+        fn, model = None, fn
+    frame = inspect.currentframe()
+    outer = frame.f_back if frame is not None else None
+    enclosing: Mapping[str, Any] = dict(outer.f_locals) if outer is not None else {}
+    del frame, outer
 
-        @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            from lmqc.runtime.query import run_compiled
+    def wrap(f: Callable[..., Any]) -> QueryFunction:
+        return QueryFunction(f, model, decoder, enclosing)
 
-            if "compiled" not in state:
-                state["compiled"] = compile(source, model, filename=filename)
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            scope = {**fn.__globals__, **enclosing, **bound.arguments}
-            return run_compiled(state["compiled"], model=model, decoder=decoder, inputs=scope)
-
-        return call
-
-    return wrap
+    return wrap(fn) if fn is not None else wrap
 
 
-__all__ = ["LmqcError", "compile", "load", "model", "parse", "query", "run", "vocabulary"]
+__all__ = ["LmqcError", "QueryFunction", "compile", "load", "model", "parse", "query", "run", "vocabulary"]

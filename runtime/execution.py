@@ -37,7 +37,7 @@ class QueryRuntimeError(DecodeError, SourceError):
 class Effect:
     """What running the program did to the prompt: ``text`` (value: str), ``role`` (value: role name),
     ``enter`` (a nested query started; value: its hole name in the outer query), ``leave`` (a nested query
-    returned; value: its return value, or None when it returned nothing)."""
+    returned; value: (its return value or None, the value its outer hole gets))."""
 
     kind: str
     value: Any = None
@@ -123,8 +123,8 @@ class Execution:
                     self.return_value = stop.value
                     return None
                 rv = stop.value
-                effects.append(Effect("leave", rv))
                 send, throw = (rv if rv is not None else frame.last_value), None
+                effects.append(Effect("leave", (rv, send)))
                 self.frames[-1].last_value = send
                 continue
             except DecodeError:

@@ -192,7 +192,7 @@ class _Driver:
                     self.chat = chat_format(getattr(self.backend, "backend", self.backend))
                 switch = self.chat.switch(b.role, e.value)
                 if switch:
-                    b.context.extend(self.tokenize_special(switch))
+                    b.context.extend(self.tokenize_special(switch, bos=not b.context))
                 b.role = e.value
             elif e.kind == "enter":
                 self.flush(b)
@@ -200,19 +200,22 @@ class _Driver:
             elif e.kind == "leave":
                 self.flush(b)
                 mark = b.marks.pop()
-                if e.value is not None:
+                rv, value = e.value
+                if rv is not None:
                     # the nested query's prompt is replaced by its return value (LMQL's stack-frame semantics)
-                    text = str(e.value)
+                    text = str(rv)
                     b.prompt = b.prompt[: mark.prompt] + text
                     del b.context[mark.context :]
                     del b.spans[mark.spans :]
                     b.pending.append(text)
                     b.spans.append((mark.prompt, mark.prompt + len(text), mark.var))
                 if not b.marks:
-                    b.variables[mark.var] = e.value if e.value is not None else b.ex.frames[-1].last_value
+                    b.variables[mark.var] = value
         b.request = request
         if request is not None:
             self.flush(b)
+            if not b.context:
+                b.context = self.backend.tokenize("", bos=True)
 
     def flush(self, b: _Branch) -> None:
         if b.pending:
@@ -221,11 +224,11 @@ class _Driver:
             if text:
                 b.context.extend(self.backend.tokenize(text, bos=not b.context))
 
-    def tokenize_special(self, text: str) -> list[int]:
+    def tokenize_special(self, text: str, bos: bool) -> list[int]:
         try:
-            return self.backend.tokenize(text, bos=False, special=True)
+            return self.backend.tokenize(text, bos=bos, special=True)
         except TypeError:  # a backend without control-token parsing
-            return self.backend.tokenize(text, bos=False)
+            return self.backend.tokenize(text, bos=bos)
 
     # ---- holes ---------------------------------------------------------------------------------------------
 

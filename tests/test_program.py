@@ -1,0 +1,291 @@
+"""The query body runs as Python: a generator compiled with ``ast``, run once per branch, forks replayed.
+
+All on the deterministic tiny backend (``lmqc:tiny``), no model weights.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import lmqc
+from lmqc.compiler.parser import parse
+from lmqc.compiler.program import build
+from lmqc.errors import ConstraintError, QuerySyntaxError
+from lmqc.runtime.execution import QueryRuntimeError
+
+TINY = 'from "lmqc:tiny"\n'
+
+
+def run(body: str, decoder: str = "argmax", **inputs):
+    return lmqc.run(f"{decoder}\n{_indent(body)}{TINY}", **inputs)
+
+
+def _indent(body: str) -> str:
+    return "".join("    " + line + "\n" if line.strip() else "\n" for line in body.strip("\n").split("\n"))
+
+
+# ---- Python in the body ----------------------------------------------------------------------------------------
+
+
+def test_def_class_dataclass_while_break_continue_return() -> None:
+    body = '''
+from dataclasses import dataclass
+
+@dataclass
+class Item:
+    name: str
+    n: int
+
+def shout(s):
+    return s.upper()
+
+items = []
+i = 0
+while True:
+    i += 1
+    if i == 2:
+        continue
+    if i > 4:
+        break
+    "{shout('item')} {i}: [NAME]\\n" where STOPS_BEFORE(NAME, "\\n") and len(TOKENS(NAME)) < 4
+    items.append(Item(NAME, i))
+return [it.n for it in items]
+'''
+    r = run(body)
+    assert r.return_value == [1, 3, 4]
+    assert r.prompt.startswith("ITEM 1: ")
+    assert "ITEM 2:" not in r.prompt and "ITEM 4: " in r.prompt
+
+
+def test_try_with_and_async_def_await() -> None:
+    body = '''
+import contextlib
+async def twice(x):
+    return x * 2
+log = []
+with contextlib.suppress(KeyError):
+    {}["missing"]
+try:
+    raise ValueError("boom")
+except ValueError as e:
+    log.append(str(e))
+finally:
+    log.append("finally")
+n = await twice(21)
+"n={n} {await twice(1)} [X]" where len(X) < 3
+return log
+'''
+    r = run(body)
+    assert r.return_value == ["boom", "finally"]
+    assert r.prompt.startswith("n=42 2 ")
+
+
+def test_prologue_before_decoder_clause() -> None:
+    src = 'import math\ndef half(x):\n    return x / 2\nargmax\n    "{half(math.pi):.2f} [X]" where len(X) < 4\n' + TINY
+    r = lmqc.run(src)
+    assert r.prompt.startswith("1.57 ")
+
+
+def test_code_runs_once_per_branch_not_replayed_after_each_hole() -> None:
+    calls: list[str] = []
+    body = '''
+log("start")
+"[A]" where len(A) < 3
+log("a")
+"[B]" where len(B) < 3
+log("b")
+"[C]" where len(C) < 3
+log("c")
+'''
+    run(body, log=calls.append)
+    assert calls == ["start", "a", "b", "c"]
+
+
+def test_sample_forks_replay_the_trace_only_when_branches_fork() -> None:
+    calls: list[str] = []
+    body = '''
+log("start")
+"[A]" where len(A) < 3
+log("after " + A)
+'''
+    res = run(body, "sample(n=3, seed=1)", log=calls.append)
+    assert len(res) == 3
+    # one start per branch (the 2 extra branches are forked from the first at its first hole), one 'after' each
+    assert calls.count("start") == 3
+    assert sorted(c for c in calls if c.startswith("after")) == sorted("after " + r.variables["A"] for r in res)
+
+
+def test_beam_results_keep_their_own_python_state() -> None:
+    body = '''
+seen = []
+"[A]" where len(A) < 3
+seen.append(A)
+"[B]" where len(B) < 3
+seen.append(B)
+return list(seen)
+'''
+    res = run(body, "beam(n=3)")
+    for r in res:
+        assert r.return_value == [r.variables["A"], r.variables["B"]]
+
+
+def test_same_hole_name_in_later_strings_with_own_constraints() -> None:
+    body = '''
+"first: [X]\\n" where INT(X) and len(X) < 4
+"second: [X]\\n" where X in ["yes", "no"]
+return X
+'''
+    q = lmqc.compile(f"argmax\n{_indent(body)}{TINY}")
+    assert set(q.holes) == {"X", "X#2"}
+    r = lmqc.run(q)
+    assert r.return_value in ("yes", "no")
+    first = re.search(r"first: (.*)\n", r.prompt).group(1)
+    assert re.fullmatch(r" ?[0-9]+", first)
+
+
+def test_where_in_over_a_python_expression_is_evaluated_at_hole_start() -> None:
+    body = '''
+options = ["red", "green"]
+"A: [X]" where X in options
+options = ["blue", "yellow"]
+"B: [Y]" where Y in options
+'''
+    r = run(body)
+    assert r.variables["X"] in ("red", "green")
+    assert r.variables["Y"] in ("blue", "yellow")
+
+
+def test_python_bound_in_token_and_length_limits() -> None:
+    r = run('n = 3\n"[X]" where len(TOKENS(X)) < n and len(X) < n * 4\n')
+    assert len(r.variables["X"]) < 12
+
+
+def test_dynamic_argument_of_the_wrong_type_is_a_located_error() -> None:
+    with pytest.raises(ConstraintError, match="list of strings"):
+        run('options = 5\n"[X]" where X in options\n')
+
+
+def test_inputs_reassigned_in_the_body_start_with_the_input() -> None:
+    r = run('n = int(n) + 1\n"{n} [X]" where len(X) < 2\n', n="4")
+    assert r.prompt.startswith("5 ")
+
+
+def test_equality_and_lowercase_stop_functions() -> None:
+    r = run('"[X]" where X == "yes"\n"[Y]" where stops_at(Y, "e") and len(Y) < 20\n')
+    assert r.variables["X"] == "yes"
+    assert "e" not in r.variables["Y"][:-1]
+
+
+def test_multiline_strings_are_dedented_like_lmql() -> None:
+    r = run('"""Line one\n  indented two\nthree [X]""" where len(X) < 2\n')
+    assert r.prompt.startswith("Line one\n  indented two\nthree ")
+
+
+def test_query_runtime_error_points_at_the_line() -> None:
+    src = 'argmax\n    "[X]" where len(X) < 3\n    y = 1 / 0\n' + TINY
+    with pytest.raises(QueryRuntimeError) as info:
+        lmqc.run(src, filename="q.lmql")
+    assert info.value.line == 3 and "ZeroDivisionError" in str(info.value)
+
+
+def test_exceptions_raised_into_awaits_can_be_caught() -> None:
+    body = '''
+async def fail():
+    raise KeyError("k")
+try:
+    await fail()
+except KeyError:
+    caught = True
+"[X]" where len(X) < 2
+return caught
+'''
+    assert run(body).return_value is True
+
+
+def test_yield_in_the_body_is_a_compile_error() -> None:
+    with pytest.raises(QuerySyntaxError) as info:
+        parse('"a"\nx = yield 3\n', "q.lmql")
+    assert (info.value.line, info.value.column) == (2, 5)
+
+
+def test_generated_program_reads_like_the_query() -> None:
+    prog = build(parse('"Q: {q}\\nA: [ANSWER]" where len(ANSWER) < 5\nreturn ANSWER\n'))
+    assert "ANSWER = (yield ('hole', 0, {}, None))" in prog.source
+    assert "yield ('text', f'Q: {q}\\nA: ')" in prog.source
+    assert prog.inputs == ("q",)
+
+
+# ---- nested queries ----------------------------------------------------------------------------------------------
+
+
+@lmqc.query(model="lmqc:tiny")
+def yes_or_no():
+    '''lmql
+    "(answer yes or no) [A]" where A in ["yes", "no"]
+    return A.upper()
+    '''
+
+
+@lmqc.query(model="lmqc:tiny")
+def pick(choices):
+    '''lmql
+    "Among {choices}: [C]" where C in choices
+    return C
+    '''
+
+
+@lmqc.query
+def items(n):
+    '''lmql
+    for i in range(n):
+        "-[ITEM]\n" where STOPS_BEFORE(ITEM, "\n") and len(ITEM) < 6
+    '''
+
+
+def test_nested_query_value_replaces_its_prompt() -> None:
+    r = run('"Q: Is it? [ANSWER: yes_or_no]\\nDone."\n', yes_or_no=yes_or_no)
+    assert r.variables["ANSWER"] in ("YES", "NO")
+    assert r.prompt == f"Q: Is it? {r.variables['ANSWER']}\nDone."
+
+
+def test_nested_query_with_arguments() -> None:
+    r = run('"Capital? [C: pick([\'Paris\', \'Rome\'])]"\nreturn C\n', pick=pick)
+    assert r.return_value in ("Paris", "Rome")
+    assert r.prompt == "Capital? " + r.return_value
+
+
+def test_nested_query_without_return_is_a_macro() -> None:
+    r = run('"List:\\n[ITEMS: items(2)]Done."\n', items=items)
+    assert r.prompt.startswith("List:\n-") and r.prompt.endswith("Done.")
+    assert r.prompt.count("\n-") + r.prompt.startswith("-") >= 2
+
+
+def test_query_defined_in_the_body_as_nested_query() -> None:
+    src = '''argmax
+    @lmql.query
+    def sure():
+        \'\'\'lmql
+        "(be sure) [S]" where S in ["sure", "unsure"]
+        return S
+        \'\'\'
+    "Are you? [X: sure]"
+    return X
+from "lmqc:tiny"
+'''
+    r = lmqc.run(src)
+    assert r.return_value in ("sure", "unsure")
+    assert r.prompt == "Are you? " + r.return_value
+
+
+def test_non_raw_docstring_query_function_keeps_escapes() -> None:
+    @lmqc.query(model="lmqc:tiny")
+    def greet(name):
+        '''lmql
+        "Q: Say 'Hello, {name}!'\n"
+        "A: [RESPONSE]" where len(TOKENS(RESPONSE)) < 5
+        '''
+
+    r = greet("Bob")
+    assert r.prompt.startswith("Q: Say 'Hello, Bob!'\nA: ")
