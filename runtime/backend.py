@@ -466,7 +466,9 @@ class TinyBackend(KVCacheBackend):
             h.update(len(p).to_bytes(2, "little") + p)
         return h.hexdigest()
 
-    def tokenize(self, text: str | bytes, *, bos: bool = False) -> list[int]:
+    def tokenize(self, text: str | bytes, *, bos: bool = False, special: bool = False) -> list[int]:
+        # ``special`` (parse control-token texts) is accepted for LlamaBackend's signature and ignored: this
+        # vocabulary has no control-token texts, and TinyBackend has no chat template (chat_format is plain).
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         out = [self.bos_id] if bos else []
         i = 0

@@ -12,8 +12,8 @@ LMQL's own markers. Two kinds of format exist:
         switch("system", "user")  == "\\nuser: "
         close(role)               == ""
 
-    so ``{:system} Be brief.{:user} Say hi{:assistant} [A]`` gives ``"system:  Be brief.\\nuser:  Say hi\\n
-    assistant:  ..."`` (the content keeps its own leading space). Any role name renders this way.
+    so the conversation system "Be brief.", user "Say hi", assistant "Hi!" renders as
+    ``"system: Be brief.\\nuser: Say hi\\nassistant: Hi!"``. Any role name renders this way.
 
 ``template`` (:func:`template_format`)
     Derived from a Jinja2 chat template (Hugging Face / GGUF ``tokenizer.chat_template``: ``messages`` as a
@@ -29,6 +29,10 @@ special=True)``) so they become control token ids. A leading ``bos_token`` of th
 ``switch(None, role)``: the driver tokenizes the prompt with BOS already (a ``bos_token`` the template emits
 later, as Llama-2 templates do in every user turn, is kept).
 
+Contents are the driver's: many templates trim message contents (Gemma 3: ``| trim``), but a format only
+supplies the text between contents, so ``"{:user} Say hi"`` puts `` Say hi`` (leading space included) after
+the switch unless the driver strips it.
+
 ``jinja2`` is imported only by :func:`template_format` (it comes with llama-cpp-python); templates come from
 model files, so they run in jinja2's immutable sandbox only, never unsandboxed.
 """
@@ -39,6 +43,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from lmqc.errors import ModelError
@@ -175,15 +180,24 @@ def _compile(template: str) -> tuple[Callable[..., str], type[Exception]]:
         # The stock sandbox answers an unsafe attribute (``''.__class__``) with an undefined value that prints
         # as "" and fails only when used further: a template probing Python internals is refused outright.
         def unsafe_undefined(self, obj: Any, attribute: Any) -> Any:
-            raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__} object is unsafe")
+            raise SecurityError(
+                f"access to attribute {attribute!r} of a {type(obj).__name__} object is unsafe"
+            )
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-               sort_keys: bool = False) -> str:
+    def tojson(
+        x: Any,
+        ensure_ascii: bool = False,
+        indent: int | None = None,
+        separators: Any = None,
+        sort_keys: bool = False,
+    ) -> str:
         # HF's version: keeps non-ASCII text and takes json.dumps' options (jinja2's own escapes HTML)
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
 
     # trim_blocks/lstrip_blocks and loopcontrols as HF renders templates; templates are written for that.
     env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
@@ -245,7 +259,7 @@ class _Prober:
 
 
 def template_format(template: str, *, bos_token: str = "", eos_token: str = "") -> ChatFormat:
-    """The format a Jinja2 chat template renders (Hugging Face / GGUF style).
+    """The format a Jinja2 chat template renders (Hugging Face / GGUF style); derived once per arguments.
 
     Derivation (``S`` stands for the marker contents):
 
@@ -287,6 +301,11 @@ def template_format(template: str, *, bos_token: str = "", eos_token: str = "") 
         the sandbox refuses); it cannot render a user/assistant conversation; or its renderings cannot be
         split into per-role switches that reproduce it.
     """
+    return _derive(template, bos_token, eos_token)
+
+
+@lru_cache(maxsize=16)  # about a dozen renders per template; formats are immutable, so they are shared
+def _derive(template: str, bos_token: str, eos_token: str) -> ChatFormat:
     probe = _Prober(template, bos_token, eos_token)
     try:
         none_user, user_asst, asst_user, _, close_asst = probe.cut(["user", "assistant", "user", "assistant"])

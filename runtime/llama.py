@@ -228,11 +228,16 @@ class LlamaBackend(KVCacheBackend):
     def vocabulary(self) -> Vocabulary:
         return self._vocabulary
 
-    def tokenize(self, text: str | bytes, *, bos: bool = False) -> list[int]:
+    def tokenize(self, text: str | bytes, *, bos: bool = False, special: bool = False) -> list[int]:
+        """Token ids of ``text`` (no BOS unless ``bos``); never adds EOS.
+
+        With ``special``, control-token texts in ``text`` (``<start_of_turn>``) become their control ids (chat
+        role switches need that); without, they are ordinary text, as everything in a prompt or value is.
+        """
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         cap = len(data) + 8
         buf = self._tok_buf if cap <= len(self._tok_buf) else (self._L.llama_token * cap)()
-        n = self._L.llama_tokenize(self._vocab_p, data, len(data), buf, len(buf), False, False)
+        n = self._L.llama_tokenize(self._vocab_p, data, len(data), buf, len(buf), False, special)
         if n < 0:
             raise DecodeError(f"tokenization of {len(data)} bytes failed")
         ids = list(buf[:n])
@@ -245,6 +250,17 @@ class LlamaBackend(KVCacheBackend):
 
     def piece(self, token: int) -> bytes:
         return self._pieces[token]
+
+    # -- chat ------------------------------------------------------------------------------------------------
+
+    def chat_template(self) -> str | None:
+        """The model's Jinja2 chat template (GGUF metadata ``tokenizer.chat_template``), or None without one."""
+        raw = self._L.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def token_text(self, token: int) -> str:
+        """A token as the vocabulary spells it, control tokens included (``"<bos>"``; chat templates need it)."""
+        return bytes(self._L.llama_vocab_get_text(self._vocab_p, token)).decode("utf-8", errors="replace")
 
     # -- lifetime --------------------------------------------------------------------------------------------
 
