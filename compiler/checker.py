@@ -227,14 +227,15 @@ def format_prompt_string(ps: nodes.PromptString) -> str:
             out.append("{:" + part.name + "}")
         else:
             ann = part.annotation
+            name = "".join(f"@{_quote(d)} " for d in part.decorators) + part.name
             if isinstance(ann, nodes.IsInt):
-                out.append(f"[{part.name}: int]")
+                out.append(f"[{name}: int]")
             elif isinstance(ann, nodes.Regex):
-                out.append(f"[{part.name}: {_quote(repr(ann.pattern))}]")
+                out.append(f"[{name}: {_quote(repr(ann.pattern))}]")
             elif part.tactic is not None:
-                out.append(f"[{part.name}: {_quote(part.tactic)}]")
+                out.append(f"[{name}: {_quote(part.tactic)}]")
             else:
-                out.append(f"[{part.name}]")
+                out.append(f"[{name}]")
     out.append('"')
     if ps.where is not None:
         out.append(f" where {format_constraint(ps.where)}")

@@ -227,6 +227,7 @@ class Hole:
     annotation: IsInt | Regex | None = None
     tactic: str | None = None
     index: int = 0
+    decorators: tuple[str, ...] = ()  # [@fn X]: Python expressions of LMQL variable decorators, left to right
     span: Span = field(default=NOWHERE, compare=False)
 
 

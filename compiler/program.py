@@ -12,9 +12,10 @@ Events (tuples, first item the kind):
 
 * ``("text", str)`` — prompt text;
 * ``("role", name)`` — ``{:user}``: the prompt continues in that chat role;
-* ``("hole", index, dyn, tactic)`` — decode hole ``index``; ``dyn`` maps each ``nodes.Dyn`` argument of its
-  constraint (by expression text) to its value, evaluated now; ``tactic`` is ``None`` or ``(callee, args,
-  kwargs)`` for ``[X: fn(args)]`` / ``(value, None, None)`` for ``[X: fn]`` (a nested query), unevaluated calls;
+* ``("hole", index, dyn, tactic, decorators)`` — decode hole ``index``; ``dyn`` maps each ``nodes.Dyn``
+  argument of its constraint (by expression text) to its value, evaluated now; ``tactic`` is ``None`` or
+  ``(callee, args, kwargs)`` for ``[X: fn(args)]`` / ``(value, None, None)`` for ``[X: fn]`` (a nested query),
+  unevaluated calls; ``decorators`` the ``[@fn X]`` decorator values, left to right;
 * ``("dist", index, options)`` — score the distribution options for hole ``index``;
 * ``("await", awaitable)`` — ``await x`` in the query body; the runtime sends the result.
 
@@ -192,8 +193,10 @@ class _Rewriter(ast.NodeTransformer):
         else:
             dyn = dyn_args(self.query, self.constraints.get(hole.index))
             dyn_dict = ast.Dict([ast.Constant(d.expr) for d in dyn], [self._expr(d.expr, at) for d in dyn])
+            decorators = ast.Tuple([self._expr(d, at) for d in hole.decorators], ast.Load())
             event = ast.Tuple(
-                [ast.Constant(EV_HOLE), ast.Constant(hole.index), dyn_dict, self._tactic(hole, at)], ast.Load()
+                [ast.Constant(EV_HOLE), ast.Constant(hole.index), dyn_dict, self._tactic(hole, at), decorators],
+                ast.Load(),
             )
         return ast.Assign([ast.Name(hole.name, ast.Store())], ast.Yield(event))
 

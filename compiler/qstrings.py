@@ -275,8 +275,26 @@ class PromptScanner:
         """``[NAME]``, ``[NAME: int]``, ``[NAME: r"regex"]`` or ``[NAME: python_expr]`` (a tactic)."""
         chars, n = self.chars, len(self.chars)
         j = self.skip_spaces(i + 1)
-        if j < n and chars[j] == "@":
-            self.err.type_at("hole decorators ([@fn VAR]) are not supported by lmqc", self.at(j))
+        decorators: list[str] = []
+        while j < n and chars[j] == "@":
+            # [@fn X], [@mod.fn X], [@fn(args) X]: a Python expression applied to the value (LMQL decorators)
+            k = j + 1
+            while k < n and (chars[k].isalnum() or chars[k] in "_."):
+                k += 1
+            if k < n and chars[k] == "(":
+                close = self.balanced_end(k + 1, ")")
+                if close >= n:
+                    self.err.syntax_at("'(' was never closed in hole decorator", self.at(k))
+                k = close + 1
+            expr = chars[j + 1 : k]
+            try:
+                tree = ast.parse(expr, mode="eval").body if expr else None
+            except SyntaxError:
+                tree = None
+            if not isinstance(tree, ast.Name | ast.Attribute | ast.Call):
+                self.err.syntax_at("expected a decorator like @fn or @fn(args) before the hole name", self.at(j))
+            decorators.append(expr)
+            j = self.skip_spaces(k)
         k = self.word(j)
         name = chars[j:k]
         if not name.isidentifier():
@@ -319,7 +337,8 @@ class PromptScanner:
             j = end
         if j >= n or chars[j] != "]":
             self.err.syntax_at(f"expected ']' to close hole [{name}", self.at(j))
-        return nodes.Hole(name, annotation, tactic, span=span_of(self.at(i), self.at(j))), j + 1
+        hole = nodes.Hole(name, annotation, tactic, decorators=tuple(decorators), span=span_of(self.at(i), self.at(j)))
+        return hole, j + 1
 
     def interp(self, i: int) -> tuple[nodes.Interp | nodes.Role, int]:
         """``{expr}``, ``{expr!r}``, ``{expr:spec}`` (f-string semantics) or a role tag ``{:user}``."""

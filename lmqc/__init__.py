@@ -17,6 +17,7 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+from . import decorators  # noqa: E402 - LMQL code refers to lmql.decorators.pre / .streaming
 from .api import compile, load, model, parse, query, run, vocabulary  # noqa: E402,A004
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "VocabularyError",
     "__version__",
     "compile",
+    "decorators",
     "load",
     "model",
     "parse",

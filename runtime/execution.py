@@ -55,6 +55,7 @@ class Request:
     compiled: Any
     index: int
     dyn: Any = None
+    decorators: tuple[Any, ...] = ()
 
 
 @dataclass(slots=True)
@@ -149,7 +150,7 @@ class Execution:
                     continue
                 self.trace.append(send)
             elif kind == EV_HOLE:
-                _, index, dyn, tactic = event
+                _, index, dyn, tactic, decorators = event
                 if tactic is not None:
                     callee, args, kwargs = tactic
                     nested = self.resolve_nested(callee, args, kwargs)
@@ -165,7 +166,7 @@ class Execution:
                     send = self._replay.popleft()
                     frame.last_value = send
                     continue
-                return Request("hole", frame.compiled, index, dyn)
+                return Request("hole", frame.compiled, index, dyn, tuple(decorators))
             elif kind == EV_DIST:
                 if self._replay:
                     send = self._replay.popleft()

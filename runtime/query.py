@@ -256,6 +256,49 @@ class _Driver:
         ir, automaton = cached
         return ir, automaton, ir.is_int
 
+    def pre_decorate(self, b: _Branch) -> bool:
+        """Run a hole's pre-processing decorators; True if one fixed the value (then it is sent, no decoding)."""
+        from lmqc.decorators import DecoratorContext, Variable, stage
+
+        req = b.request
+        assert req is not None
+        name = req.compiled.query.holes()[req.index].name
+        for d in req.decorators:
+            if stage(d) != "pre":
+                continue
+            result = _call_decorator(d, Variable(name), DecoratorContext(b.prompt, dict(b.variables)))
+            if isinstance(result, str):
+                start = len(b.prompt)
+                b.prompt += result
+                b.context.extend(self.backend.tokenize(result, bos=False))
+                b.spans.append((start, start + len(result), name))
+                if not b.marks:
+                    b.variables[name] = result
+                self.apply(b, *b.ex.send(result))
+                return True
+        return False
+
+    def post_decorate(self, b: _Branch, name: str, value: Any, text: str) -> tuple[Any, str]:
+        """Post-process a generated value through its decorators, right to left: (program value, prompt text)."""
+        from lmqc.decorators import DecoratorContext, stage
+
+        assert b.request is not None
+        shown = text
+        context = DecoratorContext(b.prompt, dict(b.variables))
+        for d in reversed(b.request.decorators):
+            kind = stage(d)
+            if kind == "pre":
+                continue
+            if kind == "streaming":
+                _call_decorator(d, value, context)
+                continue
+            result = _call_decorator(d, value, shown, context)
+            if isinstance(result, tuple) and len(result) == 2:
+                value, shown = result[0], str(result[1])
+            else:
+                value, shown = result, str(result)
+        return value, shown
+
     def distribution(self, b: _Branch) -> Any:
         req = b.request
         assert req is not None
@@ -330,6 +373,9 @@ def run_compiled(
                 for b in dists:
                     driver.apply(b, *b.ex.send(driver.distribution(b)))
                 continue
+            fixed = [b for b in live if b.request.decorators and driver.pre_decorate(b)]
+            if fixed:
+                continue
             holes = [driver.hole(b.request) for b in live]
             completions = backend.decode_hole(
                 [b.context for b in live],
@@ -356,12 +402,13 @@ def run_compiled(
                 name = b.request.compiled.query.holes()[b.request.index].name
                 text = c.text
                 start = len(b.prompt)
-                b.prompt += text
+                before = b.context
                 b.context = list(c.context)
-                b.spans.append((start, start + len(text), name))
                 b.logprob = c.score
                 b.n_tokens += c.n_tokens
                 if c.ending == "max_len":
+                    b.prompt += text
+                    b.spans.append((start, start + len(text), name))
                     if not b.marks:
                         b.variables[name] = text
                     raise MaxLenError(
@@ -370,6 +417,14 @@ def run_compiled(
                         partial=_result(b),
                     )
                 value = _convert(text, is_int)
+                if b.request.decorators:
+                    value, shown = driver.post_decorate(b, name, value, text)
+                    if shown != text:
+                        # the prompt (and the model) continue from the decorator's text
+                        text = shown
+                        b.context = list(before) + backend.tokenize(shown, bos=False)
+                b.prompt += text
+                b.spans.append((start, start + len(text), name))
                 if not b.marks:
                     b.variables[name] = value
                 driver.apply(b, *b.ex.send(value))
@@ -390,6 +445,25 @@ def run_compiled(
     if isinstance(strategy, decode.Beam) or n > 1:
         return results
     return results[0]
+
+
+def _call_decorator(d: Any, *args: Any) -> Any:
+    """Call a decorator with as many of ``args`` as its signature takes (LMQL allows short signatures)."""
+    import inspect
+
+    if not callable(d):
+        raise DecodeError(f"hole decorator {d!r} is not callable")
+    try:
+        params = inspect.signature(d).parameters.values()
+        if not any(p.kind is p.VAR_POSITIONAL for p in params):
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            args = args[: max(1, len(positional))]
+    except (TypeError, ValueError):
+        pass
+    try:
+        return d(*args)
+    except Exception as exc:  # noqa: BLE001 - a failing decorator is query code failing
+        raise DecodeError(f"hole decorator {getattr(d, '__name__', d)!r} raised {type(exc).__name__}: {exc}") from exc
 
 
 def _convert(value: str, is_int: bool) -> Any:

@@ -212,7 +212,7 @@ def test_yield_in_the_body_is_a_compile_error() -> None:
 
 def test_generated_program_reads_like_the_query() -> None:
     prog = build(parse('"Q: {q}\\nA: [ANSWER]" where len(ANSWER) < 5\nreturn ANSWER\n'))
-    assert "ANSWER = (yield ('hole', 0, {}, None))" in prog.source
+    assert "ANSWER = (yield ('hole', 0, {}, None, ()))" in prog.source
     assert "yield ('text', f'Q: {q}\\nA: ')" in prog.source
     assert prog.inputs == ("q",)
 
@@ -289,3 +289,36 @@ def test_non_raw_docstring_query_function_keeps_escapes() -> None:
 
     r = greet("Bob")
     assert r.prompt.startswith("Q: Say 'Hello, Bob!'\nA: ")
+
+
+# ---- decorators ---------------------------------------------------------------------------------------------
+
+
+def test_post_pre_and_streaming_decorators() -> None:
+    body = '''
+seen = []
+def screaming(value):
+    return value.upper()
+def aslist(value, prompt_value, context):
+    return list(value), prompt_value
+def prefix(p):
+    def decorator(value):
+        return p + value
+    return decorator
+@lmql.decorators.pre
+def cache(variable, context):
+    return "cached!" if variable.name == "C" else variable
+@lmql.decorators.streaming
+def stream(value, context):
+    seen.append(value)
+"A:[@screaming X]" where len(X) < 5 and len(X) > 1
+"B:[@aslist Y]" where len(Y) < 4
+"C:[@cache C] D:[@cache @prefix('P:') @stream Z]" where len(Z) < 3
+return X, Y, C, Z, seen
+'''
+    r = run(body)
+    x, y, c, z, seen = r.return_value
+    assert x == x.upper() and f"A:{x}B:" in r.prompt
+    assert isinstance(y, list) and "".join(y) in r.prompt
+    assert c == "cached!" and "C:cached! D:" in r.prompt
+    assert z.startswith("P:") and r.prompt.endswith("D:" + z) and len(seen) == 1
