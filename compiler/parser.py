@@ -56,6 +56,27 @@ _PY_AFTER_NAME = {"=", ".", ":", ",", "[", "+=", "-=", "*=", "/=", "//=", "%=", 
                   "<<=", "@="}
 
 
+def decoder_arg(key: str, value: Any) -> Any:
+    """A decoder argument's value, normalized (floats for temperature/top_p); ValueError says what is wrong."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"decoder argument {key} must be a number, not {value!r}")
+    if key in ("n", "max_len", "top_k", "seed"):
+        if not isinstance(value, int):
+            raise ValueError(f"decoder argument {key} must be an integer, not {value!r}")
+        low = {"n": 1, "max_len": 1, "top_k": 0, "seed": 0}[key]
+        if value < low:
+            raise ValueError(f"decoder argument {key} must be >= {low}, not {value}")
+        return value
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"decoder argument {key} must be finite")
+    if key == "temperature" and number < 0:
+        raise ValueError(f"temperature must be >= 0, not {value}")
+    if key == "top_p" and not 0 < number <= 1:
+        raise ValueError(f"top_p must be in (0, 1], not {value}")
+    return number
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Source positions
 
@@ -401,12 +422,14 @@ class _Builder:
                 )
             if key in args:
                 self.err.type_at(f"duplicate decoder argument '{key}'", kspan)
+            if key in IGNORED_DECODER_ARGS:
+                continue  # accepted for LMQL compatibility; nothing to do for a local model
             try:
                 value = ast.literal_eval(kw.value)
             except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
-                self.err.type_at(f"decoder argument {key} must be a literal value", self._span(kw.value, base))
-            if key in IGNORED_DECODER_ARGS:
-                continue  # accepted for LMQL compatibility; nothing to do for a local model
+                # a Python expression (`sample(n=n)`): evaluated in the query's inputs when it runs
+                args[key] = nodes.Dyn(self._source(kw.value, base), span=self._span(kw.value, base))
+                continue
             args[key] = self._decoder_arg(key, value, self._span(kw.value, base))
         return nodes.Decoder(name, tuple(sorted(args.items())), span=self._span(expr, base))
 
@@ -417,23 +440,10 @@ class _Builder:
         return lowered
 
     def _decoder_arg(self, key: str, value: Any, span: Span) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.err.type_at(f"decoder argument {key} must be a number, not {value!r}", span)
-        if key in ("n", "max_len", "top_k", "seed"):
-            if not isinstance(value, int):
-                self.err.type_at(f"decoder argument {key} must be an integer, not {value!r}", span)
-            low = {"n": 1, "max_len": 1, "top_k": 0, "seed": 0}[key]
-            if value < low:
-                self.err.type_at(f"decoder argument {key} must be >= {low}, not {value}", span)
-            return value
-        number = float(value)
-        if number != number or number in (float("inf"), float("-inf")):
-            self.err.type_at(f"decoder argument {key} must be finite", span)
-        if key == "temperature" and number < 0:
-            self.err.type_at(f"temperature must be >= 0, not {value}", span)
-        if key == "top_p" and not 0 < number <= 1:
-            self.err.type_at(f"top_p must be in (0, 1], not {value}", span)
-        return number
+        try:
+            return decoder_arg(key, value)
+        except ValueError as e:
+            self.err.type_at(str(e), span)
 
     # ---- spans and literals --------------------------------------------------------------------------------
 

@@ -149,12 +149,13 @@ class _Branch:
     distribution: dict[str, float] | None = None
     n_tokens: int = 0
     pending: list[str] = field(default_factory=list)  # context text not yet tokenized
+    turn_start: bool = False  # a chat role switch was just rendered; the turn's leading spaces are dropped
 
     def fork(self) -> _Branch:
         return _Branch(
             self.ex.fork(), list(self.context), self.prompt, list(self.spans), dict(self.variables), self.request,
             [replace(m) for m in self.marks], self.role, self.logprob, self.distribution, self.n_tokens,
-            list(self.pending),
+            list(self.pending), self.turn_start,
         )
 
 
@@ -182,7 +183,12 @@ class _Driver:
         for e in effects:
             if e.kind == "text":
                 b.prompt += e.value
-                b.pending.append(e.value)
+                text = e.value
+                if b.turn_start:
+                    # "{:user} Say hi": the turn's content starts at "Say" (templates trim contents)
+                    text = text.lstrip(" ")
+                    b.turn_start = not text
+                b.pending.append(text)
             elif e.kind == "role":
                 b.prompt += f"<lmql:{e.value}/>"
                 self.flush(b)
@@ -194,6 +200,7 @@ class _Driver:
                 if switch:
                     b.context.extend(self.tokenize_special(switch, bos=not b.context))
                 b.role = e.value
+                b.turn_start = True
             elif e.kind == "enter":
                 self.flush(b)
                 b.marks.append(_Mark(len(b.prompt), len(b.context), len(b.spans), e.value))
@@ -345,13 +352,13 @@ def run_compiled(
     if hasattr(backend, "begin"):
         backend.begin()
     dec = parse_decoder(decoder) if isinstance(decoder, str) else decoder or query.decoder or nodes.Decoder("argmax")
-    params = dict(dec.args)
+    scope = dict(inputs or {})
+    params = _decoder_params(dec, scope, query)
     n = int(params.get("n", 1))
     name = "beam" if dec.name == "beam_var" else dec.name
     strategy = decode.parse_strategy(name, **params)
     rng = np.random.default_rng(params.get("seed"))
     max_len = int(params.get("max_len", DEFAULT_MAX_LEN))
-    scope = dict(inputs or {})
     _check_inputs(compiled, scope)
     show = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
@@ -445,6 +452,32 @@ def run_compiled(
     if isinstance(strategy, decode.Beam) or n > 1:
         return results
     return results[0]
+
+
+def _decoder_params(dec: nodes.Decoder, scope: Mapping[str, Any], query: nodes.Query) -> dict[str, Any]:
+    """Decoder arguments; those written as Python expressions (``sample(n=n)``) are evaluated in the inputs."""
+    import builtins
+
+    from lmqc.compiler.parser import decoder_arg
+
+    out: dict[str, Any] = {}
+    for key, value in dec.args:
+        if isinstance(value, nodes.Dyn):
+            try:
+                raw = eval(value.expr, {"__builtins__": builtins, **scope})  # noqa: S307 - queries are Python
+                value = decoder_arg(key, raw)
+            except (ValueError, TypeError) as e:
+                raise QueryTypeError(
+                    f"decoder argument {key}={value.expr}: {e}", source=query.source, filename=query.filename,
+                    line=value.span.line or None, column=value.span.column or None,
+                ) from None
+            except Exception as e:  # noqa: BLE001 - e.g. a NameError for a missing input
+                raise QueryTypeError(
+                    f"decoder argument {key}={value.expr} raised {type(e).__name__}: {e}", source=query.source,
+                    filename=query.filename, line=value.span.line or None, column=value.span.column or None,
+                ) from None
+        out[key] = value
+    return out
 
 
 def _call_decorator(d: Any, *args: Any) -> Any:

@@ -322,3 +322,28 @@ return X, Y, C, Z, seen
     assert isinstance(y, list) and "".join(y) in r.prompt
     assert c == "cached!" and "C:cached! D:" in r.prompt
     assert z.startswith("P:") and r.prompt.endswith("D:" + z) and len(seen) == 1
+
+
+def test_decoder_arguments_may_be_python_expressions_of_the_inputs() -> None:
+    res = lmqc.run('sample(n=k, seed=1)\n    "[X]" where len(X) < 3\n' + TINY, k=2)
+    assert len(res) == 2
+    with pytest.raises(lmqc.QueryTypeError, match="must be >= 1"):
+        lmqc.run('sample(n=k)\n    "[X]" where len(X) < 3\n' + TINY, k=0)
+
+
+def test_chat_role_tags_render_plain_turns_without_a_template() -> None:
+    from lmqc.runtime.execution import Effect
+    from lmqc.runtime.models import get_model
+    from lmqc.runtime.query import _Branch, _Driver
+
+    r = run('"{:system} Be brief."\n"{:user} Say hi"\n"{:assistant} [ANSWER]" where len(ANSWER) < 4\n')
+    assert r.prompt.startswith("<lmql:system/> Be brief.<lmql:user/> Say hi<lmql:assistant/> ")
+    # what the model sees: the tiny backend has no chat template, so plain "role: text" turns
+    backend = get_model("lmqc:tiny")
+    driver = _Driver(None, backend, "lmqc:tiny", {}, 100)  # type: ignore[arg-type]
+    b = _Branch(None, [])  # type: ignore[arg-type]
+    effects = [Effect("role", "system"), Effect("text", " Be brief."), Effect("role", "user"), Effect("text", " Say hi"),
+               Effect("role", "assistant"), Effect("text", " ")]
+    driver.apply(b, effects, None)
+    driver.flush(b)
+    assert backend.detokenize(b.context) == b"system: Be brief.\nuser: Say hi\nassistant: "
