@@ -61,8 +61,8 @@ def lower_hole(
             if not c.phrase:
                 raise error(f"the stop phrase of {c} is empty", c.span)
             stops.append(Stop(c.phrase, keep=isinstance(c, StopsAt)))
-        elif isinstance(c, LenCmp) and c.tokens:
-            lo, hi = _token_window(c)
+        elif (isinstance(c, LenCmp) and c.tokens) or (isinstance(c, Or | Not) and _token_bounds_only(c)):
+            lo, hi = _token_window(c, error)
             min_tokens = max(min_tokens, lo)
             max_tokens = hi if max_tokens is None else (max_tokens if hi is None else min(max_tokens, hi))
             if max_tokens is not None and max_tokens < min_tokens:
@@ -99,18 +99,65 @@ def _flatten_and(c: Constraint) -> list[Constraint]:
     return [c]
 
 
-def _token_window(c: LenCmp) -> tuple[int, int | None]:
-    """``len(TOKENS(X)) op n`` as an inclusive ``(min, max)`` token window."""
-    n = c.bound
-    if c.op == "<":
-        return 0, n - 1
-    if c.op == "<=":
-        return 0, n
-    if c.op == ">":
-        return n + 1, None
-    if c.op == ">=":
-        return n, None
-    return n, n
+def _token_bounds_only(c: Constraint) -> bool:
+    if isinstance(c, And | Or):
+        return all(_token_bounds_only(i) for i in c.items)
+    if isinstance(c, Not):
+        return _token_bounds_only(c.operand)
+    return isinstance(c, LenCmp) and c.tokens
+
+
+Intervals = list[tuple[int, float]]  # disjoint, sorted, inclusive; float("inf") for no upper bound
+_INF = float("inf")
+
+
+def _intervals(c: Constraint) -> Intervals:
+    """The token counts a formula of token bounds allows, as sorted disjoint intervals."""
+    if isinstance(c, LenCmp):
+        n = c.bound
+        assert isinstance(n, int)
+        return {"<": [(0, n - 1)], "<=": [(0, n)], ">": [(n + 1, _INF)], ">=": [(n, _INF)], "==": [(n, n)]}[c.op] if not (
+            c.op == "<" and n == 0
+        ) else []
+    if isinstance(c, Not):
+        out: Intervals = []
+        lo = 0
+        for a, b in _intervals(c.operand):
+            if a > lo:
+                out.append((lo, a - 1))
+            lo = b + 1  # type: ignore[assignment]
+        if lo != _INF:
+            out.append((lo, _INF))
+        return out
+    parts = [_intervals(i) for i in c.items]  # type: ignore[union-attr]
+    if isinstance(c, Or):
+        merged: Intervals = []
+        for a, b in sorted(x for p in parts for x in p):
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+    acc = parts[0]
+    for p in parts[1:]:
+        acc = [(max(a, c2), min(b, d)) for a, b in acc for c2, d in p if max(a, c2) <= min(b, d)]
+    return acc  # type: ignore[return-value]
+
+
+def _token_window(c: Constraint, error) -> tuple[int, int | None]:
+    """A formula of ``len(TOKENS(X))`` bounds as one inclusive ``(min, max)`` token window (``or`` and ``not``
+    allowed, as in LMQL, as long as the counts they allow form one range)."""
+    iv = _intervals(c)
+    if not iv:
+        raise error(f"{c} allows no token count", getattr(c, "span", NOWHERE))
+    if len(iv) > 1:
+        raise error(f"{c} allows token counts {_show(iv)}: lmqc needs one range of token counts", getattr(c, "span", NOWHERE))
+    lo, hi = iv[0]
+    return int(lo), None if hi == _INF else int(hi)
+
+
+def _show(iv: Intervals) -> str:
+    return " or ".join(f"{a}..{'' if b == _INF else int(b)}" for a, b in iv)
 
 
 def _check_nested(c: Constraint, error, *, top: bool) -> None:
@@ -123,7 +170,7 @@ def _check_nested(c: Constraint, error, *, top: bool) -> None:
     elif isinstance(c, StopsAt | StopsBefore):
         raise error(f"{c} cannot be used under 'or' or 'not': stop rules must constrain the hole directly", c.span)
     elif isinstance(c, LenCmp) and c.tokens:
-        raise error(f"{c} cannot be used under 'or' or 'not': token bounds must constrain the hole directly", c.span)
+        raise error(f"{c} cannot be combined with other kinds of constraints under 'or' or 'not' (token bounds combine only with token bounds there)", c.span)
     elif isinstance(c, Regex):
         problem = regex_feature_problem(c.pattern)
         if problem:

@@ -105,3 +105,26 @@ def test_unsupported_regex_errors_name_the_offset(pattern: str, offset: int) -> 
     from lmqc.compiler.charlang import regex_feature_problem
 
     assert f"at offset {offset} of the pattern" in regex_feature_problem(pattern)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "window"),
+    [
+        # LMQL's own test_orop: a disjunction of token bounds is the union of their windows
+        (Or((LenCmp("X", "<", 20, tokens=True), LenCmp("X", "<", 30, tokens=True))), (0, 29)),
+        (Not(LenCmp("X", "<", 5, tokens=True)), (5, None)),
+        (Or((LenCmp("X", "==", 3, tokens=True), LenCmp("X", ">", 3, tokens=True))), (3, None)),
+        (And((Not(LenCmp("X", ">", 8, tokens=True)), LenCmp("X", ">=", 2, tokens=True))), (2, 8)),
+        (Or((LenCmp("X", "<", 4, tokens=True), And((LenCmp("X", ">", 2, tokens=True), LenCmp("X", "<", 7, tokens=True))))), (0, 6)),
+    ],
+)
+def test_token_bounds_under_or_and_not_combine_into_one_window(constraint, window):
+    ir = lower_hole("X", constraint)
+    assert (ir.min_tokens, ir.max_tokens) == window
+    assert ir.language is None
+
+
+def test_token_bounds_whose_union_is_not_one_range_are_errors():
+    c = Or((LenCmp("X", "<", 3, tokens=True), LenCmp("X", ">", 10, tokens=True)), span=Span(1, 1, 1, 9))
+    with pytest.raises(ConstraintError, match="0..2 or 11.."):
+        lower_hole("X", c)
