@@ -246,7 +246,7 @@ def format_prompt_string(ps: nodes.PromptString) -> str:
 
 def _format_dist(dist: nodes.Distribution) -> str:
     opts = dist.options
-    return f"{dist.var} in {opts if isinstance(opts, nodes.Dyn) else list(opts)!r}"
+    return f"{dist.var} in {opts if isinstance(opts, nodes.Dyn) else repr(list(opts))}"
 
 
 def _model(model: str | None) -> str:

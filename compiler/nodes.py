@@ -85,7 +85,8 @@ class OneOf:
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
-        return f"{self.var} in {self.options if isinstance(self.options, Dyn) else list(self.options)!r}"
+        options = str(self.options) if isinstance(self.options, Dyn) else repr(list(self.options))
+        return f"{self.var} in {options}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,12 +53,15 @@ def _check_languages(query) -> None:  # noqa: ANN001 - lmqc.compiler.nodes.Query
     are reported by ``check`` already, not only at compile time."""
     from .compiler.bytedfa import ByteDFA
     from .compiler.checker import hole_constraints
-    from .compiler.lower import lower_hole
+    from .compiler.lower import is_dynamic, lower_hole
 
+    names = {h.index: h.name for h in query.holes()}
     try:
-        for var, constraint in hole_constraints(query).items():
-            ByteDFA.from_ir(lower_hole(var, constraint, source=query.source, filename=query.filename),
-                            source=query.source, filename=query.filename)
+        for index, constraint in hole_constraints(query).items():
+            if is_dynamic(constraint):
+                continue  # its Python arguments are known only when the hole starts
+            ir = lower_hole(names[index], constraint, source=query.source, filename=query.filename)
+            ByteDFA.from_ir(ir, source=query.source, filename=query.filename)
     except SourceError as e:
         raise e.with_file(query.filename, query.source) from None
 

@@ -8,6 +8,7 @@ prompt, its token context and its running score. At each hole all live branches 
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -368,8 +369,13 @@ def run_compiled(
     root = _Branch(ex, [])
     driver.apply(root, *ex.begin())
     branches = [root]
+    copies = 1
+    if isinstance(strategy, decode.Argmax) and n > 1:
+        # LMQL's argmax(n=k) gives k copies of the greedy result: decode once (k batched copies of one greedy
+        # decode could even differ, as llama.cpp's logits depend on the batch)
+        copies, n = n, 1
     if root.request is not None and not isinstance(strategy, decode.Beam) and n > 1:
-        # n samples (or n argmax copies, as LMQL's argmax(n=...)) fork where they first decode
+        # n samples fork where they first decode
         branches += [root.fork() for _ in range(n - 1)]
     try:
         while any(b.request is not None for b in branches):
@@ -449,6 +455,8 @@ def run_compiled(
     results = [_result(b) for b in branches]
     if isinstance(strategy, decode.Beam):
         results.sort(key=lambda r: -r.logprob)
+    if copies > 1:
+        return [copy.deepcopy(results[0]) for _ in range(copies)]
     if isinstance(strategy, decode.Beam) or n > 1:
         return results
     return results[0]

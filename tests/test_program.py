@@ -347,3 +347,9 @@ def test_chat_role_tags_render_plain_turns_without_a_template() -> None:
     driver.apply(b, effects, None)
     driver.flush(b)
     assert backend.detokenize(b.context) == b"system: Be brief.\nuser: Say hi\nassistant: "
+
+
+def test_argmax_n_gives_n_copies_of_the_greedy_result() -> None:
+    res = run('"[X]" where len(X) < 5\nreturn X\n', "argmax(n=3)")
+    assert len(res) == 3 and len({r.variables["X"] for r in res}) == 1
+    assert res[0] is not res[1]
