@@ -125,3 +125,41 @@ def test_token_healing_keeps_prompt_and_value_apart() -> None:
     r = lmqc.run(q)
     assert r.variables["X"] in {"yes", "no"}
     assert r.prompt == "Answer: " + r.variables["X"]
+
+
+def _rewrite_header(path: Path, out: Path, edit) -> Path:
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    header = json.loads(np.load(__import__("io").BytesIO(files["header.json.npy"]), allow_pickle=False).tobytes())
+    edit(header)
+    buf = __import__("io").BytesIO()
+    np.save(buf, np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+    files["header.json.npy"] = buf.getvalue()
+    with zipfile.ZipFile(out, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    return out
+
+
+def test_the_program_that_runs_is_compiled_from_the_embedded_source(compiled, tmp_path: Path) -> None:
+    path = compiled.save(tmp_path / "q.lmqc")
+    # same holes and constraints, other Python: the artifact runs the code its source says
+    new_src = SRC.replace('"Q: [A]', 'x = 40 + 2\n    "Q{x}: [A]')
+
+    def edit(h: dict) -> None:
+        h["source"], h["source_hash"] = new_src, artifact.source_hash(new_src)
+
+    loaded = lmqc.load(_rewrite_header(path, tmp_path / "edited.lmqc", edit))
+    assert "x = 40 + 2" in loaded.program.source
+    assert lmqc.run(loaded).prompt.startswith("Q42: ")
+
+
+def test_source_whose_holes_do_not_match_the_stored_automata_is_refused(compiled, tmp_path: Path) -> None:
+    path = compiled.save(tmp_path / "q.lmqc")
+    new_src = SRC.replace("len(A) < 20", "len(A) < 21")
+
+    def edit(h: dict) -> None:
+        h["source"], h["source_hash"] = new_src, artifact.source_hash(new_src)
+
+    with pytest.raises(ArtifactError, match="does not match"):
+        lmqc.load(_rewrite_header(path, tmp_path / "edited.lmqc", edit))
