@@ -63,6 +63,29 @@ def test_tokenize_roundtrip(gemma):
     assert gemma.tokenize(text, bos=True)[0] == gemma.bos_id
 
 
+def _same_ranking(got, ref, *, k=5, margin=1.0, scale=0.05) -> int:
+    """Assert that two llama.cpp logit rows of one context agree in what the backend contract promises.
+
+    Float rounding depends on the CPU's kernels (AVX2 vs AVX-512) and on the batch shape (quantized activations,
+    kernels chosen by batch size): the same row computed in two batches differs by up to ~1.4 logits here (the
+    top candidates by up to ~0.65) and is bit-identical elsewhere. So no tight tolerance: every logit within
+    ``scale`` of the row's logit range (~40 on Gemma, so ~2 logits; wrong positions or slots are off by far
+    more), and for each j <= k where the reference ranking has a clear gap (> ``margin``) after its j-th
+    candidate, the same top-j tokens (so the same argmax whenever the top two are clearly apart).
+    Returns how many such clear boundaries were checked.
+    """
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert np.abs(got - ref).max() < scale * (ref.max() - ref.min())
+    order = np.argsort(-ref, kind="stable")[: k + 1]
+    top_got = np.argsort(-got, kind="stable")[:k]
+    checked = 0
+    for j in range(1, k + 1):
+        if ref[order[j - 1]] - ref[order[j]] > margin:
+            assert set(top_got[:j].tolist()) == set(order[:j].tolist()), (j, order, top_got)
+            checked += 1
+    return checked
+
+
 def test_batched_eval_equals_sequential(gemma):
     p = gemma.tokenize("Q: What is the capital of France?\nA:", bos=True)
     c1, c2 = p + gemma.tokenize(" Paris"), p + gemma.tokenize(" The answer")
@@ -72,11 +95,14 @@ def test_batched_eval_equals_sequential(gemma):
     s1 = np.array(gemma.eval([c1])[0])
     gemma.reset()
     s2 = np.array(gemma.eval([c2])[0])
-    np.testing.assert_allclose(both[0], s1, atol=1e-2, rtol=0)
-    np.testing.assert_allclose(both[1], s2, atol=1e-2, rtol=0)
-    # rows of a run equal the step-by-step logits
-    rows = gemma.eval_rows([c2], [3])[0]
-    np.testing.assert_allclose(rows[-1], s2, atol=1e-2, rtol=0)
+    checked = _same_ranking(both[0], s1) + _same_ranking(both[1], s2)
+    # rows of a run (its last n tokens re-fed as one batch) equal the logits of each prefix evaluated alone
+    n = 8
+    rows = np.array(gemma.eval_rows([c2], [n])[0])
+    for j in range(n):
+        gemma.reset()
+        checked += _same_ranking(rows[j], np.array(gemma.eval([c2[: len(c2) - n + j + 1]])[0]))
+    assert checked >= 8  # not vacuous (16 clear boundaries here, at least one in every row)
 
 
 def _automaton(vocab, regex):

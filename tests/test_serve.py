@@ -315,15 +315,21 @@ def test_gemma_through_the_server_equals_in_process() -> None:
     "Year the Eiffel Tower opened: [YEAR]"
 where STOPS_AT(ANSWER, ".") and len(TOKENS(ANSWER)) < 24 and INT(YEAR) and len(TOKENS(YEAR)) < 6
 '''
-    srv = _Server("gemma-3-270m", "--max-batch", "4", "--n-ctx", "1024", timeout=120)
-    try:
-        remote = lmqc.run(src, endpoint=srv.endpoint)
-        seeded = lmqc.run(src.replace("argmax(max_len=200)", "sample(n=2, seed=4, max_len=200)"), endpoint=srv.endpoint)
-    finally:
-        code, err = srv.stop()
-    assert code == 0, err
-    _same(lmqc.run(src), remote)
-    _same(lmqc.run(src.replace("argmax(max_len=200)", "sample(n=2, seed=4, max_len=200)")), seeded)
+    # llama.cpp logits depend on batch shapes (a row computed in another batch differs by up to ~1 logit on
+    # some CPUs), and Gemma 3 270M meets near-ties at almost every step, so the texts are compared only between
+    # runs that evaluate the same batches: a query on a fresh server, as in-process queries start from an empty
+    # KV cache (a warm server would serve the second query's prompt from its cache, in other batches).
+    results = {}
+    for query in (src, src.replace("argmax(max_len=200)", "sample(n=2, seed=4, max_len=200)")):
+        srv = _Server("gemma-3-270m", "--max-batch", "4", "--n-ctx", "1024", timeout=120)
+        try:
+            results[query] = lmqc.run(query, endpoint=srv.endpoint)
+        finally:
+            code, err = srv.stop()
+        assert code == 0, err
+    for query, remote in results.items():
+        _same(lmqc.run(query), remote)
+    remote = results[src]
     assert re.fullmatch(r"[^.]*\.", remote.variables["ANSWER"]) and isinstance(remote.variables["YEAR"], int)
 
 
