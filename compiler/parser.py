@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import io
+import re
 import tokenize
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
@@ -162,7 +163,7 @@ def _tokens(src: _Text, err: Errors) -> list[tokenize.TokenInfo]:
                 err.syntax(f"unexpected character {tok.string!r}", tok.start[0], tok.start[1] + 1)
             out.append(tok)
     except IndentationError as e:
-        err.syntax(e.msg or "bad indentation", e.lineno or 1, e.offset or 1)
+        err.syntax(e.msg or "bad indentation", *_line_start(src, e.lineno or 1))
     except tokenize.TokenError as e:
         msg = str(e.args[0]) if e.args else "invalid syntax"
         line, col = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], tuple) else (1, 0)
@@ -177,6 +178,27 @@ def _tokens(src: _Text, err: Errors) -> list[tokenize.TokenInfo]:
         msg = e.msg or "invalid syntax"
         err.syntax(msg if "unterminated" not in msg else "unterminated string literal", e.lineno or 1, e.offset or 1)
     return out
+
+
+def _line_start(src: _Text, line: int) -> Pos:
+    """Where a line's code starts (indentation errors point there; Python's offsets for them vary)."""
+    if not 0 < line <= len(src.starts):
+        return line, 1
+    start = src.starts[line - 1]
+    end = src.text.find("\n", start)
+    text = src.text[start : end if end >= 0 else len(src.text)]
+    return line, len(text) - len(text.lstrip(" \t\f")) + 1
+
+
+def _string_error(src: _Text, toks: list[tokenize.TokenInfo], err: Errors, line: int | None) -> None:
+    """Python reports a bad escape (``"\\xZZ"``) as a "(unicode error)" after the string; decode the string
+    tokens of that line again, which raises the error at the escape itself."""
+    for tok in toks:
+        if tok.type == tokenize.STRING and line is not None and tok.start[0] <= line <= tok.end[0]:
+            prefix = tok.string[: len(tok.string) - len(tok.string.lstrip("rRbBfFuU"))].lower()
+            if "b" not in prefix:
+                a, b = src.offset(tok.start), src.offset(tok.end)
+                decode_literal(tok.string, src.positions(a, b), err)
 
 
 def _unterminated_string_start(src: _Text, line: int) -> Pos:
@@ -344,7 +366,7 @@ def _parse_body(src: _Text, lay: _Layout, err: Errors) -> tuple[ast.Module, int]
             col += shift_col
         msg = e.msg or "invalid syntax"
         if msg == "unexpected indent" or msg.startswith("unindent"):
-            err.syntax(msg, max(line, 1), col)
+            err.syntax(msg, *_line_start(src, max(line, 1)))
         err.syntax(python_message(e), max(line, 1), col)
     except (ValueError, RecursionError, MemoryError, OverflowError) as e:
         err.syntax(python_message(e), first_line, first.start[1] + 1)
@@ -377,6 +399,8 @@ def _parse_expr(src: _Text, start: int, end: int, err: Errors, what: str) -> tup
         tree = ast.parse("(" + fragment + "\n)", mode="eval")
     except SyntaxError as e:
         eline = e.lineno or 1
+        if eline > fragment.count("\n") + 1:  # on the closing ")" line: the clause ended too early
+            err.syntax_at(f"invalid {what}: unexpected end of the clause", src.pos(start + len(fragment)))
         ecol = (e.offset or 1) - (1 if eline == 1 else 0)
         if eline == 1:
             ecol += col - 1
@@ -479,7 +503,7 @@ class _Builder:
         lit = self._literal(node, None)
         if "b" in lit.prefix:
             self.err.syntax_at("bytes literals are not allowed; use a normal string", lit.span)
-        lit = _dedent(lit, indent)
+        lit = _dedent(lit, indent, self.src)
         parts = list(PromptScanner(lit, self.err).scan())
         k = hole_base
         for i, part in enumerate(parts):
@@ -626,7 +650,7 @@ class _Builder:
         if func in ("len", "TOKENS"):
             self.err.type_at(f"{func}(...) must be compared with a number, e.g. len(X) < 10", span)
         name = func or ast.unparse(e.func)
-        hint = closest(name, CONSTRAINT_FUNCTIONS)
+        hint = closest(name, CONSTRAINT_FUNCTIONS + tuple(_ALIASES))  # lowercase typos get a lowercase hint
         suggestion = f"; did you mean {hint}?" if hint else ""
         self.err.type_at(f"unknown constraint function '{name}'{suggestion}", span)
 
@@ -644,7 +668,7 @@ class _Builder:
     def _compare(self, e: ast.Compare, base: tuple[int, int]) -> nodes.Constraint:
         op_node, left, right = e.ops[0], e.left, e.comparators[0]
         span = self._span(e, base)
-        op_span = Span(span.line, span.column, span.end_line, span.end_column)
+        op_span = self._op_span(left, right, op_node, base)
         if isinstance(op_node, ast.In | ast.NotIn):
             negate = isinstance(op_node, ast.NotIn)
             if isinstance(left, ast.Name):
@@ -693,6 +717,16 @@ class _Builder:
         var, tokens, var_expr = length
         return self._atom(nodes.LenCmp(var, op, value, tokens=tokens, span=span), var_expr, base)
 
+    def _op_span(self, left: ast.expr, right: ast.expr, op: ast.cmpop, base: tuple[int, int]) -> Span:
+        """Where a comparison's operator is written (the first non-blank, non-')' text between its operands)."""
+        a_span, b_span = self._span(left, base), self._span(right, base)
+        a = self.src.offset((a_span.end_line, a_span.end_column - 1))
+        b = self.src.offset((b_span.line, b_span.column - 1))
+        gap = self.src.text[a:b]
+        k = re.match(r"(?:[\s\\)]|#[^\n]*)*", gap).end()  # type: ignore[union-attr]
+        line, col = self.src.pos(a + k) if k < len(gap) else (a_span.line, a_span.column)
+        return Span(line, col, line, col + 1)
+
     def _options(self, e: ast.expr, base: tuple[int, int]) -> tuple[str, ...] | nodes.Dyn:
         if isinstance(e, ast.List | ast.Tuple | ast.Set) and all(
             isinstance(x, ast.Constant) for x in e.elts
@@ -723,15 +757,21 @@ def _loc(a: ast.AST, b: ast.AST) -> dict[str, int]:
     }
 
 
-def _dedent(lit: Lit, indent: int) -> Lit:
+def _dedent(lit: Lit, indent: int, src: _Text) -> Lit:
     """Drop the body's indentation from the continuation lines of a multi-line query string, as LMQL does
-    (LMQL removes the prompt's common indentation from every source line, string contents included)."""
+    (LMQL removes the prompt's common indentation from every source line, string contents included): up to
+    ``indent`` columns of a line's leading whitespace, written as such in the source (not escapes)."""
     if indent <= 0 or not lit.positions or all(p[0] == lit.span.line for p in lit.positions):
         return lit
+
+    def leading(line: int, col: int) -> bool:
+        start = src.starts[line - 1]
+        return src.text[start : start + col].isspace()
+
     keep = [
         k
         for k, (ch, (line, col)) in enumerate(zip(lit.value, lit.positions, strict=True))
-        if not (line > lit.span.line and col <= indent and ch in " \t")
+        if not (line > lit.span.line and col <= indent and ch in " \t" and leading(line, col))
     ]
     return Lit("".join(lit.value[k] for k in keep), tuple(lit.positions[k] for k in keep), lit.prefix, lit.span, lit.close)
 
@@ -774,6 +814,7 @@ def parse(source: str, filename: str = "<query>") -> nodes.Query:
     if not text.strip():
         err.syntax("empty query: expected at least one query string", 1, 1)
     src = _Text(text)
+    toks: list[tokenize.TokenInfo] = []
     try:
         toks = _tokens(src, err)
         lay = _split(src, toks, err)
@@ -832,7 +873,9 @@ def parse(source: str, filename: str = "<query>") -> nodes.Query:
         return query
     except RecursionError:
         err.syntax("query is nested too deeply", 1, 1)
-    except LmqcError:
+    except LmqcError as e:
+        if "(unicode error)" in e.message:
+            _string_error(src, toks, err, e.line)
         raise
     except (MemoryError, OverflowError) as e:
         err.syntax(f"query too large to parse ({type(e).__name__})", 1, 1)

@@ -175,7 +175,19 @@ class _Rewriter(ast.NodeTransformer):
         return self.visit(tree)  # `await` inside an interpolation
 
     def _field(self, part: nodes.Interp, at: ast.AST) -> ast.expr:
-        spec = ast.JoinedStr([ast.Constant(part.format_spec)]) if part.format_spec else None
+        spec: ast.expr | None = None
+        if part.format_spec:
+            # f-string semantics: the spec may hold replacement fields of its own (`{x:>{width}}`)
+            try:
+                field = ast.parse("f" + repr("{0:" + part.format_spec + "}"), mode="eval").body.values[0]  # type: ignore[attr-defined]
+            except (SyntaxError, ValueError) as e:
+                message = e.msg if isinstance(e, SyntaxError) else str(e)
+                raise self.err(f"invalid format spec '{part.format_spec}': {message}", line=part.span.line,
+                               col=part.span.column) from None
+            spec = field.format_spec
+            for node in ast.walk(spec):
+                ast.copy_location(node, at)
+            spec = self.visit(spec)  # `await` inside a nested field
         conversion = ord(part.conversion) if part.conversion else -1
         return ast.FormattedValue(self._expr(part.expr, at), conversion, spec)
 
@@ -273,12 +285,15 @@ def _build(query: nodes.Query) -> Program:
     ast.fix_missing_locations(module)
     filename = query.filename
     _register_source(filename, query.source)
-    inputs, params = _inputs(ast.unparse(module), func, query)
-    func.args = ast.arguments([], [ast.arg(p) for p in params], None, [], [], None, [])
-    ast.fix_missing_locations(module)
     try:
-        code = compile(module, filename, "exec", dont_inherit=True)
         prologue = compile(query.prologue, filename, "exec", dont_inherit=True) if query.prologue is not None else None
+        # Python's refusals (`nonlocal` without a binding, `global x` after x is used ...) located in the query
+        # source; symtable in _inputs would raise them about the generated source
+        compile(module, filename, "exec", dont_inherit=True)
+        inputs, params = _inputs(ast.unparse(module), func, query)
+        func.args = ast.arguments([], [ast.arg(p) for p in params], None, [], [], None, [])
+        ast.fix_missing_locations(module)
+        code = compile(module, filename, "exec", dont_inherit=True)
     except SyntaxError as e:
         raise error(f"invalid Python: {e.msg}", line=e.lineno, col=e.offset) from None
     return Program(code, prologue, tuple(inputs), ast.unparse(module), tuple(params))
