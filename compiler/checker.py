@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import ast
 import builtins
 import difflib
 from collections.abc import Iterator, Mapping

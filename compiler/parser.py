@@ -813,6 +813,7 @@ def parse(source: str, filename: str = "<query>") -> nodes.Query:
     text = source.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         err.syntax("empty query: expected at least one query string", 1, 1)
+    text = _loose_continuations(text)
     src = _Text(text)
     toks: list[tokenize.TokenInfo] = []
     try:
@@ -879,6 +880,40 @@ def parse(source: str, filename: str = "<query>") -> nodes.Query:
         raise
     except (MemoryError, OverflowError) as e:
         err.syntax(f"query too large to parse ({type(e).__name__})", 1, 1)
+
+
+def _loose_continuations(text: str) -> str:
+    """Treat a backslash followed by trailing spaces as a line continuation (Python requires the newline right
+    after it; LMQL's documentation has examples with trailing spaces). Only outside strings: the backslash is
+    found where the tokenizer reports it as an unexpected character."""
+    for _ in range(10_000):
+        at = _stray_backslash(text)
+        if at is None:
+            return text
+        end = text.find("\n", at)
+        end = len(text) if end < 0 else end
+        if text[at + 1 : end].strip(" \t\f"):
+            return text  # not a loose continuation: the tokenizer's error stands
+        text = text[: at + 1] + text[end:]
+    return text
+
+
+def _stray_backslash(text: str) -> int | None:
+    lines = text.split("\n")
+    starts = [0]
+    for line in lines[:-1]:
+        starts.append(starts[-1] + len(line) + 1)
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.ERRORTOKEN and tok.string == "\\":
+                return starts[tok.start[0] - 1] + tok.start[1]
+    except SyntaxError as e:  # 3.12+: "unexpected character after line continuation character"
+        if "continuation" in (e.msg or "") and e.lineno:
+            line = lines[e.lineno - 1].rstrip(" \t\f") if e.lineno <= len(lines) else ""
+            return starts[e.lineno - 1] + len(line) - 1 if line.endswith("\\") else None
+    except (tokenize.TokenError, IndentationError):
+        return None
+    return None
 
 
 def _first_pos(text: str, ch: str) -> Pos:

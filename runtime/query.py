@@ -411,7 +411,7 @@ def run_compiled(
                 seen[c.parent] = k + 1
                 pending.append((parent if k == 0 else parent.fork(), c, holes[c.parent]))
             new = []
-            for b, c, (ir, _, is_int) in pending:
+            for b, c, (_, _, is_int) in pending:
                 name = b.request.compiled.query.holes()[b.request.index].name
                 text = c.text
                 start = len(b.prompt)

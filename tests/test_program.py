@@ -353,3 +353,11 @@ def test_argmax_n_gives_n_copies_of_the_greedy_result() -> None:
     res = run('"[X]" where len(X) < 5\nreturn X\n', "argmax(n=3)")
     assert len(res) == 3 and len({r.variables["X"] for r in res}) == 1
     assert res[0] is not res[1]
+
+
+def test_backslash_continuation_with_trailing_spaces() -> None:
+    # LMQL's docs have `where X in \ ` + newline; Python wants the newline right after the backslash
+    q = parse('for i in range(2):\n    "- [T]\\n" where T in \\  \n        ["a", "b"]\n')
+    assert str(q.prompts[0].where) == "T in ['a', 'b']"
+    with pytest.raises(QuerySyntaxError):
+        parse('"[X]"\nx = 1 \\ 2\n')
