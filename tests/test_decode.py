@@ -522,8 +522,10 @@ def test_randomized_invariants(seed):
             assert c.context[: len(ctx) - 1] == ctx[:-1]
             if not heal:
                 check(tb, c, ctx)
+            # a healed first token that only re-spells the prompt's last token is not a value token
+            n_value = c.n_tokens - (heal and bool(c.tokens) and tb.piece(c.tokens[0]) == tb.piece(ctx[-1]))
             if maxt is not None:
-                assert c.n_tokens <= maxt
+                assert n_value <= maxt
             if c.ending in ("eos", "max_tokens") and a is not None and not stops:
                 assert a.accepts(c.tokens) if not heal else a.accepts(tb.tokenize(c.value)) or c.value == b"", c
             if c.ending == "stop" and stops and not heal:
@@ -557,3 +559,40 @@ def test_token_healing(tb):
     [c] = decode_hole(tb, [ctx], None, heal=True, stops=[(first[1:2], False)], max_tokens=6)
     assert c.value == b"" and c.ending == "stop"
     assert tb.detokenize(c.context) == tb.detokenize(ctx)
+
+
+# -- token healing and the token window ----------------------------------------------------------------------
+
+
+def _favour(tb, prev, tok, by=60.0):
+    """Make ``tok`` the model's clear favourite after token ``prev`` (the tiny model's bigram table)."""
+    tb._bigram[prev, tok] = by
+
+
+def test_healed_token_respelling_only_the_prompt_is_not_a_value_token(tb):
+    ctx = prompt(tb, "Q: say hello\nA: hello ")
+    space = ctx[-1]
+    assert tb.piece(space) == b" "
+    _favour(tb, ctx[-2], space)  # after "hello" the model wants the bare space back: it carries no value text
+    for strategy in (Argmax(), Sample(), Beam(2)):
+        for c in decode_hole(tb, [ctx], None, strategy=strategy, heal=True, min_tokens=3, max_tokens=3, rng=0):
+            assert c.tokens[0] == space and c.n_tokens == 4  # 3 value tokens after the re-spelled space
+            assert c.value == tb.detokenize(c.tokens[1:]) and c.ending == "max_tokens"
+            assert tb.detokenize(c.context) == tb.detokenize(ctx) + c.value
+    # constrained: [0-9]{3} with single-digit tokens only needs 3 tokens; the bare space still costs nothing
+    multi = [t for t in range(260, tb.n_vocab) if tb.piece(t).strip().isdigit() and len(tb.piece(t).strip()) > 1]
+    a = auto(tb, dfa_digits(3), exclude=multi)
+    assert a.min_tokens_to_end[a.initial] == 3
+    for strategy in (Argmax(), Sample(), Beam(2)):
+        for c in decode_hole(tb, [ctx], a, strategy=strategy, heal=True, max_tokens=3, rng=0):
+            assert c.tokens[0] == space and c.n_tokens == 4 and len(c.value) == 3 and c.value.isdigit()
+            assert tb.detokenize(c.context) == tb.detokenize(ctx) + c.value
+
+
+def test_healed_token_carrying_value_text_counts_once(tb):
+    ctx = prompt(tb, "Q: say hello\nA: hello ")
+    world = tb.tokenize(" world")[0]
+    _favour(tb, ctx[-2], world)
+    [c] = decode_hole(tb, [ctx], None, heal=True, min_tokens=3, max_tokens=3)
+    assert c.tokens[0] == world and c.n_tokens == 3 and c.value.startswith(b"world")
+    assert tb.detokenize(c.context) == tb.detokenize(ctx) + c.value

@@ -67,7 +67,7 @@ def test_seed_query_returns_three_beams_under_twenty_tokens() -> None:
     for r in rs:
         assert r.prompt.startswith("Q: Say 'Hello, Bob!'\nA: ")
         assert len(backend.tokenize(r.variables["RESPONSE"])) <= 20  # re-tokenization may merge, never split much
-        assert r.n_tokens < 20
+        assert r.n_tokens <= 20  # < 20 value tokens, plus perhaps a healed token re-spelling only "A: "'s space
     assert [r.logprob for r in rs] == sorted((r.logprob for r in rs), reverse=True)
 
 

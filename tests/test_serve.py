@@ -257,7 +257,8 @@ def test_automaton_for_another_vocabulary(server: _Server) -> None:
 
 
 def test_decode_errors_and_unreachable_server(server: _Server) -> None:
-    src = '"A: [X]" from "lmqc:tiny" where REGEX(X, r"[0-9]{8}") and len(TOKENS(X)) < 3'
+    # nine digits need three tokens of the tiny vocabulary (at most four digits each); two are allowed
+    src = '"A: [X]" from "lmqc:tiny" where REGEX(X, r"[0-9]{9}") and len(TOKENS(X)) < 3'
     with pytest.raises(DecodeError) as local:
         lmqc.run(src)
     with pytest.raises(DecodeError) as remote:
