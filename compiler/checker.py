@@ -289,5 +289,7 @@ def query_to_json(query: nodes.Query) -> dict[str, Any]:
             hole_slots(query)[i]: format_constraint(c) if c is not None else None
             for i, c in hole_constraints(query).items()
         },
-        "distribution": None if dist is None else {"var": dist.var, "options": _format_dist(dist)},
+        "distribution": None
+        if dist is None
+        else {"var": dist.var, "options": str(dist.options) if isinstance(dist.options, nodes.Dyn) else list(dist.options)},
     }

@@ -109,7 +109,7 @@ class Regex:
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
-        return f"REGEX({self.var}, {self.pattern!r})"
+        return f"REGEX({self.var}, {_show(self.pattern)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,7 @@ class StopsAt:
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
-        return f"STOPS_AT({self.var}, {self.phrase!r})"
+        return f"STOPS_AT({self.var}, {_show(self.phrase)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,7 @@ class StopsBefore:
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
-        return f"STOPS_BEFORE({self.var}, {self.phrase!r})"
+        return f"STOPS_BEFORE({self.var}, {_show(self.phrase)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,7 @@ class StartsWith:
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
-        return f"STARTS_WITH({self.var}, {self.prefix!r})"
+        return f"STARTS_WITH({self.var}, {_show(self.prefix)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,12 @@ class Contains:
     span: Span = field(default=NOWHERE, compare=False)
 
     def __str__(self) -> str:
-        return f"{self.phrase!r} in {self.var}"
+        return f"{_show(self.phrase)} in {self.var}"
+
+
+def _show(value: Any) -> str:
+    """A constraint argument as written back: a literal's repr, a Python expression as ``{expr}``."""
+    return str(value) if isinstance(value, Dyn) else repr(value)
 
 
 Atom = LenCmp | OneOf | IsInt | Regex | StopsAt | StopsBefore | StartsWith | Contains
@@ -261,7 +266,7 @@ class Decoder:
     def __str__(self) -> str:
         if not self.args:
             return self.name
-        return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in self.args) + ")"
+        return f"{self.name}(" + ", ".join(f"{k}={_show(v)}" for k, v in self.args) + ")"
 
 
 @dataclass(frozen=True, slots=True)

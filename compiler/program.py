@@ -342,8 +342,13 @@ def _inputs(generated: str, func: ast.FunctionDef, query: nodes.Query) -> tuple[
     for stmt in func.body:
         first.visit(stmt)
     params = sorted(n for n in local if first.loads_first.get(n) and n not in bound)
-    names = (free - bound - _BUILTINS - PROVIDED - {FUNCTION}) | set(params)
-    order = sorted(names, key=lambda n: (_first_use(query.source, n), n))
+    decoder_names: set[str] = set()
+    for _, value in query.decoder.args if query.decoder is not None else ():
+        if isinstance(value, nodes.Dyn):  # sample(n=k): evaluated in the inputs when the query starts
+            decoder_names |= {n.id for n in ast.walk(ast.parse(value.expr, mode="eval")) if isinstance(n, ast.Name)}
+    names = (free - bound - _BUILTINS - PROVIDED - {FUNCTION}) | set(params) | (decoder_names - _BUILTINS - PROVIDED)
+    first = _first_positions(query)
+    order = sorted(names, key=lambda n: (first.get(n, (1 << 30, 0, 0)), n))
     return order, [n for n in order if n in params]
 
 
@@ -417,8 +422,51 @@ class _FirstUse(ast.NodeVisitor):
     visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comprehension
 
 
-def _first_use(source: str, name: str) -> int:
+def _first_positions(query: nodes.Query) -> dict[str, tuple[int, int, int]]:
+    """Where each name is first mentioned in the query source: Python code, ``{expr}`` fields, hole tactics and
+    decorators, Python-valued constraint and decoder arguments (by their source positions; names inside one
+    query-string part in the order they are written)."""
     import re
 
-    m = re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", source)
-    return m.start() if m else len(source)
+    out: dict[str, tuple[int, int, int]] = {}
+
+    def note(name: str, pos: tuple[int, int, int]) -> None:
+        if name not in out or pos < out[name]:
+            out[name] = pos
+
+    def names_in(exprs: list[str], line: int, col: int) -> None:
+        k = 0
+        for expr in exprs:
+            try:
+                tree = ast.parse(expr.strip(), mode="eval")
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                continue
+            found = sorted(
+                (n.lineno, n.col_offset, n.id) for n in ast.walk(tree) if isinstance(n, ast.Name)
+            )
+            for _, _, name in found:
+                note(name, (line, col, k))
+                k += 1
+
+    for tree in (query.prologue, query.body):
+        for n in ast.walk(tree) if tree is not None else ():
+            if isinstance(n, ast.Name):
+                note(n.id, (n.lineno, n.col_offset + 1, 0))
+    for ps in query.prompts:
+        for part in ps.parts:
+            if isinstance(part, nodes.Interp):
+                fields = re.findall(r"\{([^{}]*)\}", part.format_spec)
+                names_in([part.expr, *fields], part.span.line, part.span.column)
+            elif isinstance(part, nodes.Hole):
+                names_in([*part.decorators, *([part.tactic] if part.tactic else [])], part.span.line, part.span.column)
+    for c in [ps.where for ps in query.prompts] + [query.where]:
+        for d in dyn_args(query, c):
+            names_in([d.expr], d.span.line, d.span.column)
+    dists = [ps.distribution for ps in query.prompts] + [query.distribution]
+    for dist in dists:
+        if dist is not None and isinstance(dist.options, nodes.Dyn):
+            names_in([dist.options.expr], dist.options.span.line, dist.options.span.column)
+    for _, value in query.decoder.args if query.decoder is not None else ():
+        if isinstance(value, nodes.Dyn):
+            names_in([value.expr], value.span.line, value.span.column)
+    return out

@@ -84,11 +84,6 @@ argmax
     assert inputs(parse(src)) == ["offset", "width", "default", "inner_only", "source", "path", "next_item", "values"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="program._first_use orders inputs by a regex over the whole source: it matches inside string escapes "
-    "(the n of \\n), comments and keyword arguments (sample(n=2)), not only where the name is used",
-)
 @pytest.mark.parametrize(
     "source",
     [
@@ -246,21 +241,16 @@ def test_format_constraint() -> None:
     assert format_constraint(nodes.LenCmp("X", "<", nodes.Dyn("n"), tokens=True)) == "len(TOKENS(X)) < {n}"
 
 
-_DYN_REPR = pytest.mark.xfail(
-    strict=True, reason="nodes.py formats a Dyn argument with !r: Dyn(expr='stop', span=Span(...)) instead of {stop}"
-)
-
-
 @pytest.mark.parametrize(
     ("constraint", "text"),
     [
         (nodes.OneOf("X", nodes.Dyn("options")), "X in {options}"),
         (nodes.Not(nodes.OneOf("X", nodes.Dyn("[answer]"))), "not X in {[answer]}"),
-        pytest.param(nodes.StopsAt("X", nodes.Dyn("stop")), "STOPS_AT(X, {stop})", marks=_DYN_REPR),
-        pytest.param(nodes.StopsBefore("X", nodes.Dyn("stop")), "STOPS_BEFORE(X, {stop})", marks=_DYN_REPR),
-        pytest.param(nodes.Regex("X", nodes.Dyn("pat")), "REGEX(X, {pat})", marks=_DYN_REPR),
-        pytest.param(nodes.StartsWith("X", nodes.Dyn("p")), "STARTS_WITH(X, {p})", marks=_DYN_REPR),
-        pytest.param(nodes.Contains("X", nodes.Dyn("sep")), "{sep} in X", marks=_DYN_REPR),
+        (nodes.StopsAt("X", nodes.Dyn("stop")), "STOPS_AT(X, {stop})"),
+        (nodes.StopsBefore("X", nodes.Dyn("stop")), "STOPS_BEFORE(X, {stop})"),
+        (nodes.Regex("X", nodes.Dyn("pat")), "REGEX(X, {pat})"),
+        (nodes.StartsWith("X", nodes.Dyn("p")), "STARTS_WITH(X, {p})"),
+        (nodes.Contains("X", nodes.Dyn("sep")), "{sep} in X"),
     ],
 )
 def test_format_constraint_with_python_arguments(constraint: nodes.Constraint, text: str) -> None:
@@ -275,13 +265,11 @@ def test_format_query_with_python_arguments() -> None:
     assert "    X: X in {options} and len(X) < {n}\n" in printed
 
 
-@pytest.mark.xfail(strict=True, reason="nodes.Decoder.__str__ formats a Dyn argument with !r")
 def test_format_query_decoder_with_python_arguments() -> None:
     printed = format_query(parse('sample(n=k, temperature=t * 2)\n    "[X]"\n'))
     assert printed.startswith("decoder: sample(n={k}, temperature={t * 2})\n")
 
 
-@pytest.mark.xfail(strict=True, reason="names in decoder arguments (sample(n=k), 9da9bd2) are not counted as inputs")
 def test_decoder_argument_expressions_name_inputs() -> None:
     q = parse('sample(n=k, temperature=t * 2)\n    "[X]"\n')
     assert set(inputs(q)) == {"k", "t"}
@@ -343,11 +331,6 @@ def test_query_to_json() -> None:
     assert slots["holes"] == ["X"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checker.query_to_json: distribution options are printed as 'X in [...]' (the whole clause) since "
-    "22f381f; before they were the list of options",
-)
 def test_query_to_json_distribution_options_are_a_list() -> None:
     data = query_to_json(parse('"[X]"\ndistribution X in ["a", "b"]'))
     assert data["decoder"] is None and data["model"] is None
