@@ -24,6 +24,7 @@ import ast
 import io
 import re
 import tokenize
+import warnings
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -421,6 +422,7 @@ class _Builder:
         self.strings = [t for t in toks if t.type == tokenize.STRING]
         self.string_starts = [src.offset(t.start) for t in self.strings]
         self.var_spans: dict[int, Span] = {}
+        self.hole_names: set[str] = set()  # holes a constraint being parsed may mention (disambiguates `a in b`)
 
     # ---- decoder -------------------------------------------------------------------------------------------
 
@@ -516,6 +518,7 @@ class _Builder:
         if inline is not None:
             expr, base = _parse_expr(self.src, inline.body_start, inline.end, self.err, f"{inline.kind} clause")
             if inline.kind == "where":
+                self.hole_names = {p.name for p in parts if isinstance(p, nodes.Hole)}
                 where = self.constraint(expr, base)
             else:
                 dist = self.distribution(expr, base, self.src.pos(inline.start))
@@ -671,7 +674,9 @@ class _Builder:
         op_span = self._op_span(left, right, op_node, base)
         if isinstance(op_node, ast.In | ast.NotIn):
             negate = isinstance(op_node, ast.NotIn)
-            if isinstance(left, ast.Name):
+            # `a in b` with two names: the hole is the one constrained (`X in options`, `sep in X`)
+            right_is_hole = isinstance(right, ast.Name) and right.id in self.hole_names
+            if isinstance(left, ast.Name) and not (right_is_hole and left.id not in self.hole_names):
                 options = self._options(right, base)
                 node = self._atom(nodes.OneOf(left.id, options, span=span), left, base)
                 return nodes.Not(node, span=span) if negate else node
@@ -807,6 +812,15 @@ def find_prompts(body: ast.Module) -> list[ast.Expr]:
 
 def parse(source: str, filename: str = "<query>") -> nodes.Query:
     """Parse and check a query; raise QuerySyntaxError / QueryTypeError (with FILE:LINE:COL) on bad input."""
+    with warnings.catch_warnings():
+        # Python warns about things like "\d" in a non-raw string while compiling; queries are user input
+        # and the regexes they carry rely on unknown escapes staying as written
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _parse(source, filename)
+
+
+def _parse(source: str, filename: str) -> nodes.Query:
     err = Errors(source, filename)
     if "\x00" in source:
         err.syntax_at("the query contains a NUL character", _first_pos(source, "\x00"))
@@ -853,6 +867,7 @@ def parse(source: str, filename: str = "<query>") -> nodes.Query:
                 clauses["model"] = b.model(start, end)
             elif kind == "where":
                 expr, base = _parse_expr(src, start, end, err, "where clause")
+                b.hole_names = {h.name for ps in prompts for h in ps.parts if isinstance(h, nodes.Hole)}
                 clauses["where"] = b.constraint(expr, base)
             else:
                 expr, base = _parse_expr(src, start, end, err, "distribution clause")
@@ -884,36 +899,42 @@ def parse(source: str, filename: str = "<query>") -> nodes.Query:
 
 def _loose_continuations(text: str) -> str:
     """Treat a backslash followed by trailing spaces as a line continuation (Python requires the newline right
-    after it; LMQL's documentation has examples with trailing spaces). Only outside strings: the backslash is
-    found where the tokenizer reports it as an unexpected character."""
-    for _ in range(10_000):
-        at = _stray_backslash(text)
-        if at is None:
+    after it; LMQL's documentation has examples with trailing spaces). Only outside strings: the backslashes are
+    the ones the tokenizer reports as unexpected characters. One tokenizer pass finds them all (Python 3.11);
+    a tokenizer that stops at the first (3.12+) costs one pass per backslash, bounded."""
+    for _ in range(64):
+        found = _stray_backslashes(text)
+        fixes = []
+        for at in found:
+            end = text.find("\n", at)
+            end = len(text) if end < 0 else end
+            if not text[at + 1 : end].strip(" \t\f") and end > at + 1:
+                fixes.append((at, end))
+        if not fixes:
             return text
-        end = text.find("\n", at)
-        end = len(text) if end < 0 else end
-        if text[at + 1 : end].strip(" \t\f"):
-            return text  # not a loose continuation: the tokenizer's error stands
-        text = text[: at + 1] + text[end:]
+        for at, end in reversed(fixes):
+            text = text[: at + 1] + text[end:]
     return text
 
 
-def _stray_backslash(text: str) -> int | None:
+def _stray_backslashes(text: str) -> list[int]:
     lines = text.split("\n")
     starts = [0]
     for line in lines[:-1]:
         starts.append(starts[-1] + len(line) + 1)
+    out: list[int] = []
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text).readline):
             if tok.type == tokenize.ERRORTOKEN and tok.string == "\\":
-                return starts[tok.start[0] - 1] + tok.start[1]
+                out.append(starts[tok.start[0] - 1] + tok.start[1])
     except SyntaxError as e:  # 3.12+: "unexpected character after line continuation character"
-        if "continuation" in (e.msg or "") and e.lineno:
-            line = lines[e.lineno - 1].rstrip(" \t\f") if e.lineno <= len(lines) else ""
-            return starts[e.lineno - 1] + len(line) - 1 if line.endswith("\\") else None
+        if "continuation" in (e.msg or "") and e.lineno and e.lineno <= len(lines):
+            line = lines[e.lineno - 1].rstrip(" \t\f")
+            if line.endswith("\\"):
+                out.append(starts[e.lineno - 1] + len(line) - 1)
     except (tokenize.TokenError, IndentationError):
-        return None
-    return None
+        pass
+    return out
 
 
 def _first_pos(text: str, ch: str) -> Pos:

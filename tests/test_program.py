@@ -361,3 +361,9 @@ def test_backslash_continuation_with_trailing_spaces() -> None:
     assert str(q.prompts[0].where) == "T in ['a', 'b']"
     with pytest.raises(QuerySyntaxError):
         parse('"[X]"\nx = 1 \\ 2\n')
+
+
+def test_name_in_hole_is_contains_and_hole_in_name_is_one_of() -> None:
+    q = parse('sep = ","\n"[X]" where sep in X and len(X) < 9\n"[Y]"\nwhere Y in options\n')
+    assert str(q.prompts[0].where) == "({sep} in X and len(X) < 9)"
+    assert str(q.where) == "Y in {options}"
