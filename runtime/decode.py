@@ -23,6 +23,10 @@ Token window
 ------------
 ``min_tokens``/``max_tokens`` (``len(TOKENS(X))`` bounds) count *value tokens*. A token healed at the
 prompt/hole boundary that only re-spells the prompt's last token counts zero (see :meth:`_Decoder.push`).
+Stop phrases follow LMQL: they end generation only once the other constraints allow it, so while fewer than
+``min_tokens`` value tokens exist a stop phrase is ignored (its text stays in the value and generation goes on);
+the first occurrence that completes in a token that brings the count to ``min_tokens`` or beyond ends the hole
+(see :meth:`_Decoder._check_end` and :class:`_Hole` for how automata that contain the stops are handled).
 
 Scores
 ------
@@ -273,7 +277,7 @@ class _Mask:
 class _AutoCache:
     """Per-automaton caches: allowed sets by (mask id, final), forced-text runs by state."""
 
-    __slots__ = ("masks", "runs", "budget", "heals", "warm")
+    __slots__ = ("masks", "runs", "budget", "heals", "warm", "stopping", "premin", "stops_only")
 
     def __init__(self) -> None:
         self.masks: dict[tuple[int, bool], _Mask] = {}
@@ -284,6 +288,10 @@ class _AutoCache:
         # bytes past the prefix)
         self.heals: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.warm = False  # every distinct mask built (see _Hole._warm)
+        self.stopping: dict[int, np.ndarray] = {}  # state -> sorted ids of the tokens that enter a stopped state
+        # (state, tokens left after this one (capped) or None) -> allowed set before min_tokens, stops blocked
+        self.premin: dict[tuple[int, int | None], tuple[np.ndarray | None, _Dense | None]] = {}
+        self.stops_only: dict[tuple[tuple[bytes, bool], ...], Any] = {}  # see _without_stops
 
 
 _UNCON_CACHE = _AutoCache()  # heal tables of unconstrained holes (keyed by prefix; vocabulary-specific below)
@@ -370,7 +378,6 @@ class _Hole:
         special: np.ndarray,
         eog: np.ndarray | None = None,
     ) -> None:
-        self.a = automaton
         eog = np.zeros(0, np.int32) if eog is None else eog
         self.unconstrained = automaton is None or bool(getattr(automaton, "unconstrained", False))
         self.eos = eos
@@ -379,6 +386,25 @@ class _Hole:
         self.max_tokens = None if max_tokens is None else int(max_tokens)
         self.stops = [_stop_pair(s) for s in stops]
         self.maxphr = max((len(p) for p, _ in self.stops), default=0)
+        # Stop phrases are ignored until the min_tokens-th value token (module docstring). The runtime's own stop
+        # search simply starts then (_Decoder._check_end). A compiled automaton contains the stops too: a phrase
+        # takes it to its absorbing stopped state, after which no token is accepted, and it cannot say which
+        # state the text would be in had the phrase not counted. So, with a token minimum:
+        # * an automaton that constrains nothing but these stop phrases (the compiler's, see _without_stops) is
+        #   replaced by the compiler's automaton of any text (valid UTF-8, no stops): the runtime's stop search
+        #   then implements the stops exactly;
+        # * any other automaton that can stop keeps its stops blocked before the minimum instead (``block_stops``:
+        #   a token that would enter a stopped state is not allowed while the value would still have fewer than
+        #   min_tokens tokens after it). Sound, but stricter than LMQL: the phrase cannot occur before the
+        #   minimum. Ignoring it there exactly needs the compiler to emit the language without its stops too.
+        self.block_stops = False
+        if self.min_tokens > 0 and not self.unconstrained and _can_stop(automaton):
+            free = _without_stops(automaton, self.stops) if self.stops else None
+            if free is not None:
+                automaton = free
+            else:
+                self.block_stops = True
+        self.a = automaton
         # Unconstrained: everything but control tokens; other end-of-generation tokens (e.g. <end_of_turn>)
         # end the hole like EOS.
         uncon = np.setdiff1d(special[special != eos], eog).astype(np.int32)
@@ -515,6 +541,49 @@ class _Hole:
 
     def allowed(self, state: int, n: int) -> tuple[np.ndarray | None, _Dense | None]:
         """Allowed set after ``n`` value tokens: ``(ids, None)`` (sparse, sorted) or ``(None, dense)``."""
+        ids, dense = self._allowed(state, n)
+        if self.block_stops and n + 1 < self.min_tokens:
+            # before the minimum, no token that would enter a stopped state (see __init__)
+            left = None if self.max_tokens is None else min(self.max_tokens - n - 1, self.mte_max)
+            key = (state, left)
+            hit = self.cache.premin.get(key)
+            if hit is None:
+                stopping = self.stopping(state)
+                if not len(stopping):
+                    hit = (ids, dense)
+                else:
+                    base = dense.all_ids() if ids is None else ids
+                    hit = (base[~np.isin(base, stopping)], None)
+                self.cache.premin[key] = hit
+            return hit
+        return ids, dense
+
+    def stopping(self, state: int) -> np.ndarray:
+        """Sorted ids of the tokens that take the automaton from ``state`` to a stopped state (cached)."""
+        hit = self.cache.stopping.get(state)
+        if hit is None:
+            m = self.mask(state)
+            body = m.ids[m.ids != self.eos]
+            nxt = np.asarray(self.a.step_many(np.full(len(body), state, np.int64), body))
+            hit = np.sort(body[self._stopped(nxt)]).astype(np.int32)
+            self.cache.stopping[state] = hit
+        return hit
+
+    def _stopped(self, states: np.ndarray) -> np.ndarray:
+        """bool per automaton state (-1 for a rejected step is not stopped)."""
+        states = np.asarray(states, np.int64)
+        out = np.zeros(len(states), bool)
+        ok = states >= 0
+        stopped = getattr(self.a, "stopped", None)
+        if isinstance(stopped, np.ndarray):
+            out[ok] = stopped[states[ok]]
+        else:
+            uniq = np.unique(states[ok])
+            flag = {int(u): self.a.is_stopped(int(u)) for u in uniq}
+            out[ok] = [flag[int(u)] for u in states[ok]]
+        return out
+
+    def _allowed(self, state: int, n: int) -> tuple[np.ndarray | None, _Dense | None]:
         no_eos = n < self.min_tokens
         if self.unconstrained:
             return None, (self.uncon_noeos if no_eos else self.uncon)
@@ -559,6 +628,62 @@ def _stop_pair(stop: Any) -> tuple[bytes, bool]:
     if not data:
         raise DecodeError("a stop phrase cannot be empty")
     return data, bool(keep)
+
+
+def _can_stop(automaton: Any) -> bool:
+    """Whether an automaton may have stopped states (False only when its ``stopped`` flags say none)."""
+    stopped = getattr(automaton, "stopped", None)
+    return not isinstance(stopped, np.ndarray) or bool(stopped.any())
+
+
+_ANY_TEXT: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # vocabulary id -> (vocabulary, automaton)
+_STOPS_ONLY: OrderedDict[tuple[int, tuple[tuple[bytes, bool], ...]], tuple[Any, Any]] = OrderedDict()
+
+
+def _compiled(cache: OrderedDict, key: Any, vocab: Any, build: Any) -> Any:
+    """A small per-vocabulary cache of compiler-built automata (False when the build failed)."""
+    entry = cache.get(key)
+    if entry is not None and entry[0] is vocab:
+        return entry[1]
+    try:
+        value = build()
+    except Exception:  # noqa: BLE001 - e.g. a stop phrase that is not UTF-8: no compiled hole has it
+        value = False
+    cache[key] = (vocab, value)
+    while len(cache) > 16:
+        cache.popitem(last=False)
+    return value
+
+
+def _without_stops(automaton: Any, stops: list[tuple[bytes, bool]]) -> Any | None:
+    """The compiler's automaton of any text over the same vocabulary (valid UTF-8, no stopped states) if
+    ``automaton`` is the compiler's automaton of a hole constrained by nothing but ``stops``; else None.
+
+    Decided exactly, by building the stop-only automaton over the same vocabulary and comparing the tables
+    (once per automaton and stop list; both builds are small: about 0.1 s each on a 262k vocabulary). Another
+    language, a stand-in automaton or an artifact from another compiler version gives None.
+    """
+    key = tuple(stops)
+    cache = _auto_cache(automaton)
+    if key in cache.stops_only:
+        return cache.stops_only[key]
+    out = None
+    vocab = getattr(automaton, "vocab", None)
+    fields = ("next_table", "tok_seq", "final", "stopped")
+    if vocab is not None and all(isinstance(getattr(automaton, f, None), np.ndarray) for f in fields):
+        from lmqc.compiler.automaton import TokenAutomaton
+        from lmqc.compiler.bytedfa import ByteDFA
+        from lmqc.compiler.ir import HoleIR, Stop
+
+        ir = lambda: HoleIR("X", stops=tuple(Stop(p.decode("utf-8"), keep) for p, keep in stops))  # noqa: E731
+        ref = _compiled(_STOPS_ONLY, (id(vocab), key), vocab, lambda: TokenAutomaton.build(ByteDFA.from_ir(ir()), vocab))
+        if ref is not False and int(ref.initial) == int(automaton.initial) and all(
+            np.array_equal(getattr(ref, f), getattr(automaton, f)) for f in fields
+        ):
+            out = _compiled(_ANY_TEXT, id(vocab), vocab, lambda: TokenAutomaton.build(ByteDFA.from_regex(r"(.|\n)*"), vocab))
+            out = out or None
+    cache.stops_only[key] = out
+    return out
 
 
 # -- sequences -----------------------------------------------------------------------------------------------
@@ -620,7 +745,12 @@ class _Decoder:
         ids, nxt, carries = h.heal_table(s.heal, self.b)
         if h.max_tokens is not None and not h.unconstrained:
             # a piece equal to the healed bytes costs no budget (push); one carrying value bytes costs one
-            ids = ids[h.mte[nxt] <= h.max_tokens - carries]
+            keep = h.mte[nxt] <= h.max_tokens - carries
+            if h.block_stops and h.min_tokens > 1:
+                keep &= ~(h._stopped(nxt) & (carries > 0))
+            ids = ids[keep]
+        elif h.block_stops and h.min_tokens > 1:
+            ids = ids[~(h._stopped(nxt) & (carries > 0))]
         return ids, None
 
     def push(self, s: _Seq, tok: int) -> None:
@@ -634,8 +764,8 @@ class _Decoder:
             # the heal table's pieces are s.heal + rest, with rest empty or ONE token the automaton allows first.
             # With rest non-empty the token carries value text and counts as one value token (matching the one
             # automaton step it makes); with rest empty all its bytes lie within the prompt text taken back and
-            # it counts zero: no max_tokens budget, nothing toward min_tokens. A piece cannot be shorter than
-            # s.heal: it must re-spell all of it.
+            # it counts zero: no max_tokens budget, nothing toward min_tokens (so neither toward the point from
+            # which stop phrases count). A piece cannot be shorter than s.heal: it must re-spell all of it.
             s.healing = False
             rest = self.b.piece(tok)[len(s.heal) :]
             if not rest:
@@ -660,8 +790,16 @@ class _Decoder:
         self._check_end(s, old)
 
     def _check_end(self, s: _Seq, old: int) -> None:
+        """End the hole after a token that added ``s.value[old:]`` if a stop phrase, the budget or ``max_len``
+        says so.
+
+        Stop rule with a token minimum: a stop phrase counts only in a token after which the value has at
+        least ``min_tokens`` tokens. The search looks at occurrences that end in this token's bytes (they may
+        start in earlier ones), so an occurrence that completed in an earlier token, before the minimum, stays
+        ignored for good; the value is cut at the earliest-starting occurrence completing in this token.
+        """
         h = s.hole
-        if h.stops and len(s.value) > old:
+        if h.stops and len(s.value) > old and s.n_value >= h.min_tokens:
             cut = self._find_stop(s.value, old, h)
             if cut is not None:
                 s.cut, s.ending = cut, "stop"
@@ -677,7 +815,7 @@ class _Decoder:
     def _find_stop(value: bytearray, old: int, h: _Hole) -> int | None:
         best: tuple[int, int] | None = None
         for phrase, keep in h.stops:
-            # No occurrence ended before this token, so one can only start in the last len(phrase)-1 old bytes.
+            # Only occurrences ending in the new bytes: they start at or after the last len(phrase)-1 old bytes.
             i = value.find(phrase, max(0, old - len(phrase) + 1))
             if i >= 0 and (best is None or i < best[0]):
                 best = (i, i + len(phrase) if keep else i)
@@ -694,6 +832,8 @@ class _Decoder:
         a = h.a
         while s.ending is None:
             run = h.forced_run(s.state, self.tokinfo, self.b) if self.tokinfo is not None else None
+            if run is not None and h.block_stops and s.n_value + len(run[0]) < h.min_tokens and a.is_stopped(run[1]):
+                run = None  # its last token would stop before the minimum: the model chooses instead
             if run is not None:
                 toks, end = run
                 if h.max_tokens is None or len(toks) + h.mte[end] <= h.max_tokens - s.n_value:
@@ -709,6 +849,11 @@ class _Decoder:
                 if not self.scoring and s.n_value >= h.min_tokens and h.mask(s.state).only_eos:
                     s.ending = "eos"
                 return
+            if h.block_stops and s.n_value + 1 < h.min_tokens:
+                nxt = a.step(s.state, tok)
+                if nxt < 0 or a.is_stopped(nxt):
+                    s.ending = "dead"  # the only way on is a stop phrase, and the minimum is not reached
+                    return
             if h.max_tokens is not None:
                 r = h.max_tokens - s.n_value
                 nxt = a.step(s.state, tok)

@@ -17,7 +17,9 @@ from _standin import (
     regex_ok,
 )
 
-from lmqc.compiler.ir import Stop
+from lmqc.compiler.automaton import TokenAutomaton
+from lmqc.compiler.bytedfa import ByteDFA
+from lmqc.compiler.ir import HoleIR, Stop
 from lmqc.errors import DecodeError
 from lmqc.runtime.backend import TinyBackend
 from lmqc.runtime.decode import Argmax, Beam, Sample, decode_hole, parse_strategy, score_options
@@ -481,7 +483,9 @@ def test_other_end_of_generation_tokens_end_unconstrained_holes(tb):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_randomized_invariants(seed):
-    """Random languages x strategies x budgets x stops: every completion keeps the decoder's invariants."""
+    """Random languages x strategies x token windows x stops x healing: every completion keeps the decoder's
+    invariants (among them LMQL's stop rule: the value is cut at the first occurrence of the stop phrase that
+    completes at or after ``min_tokens`` value tokens)."""
     import random
 
     from lmqc.errors import DecodeError
@@ -506,12 +510,13 @@ def test_randomized_invariants(seed):
         B = rnd.randint(1, 3)
         ctxs = [prompt(tb, rnd.choice(["Q: hi\nA:", "hello world ", '{"name": ', "the the", "A: "])) for _ in range(B)]
         maxt = rnd.choice([None, 2, 5, 12])
+        mint = min(rnd.choice([0, 0, 1, 3, 6]), 12 if maxt is None else maxt)
         stops = [] if rnd.random() < 0.6 else [Stop(rnd.choice([".", " ", "o", "0", "ll", "\n"]), rnd.random() < 0.5)]
         max_len = rnd.choice([None, len(ctxs[0]) + 4])
         heal = rnd.random() < 0.4
         try:
             out = decode_hole(
-                tb, ctxs, a, strategy=strategy, max_tokens=maxt, stops=stops, max_len=max_len,
+                tb, ctxs, a, strategy=strategy, min_tokens=mint, max_tokens=maxt, stops=stops, max_len=max_len,
                 rng=rnd.randrange(100), forced_text=rnd.random() < 0.7, heal=heal,
             )
         except DecodeError:
@@ -526,12 +531,14 @@ def test_randomized_invariants(seed):
             n_value = c.n_tokens - (heal and bool(c.tokens) and tb.piece(c.tokens[0]) == tb.piece(ctx[-1]))
             if maxt is not None:
                 assert n_value <= maxt
+            if c.ending in ("eos", "stop"):
+                assert n_value >= mint, c
             if c.ending in ("eos", "max_tokens") and a is not None and not stops:
                 assert a.accepts(c.tokens) if not heal else a.accepts(tb.tokenize(c.value)) or c.value == b"", c
-            if c.ending == "stop" and stops and not heal:
-                full, ph = tb.detokenize(c.tokens), stops[0].phrase.encode()
-                i = full.find(ph)
-                assert i >= 0 and c.value == full[: i + len(ph) if stops[0].keep else i]
+            if stops:
+                healed = tb.piece(ctx[-1]) if heal else b""
+                want, stopped = stop_reference(tb, c.tokens, [(stops[0].phrase, stops[0].keep)], mint, healed)
+                assert (c.value, c.ending == "stop") == (want, stopped), c
         if isinstance(strategy, Beam):
             assert [c.score for c in out] == sorted((c.score for c in out), reverse=True)
 
@@ -596,3 +603,97 @@ def test_healed_token_carrying_value_text_counts_once(tb):
     [c] = decode_hole(tb, [ctx], None, heal=True, min_tokens=3, max_tokens=3)
     assert c.tokens[0] == world and c.n_tokens == 3 and c.value.startswith(b"world")
     assert tb.detokenize(c.context) == tb.detokenize(ctx) + c.value
+
+
+# -- stop phrases before a token minimum -----------------------------------------------------------------------
+
+
+def stop_reference(tb, tokens, stops, min_tokens, healed=b""):
+    """LMQL's rule, by brute force: the value is cut at the first occurrence of a stop phrase that completes in a
+    token after which the value has at least ``min_tokens`` tokens (earliest such token; among occurrences
+    ending in it, the earliest start). Returns ``(value, stopped)``. With ``healed``, the first token re-spells
+    those prompt bytes: they are not value bytes, and a first token made of nothing else is not a value token."""
+    pieces = [tb.piece(t) for t in tokens]
+    counts = []
+    n = 0
+    for k, p in enumerate(pieces):
+        if k == 0 and healed:
+            assert p.startswith(healed)
+            pieces[0] = p = p[len(healed) :]
+            n += 1 if p else 0
+        else:
+            n += 1
+        counts.append(n)
+    full = b"".join(pieces)
+    ends = np.cumsum([len(p) for p in pieces]).tolist()
+    best = None
+    for phrase, keep in stops:
+        ph = phrase.encode() if isinstance(phrase, str) else phrase
+        for j in range(len(full) - len(ph) + 1):
+            if full[j : j + len(ph)] != ph:
+                continue
+            k = next(i for i, e in enumerate(ends) if e >= j + len(ph))  # the token completing the occurrence
+            if counts[k] >= min_tokens and (best is None or (k, j) < best[:2]):
+                best = (k, j, j + len(ph) if keep else j)
+    return (full, False) if best is None else (full[: best[2]], True)
+
+
+def _phrase_before_and_after(tb, tokens, k):
+    """A one-character ASCII phrase in one of the first k-1 tokens and again in a later one (or None)."""
+    pieces = [tb.piece(t) for t in tokens]
+    early, late = b"".join(pieces[: k - 1]), b"".join(pieces[k - 1 :])
+    return next((chr(b) for b in early if 32 < b < 127 and bytes([b]) in late), None)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_stop_phrase_before_min_tokens_is_ignored(keep, compiled):
+    tb = TinyBackend(n_seq=8, n_batch=64)
+    tb._eos_base = np.float32(-100.0)  # no end of sequence: the hole ends at a stop phrase or its budget
+    ctx = prompt(tb)
+    k = 5
+    # compiled: the compiler's automata over the tiny vocabulary (any text = valid UTF-8), else unconstrained
+    any_text = TokenAutomaton.build(ByteDFA.from_regex(r"(.|\n)*"), tb.vocabulary) if compiled else None
+    [free] = decode_hole(tb, [ctx], any_text, min_tokens=16, max_tokens=16)  # the greedy text, no stops
+    phrase = _phrase_before_and_after(tb, free.tokens, k)
+    assert phrase is not None
+    first = free.value.find(phrase.encode())
+    assert first < len(tb.detokenize(free.tokens[: k - 1]))  # the phrase occurs before the minimum ...
+    stop = Stop(phrase, keep)
+    # a hole constrained only by the stop (STOPS_AT/STOPS_BEFORE and len(TOKENS(X)) >= k): the runtime decodes
+    # the compiler's automaton of the stop as any text and applies the stop itself
+    a = TokenAutomaton.build(ByteDFA.from_ir(HoleIR("X", stops=(stop,))), tb.vocabulary) if compiled else None
+    for strategy in (Argmax(), Beam(1), Beam(3), Sample(), Sample(0.7, top_k=5)):
+        out = decode_hole(tb, [ctx] * 2, a, strategy=strategy, stops=[stop], min_tokens=k, max_tokens=16, rng=0)
+        for c in out:
+            want, stopped = stop_reference(tb, c.tokens, [(phrase, keep)], k)
+            assert (c.value, c.ending == "stop") == (want, stopped), c
+            assert c.n_tokens >= k
+            check(tb, c, ctx)
+        if isinstance(strategy, Argmax) or strategy == Beam(1):
+            c = out[0]  # ... so generation went on: the greedy text, cut at the phrase's first later occurrence
+            assert c.ending == "stop" and c.tokens == free.tokens[: len(c.tokens)]
+            assert c.value.count(phrase.encode()) >= (2 if keep else 1)  # the early phrase stayed in the value
+            head, tail = tb.detokenize(free.tokens[: k - 1]), tb.detokenize(free.tokens[k - 1 :])
+            i = tail.find(phrase.encode())
+            assert c.value == head + tail[: i + 1 if keep else i]
+    # without a minimum the first occurrence ends the hole
+    [c] = decode_hole(tb, [ctx], a, stops=[stop], max_tokens=16)
+    assert c.ending == "stop" and c.value == free.value[: first + 1 if keep else first]
+
+
+def test_automaton_stops_are_blocked_before_min_tokens(tb):
+    """An automaton with a language of its own and a stop (``[^.]*\\.``) cannot say where it would be had a
+    phrase not counted: before the minimum its stops are blocked instead (sound, stricter than LMQL; see
+    ``decode._Hole``). The value still satisfies the language and has at least ``min_tokens`` tokens."""
+    dots = [t for t in range(4, tb.n_vocab) if b"." in tb.piece(t)]
+    tb._bigram[:, dots] += 6.0  # periods are attractive: without a minimum the value ends early
+    ctx = prompt(tb)
+    a = auto(tb, dfa_until(ord(".")))
+    [early] = decode_hole(tb, [ctx], a, stops=[Stop(".", keep=True)])
+    assert early.n_tokens < 5 and early.value.endswith(b".")
+    for strategy in (Argmax(), Sample(), Beam(2)):
+        for c in decode_hole(tb, [ctx], a, strategy=strategy, stops=[Stop(".", keep=True)], min_tokens=5, rng=0):
+            assert c.ending == "stop" and c.n_tokens >= 5
+            assert c.value.endswith(b".") and b"." not in c.value[:-1]
+            check(tb, c, ctx)
