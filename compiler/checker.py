@@ -248,7 +248,9 @@ def _format_dist(dist: nodes.Distribution) -> str:
     return f"{dist.var} in {opts if isinstance(opts, nodes.Dyn) else repr(list(opts))}"
 
 
-def _model(model: str | None) -> str:
+def _model(model: str | nodes.Dyn | None) -> str:
+    if isinstance(model, nodes.Dyn):
+        return str(model)
     return "-" if model is None else '"' + _quote(model) + '"'
 
 
@@ -284,7 +286,7 @@ def query_to_json(query: nodes.Query) -> dict[str, Any]:
         "decoder": None if dec is None else {"name": dec.name, "args": dict(dec.args)},
         "holes": holes(query),
         "inputs": inputs(query),
-        "model": query.model,
+        "model": query.model if not isinstance(query.model, nodes.Dyn) else str(query.model),
         "constraints": {
             hole_slots(query)[i]: format_constraint(c) if c is not None else None
             for i, c in hole_constraints(query).items()

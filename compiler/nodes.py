@@ -292,7 +292,7 @@ class Query:
     body: Any = field(default=None, compare=False, repr=False)
     prologue: Any = field(default=None, compare=False, repr=False)
     decoder: Decoder | None = None
-    model: str | None = None
+    model: str | Dyn | None = None  # a Dyn: `from <python expression>`, which needs a caller's model=
     where: Constraint | None = None
     distribution: Distribution | None = None
     source: str = field(default="", compare=False, repr=False)

@@ -45,7 +45,8 @@ DECODERS: dict[str, frozenset[str]] = {
 }
 # Options LMQL's decoders accept that mean nothing for a local llama.cpp model: accepted and ignored.
 IGNORED_DECODER_ARGS = frozenset(
-    {"chunksize", "openai_chunksize", "verbose", "cache", "show_speculative", "certificate", "stream", "step_budget"}
+    {"chunksize", "openai_chunksize", "chunk_timeout", "verbose", "cache", "show_speculative", "certificate",
+     "stream", "step_budget"}
 )
 
 CONSTRAINT_FUNCTIONS = ("INT", "REGEX", "STOPS_AT", "STOPS_BEFORE", "STARTS_WITH", "len", "TOKENS")
@@ -388,7 +389,7 @@ def _parse_expr(src: _Text, start: int, end: int, err: Errors, what: str) -> tup
     """Parse source[start:end] as one Python expression (line breaks allowed); returns it and its base."""
     fragment = src.text[start:end]
     stripped = fragment.strip()
-    if not stripped or stripped.startswith("#"):
+    if not stripped or all(ln.strip().startswith("#") or not ln.strip() for ln in fragment.splitlines()):
         err.syntax_at(f"expected {what}", src.pos(start))
     lead = len(fragment) - len(fragment.lstrip())
     start += lead
@@ -528,13 +529,26 @@ class _Builder:
 
     # ---- from / distribution -------------------------------------------------------------------------------
 
-    def model(self, start: int, end: int) -> str:
+    def model(self, start: int, end: int) -> str | nodes.Dyn:
+        """``from "spec"``; ``from lmql.model("spec", ...)`` (LMQL's model objects: the spec, other options have no
+        meaning here); any other expression is kept as a ``Dyn`` (a caller's ``model=`` is then needed)."""
         expr, base = _parse_expr(self.src, start, end, self.err, "model in from clause")
-        if not isinstance(expr, ast.Constant) or not isinstance(expr.value, str):
-            self.err.type_at('the from clause takes a model name string, e.g. from "gemma-3-270m"', self._span(expr, base))
-        if not expr.value.strip():
-            self.err.type_at("empty model name in from clause", self._span(expr, base))
-        return expr.value
+        span = self._span(expr, base)
+        if (
+            isinstance(expr, ast.Call)
+            and (isinstance(expr.func, ast.Attribute) and expr.func.attr == "model"
+                 or isinstance(expr.func, ast.Name) and expr.func.id == "model")
+            and expr.args
+            and isinstance(expr.args[0], ast.Constant)
+        ):
+            expr = expr.args[0]
+        if isinstance(expr, ast.Constant):
+            if not isinstance(expr.value, str):
+                self.err.type_at('the from clause takes a model name string, e.g. from "gemma-3-270m"', span)
+            if not expr.value.strip():
+                self.err.type_at("empty model name in from clause", span)
+            return expr.value
+        return nodes.Dyn(self._source(expr, base), span=span)
 
     def distribution(self, expr: ast.expr, base: tuple[int, int], kw: Pos) -> nodes.Distribution:
         if (

@@ -60,8 +60,8 @@ class Program:
     inputs : tuple[str, ...]
         Names the program reads before binding them (not builtins): the query's inputs, in order of first use.
     params : tuple[str, ...]
-        The inputs the body also assigns (``x = int(x)``): passed as parameters, so they start with the input's
-        value; the other inputs are globals of the program's namespace.
+        The generator function's parameters: the inputs the program reads (as LMQL, which passes a query's free
+        names as arguments, so ``locals()`` shows them and ``x = int(x)`` starts from the input).
     source : str
         The generated Python, for reading (``lmqc check --program``) and tests.
     """
@@ -93,6 +93,22 @@ def dyn_args(query: nodes.Query, constraint: nodes.Constraint | None) -> list[no
     return list(out.values())
 
 
+class _DropLmqlImport(ast.NodeTransformer):
+    """``import lmql`` is dropped, as LMQL's compiler does: the name ``lmql`` is provided (it is lmqc)."""
+
+    def visit_Import(self, node: ast.Import) -> Any:
+        names = [a for a in node.names if a.name != "lmql"]
+        if not names:
+            return ast.copy_location(ast.Pass(), node)
+        node.names = names
+        return node
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        return node
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+
+
 class _Rewriter(ast.NodeTransformer):
     """Query strings -> yields; ``await`` -> yield; ``import lmql`` dropped. Nested scopes stay untouched."""
 
@@ -121,12 +137,7 @@ class _Rewriter(ast.NodeTransformer):
         value = self.visit(node.value)
         return ast.copy_location(ast.Yield(ast.Tuple([ast.Constant(EV_AWAIT), value], ast.Load())), node)
 
-    def visit_Import(self, node: ast.Import) -> Any:
-        names = [a for a in node.names if a.name != "lmql"]
-        if not names:
-            return ast.copy_location(ast.Pass(), node)
-        node.names = names
-        return node
+    visit_Import = _DropLmqlImport.visit_Import
 
     def visit_Expr(self, node: ast.Expr) -> Any:
         ps = self.prompt_at.get((node.lineno, node.col_offset))
@@ -286,7 +297,10 @@ def _build(query: nodes.Query) -> Program:
     filename = query.filename
     _register_source(filename, query.source)
     try:
-        prologue = compile(query.prologue, filename, "exec", dont_inherit=True) if query.prologue is not None else None
+        prologue = None
+        if query.prologue is not None:
+            pro = _DropLmqlImport().visit(_copy(query.prologue))
+            prologue = compile(ast.fix_missing_locations(pro), filename, "exec", dont_inherit=True)
         # Python's refusals (`nonlocal` without a binding, `global x` after x is used ...) located in the query
         # source; symtable in _inputs would raise them about the generated source
         compile(module, filename, "exec", dont_inherit=True)
@@ -349,7 +363,9 @@ def _inputs(generated: str, func: ast.FunctionDef, query: nodes.Query) -> tuple[
     names = (free - bound - _BUILTINS - PROVIDED - {FUNCTION}) | set(params) | (decoder_names - _BUILTINS - PROVIDED)
     first = _first_positions(query)
     order = sorted(names, key=lambda n: (first.get(n, (1 << 30, 0, 0)), n))
-    return order, [n for n in order if n in params]
+    # every input is a parameter of the generator function, as LMQL passes a query's free names as arguments
+    # (``locals()`` shows them; ``x = int(x)`` starts from the input); decoder-only names are not read there
+    return order, [n for n in order if n not in decoder_names or n in free or n in params]
 
 
 class _FirstUse(ast.NodeVisitor):

@@ -39,6 +39,13 @@ def _model_spec(query: Query | None, model: str | None) -> str:
     if model:
         return model
     if query is not None and query.model:
+        if not isinstance(query.model, str):
+            from .errors import ModelError
+
+            raise ModelError(
+                f"the query's from clause is a Python expression ({query.model.expr}): pass the model to use "
+                "(model=... in Python, --model on the command line)"
+            )
         return query.model
     return DEFAULT_MODEL
 

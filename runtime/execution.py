@@ -219,14 +219,24 @@ def new_generator(compiled: Any, scope: Mapping[str, Any]) -> Generator[Any, Any
 
     program = compiled.program
     ns: dict[str, Any] = {"__builtins__": builtins, "__name__": "__lmqc_query__", "lmql": lmqc, "lmqc": lmqc}
-    ns.update(scope)
+    params = set(program.params)
+    # inputs the program reads are its function's parameters (locals, as in LMQL); the rest of the scope (a
+    # query function's module and defining scope) are its globals
+    ns.update((k, v) for k, v in scope.items() if k not in params)
     try:
         if program.prologue is not None:
             exec(program.prologue, ns)  # noqa: S102 - queries are Python programs by design
         exec(program.code, ns)  # noqa: S102 - defines the generator function only
     except Exception as exc:  # noqa: BLE001
         raise _located(exc, compiled) from exc
-    return ns["__lmqc_query__"](*(scope[p] for p in program.params))
+    missing = [p for p in program.params if p not in scope and p not in ns]
+    if missing:
+        from lmqc.errors import QueryTypeError
+
+        raise QueryTypeError(
+            f"query input{'s' if len(missing) > 1 else ''} {', '.join(missing)} not given", filename=compiled.query.filename
+        )
+    return ns["__lmqc_query__"](*(scope[p] if p in scope else ns[p] for p in program.params))
 
 
 def _located(exc: BaseException, compiled: Any) -> QueryRuntimeError:

@@ -344,7 +344,8 @@ def run_compiled(
     are decoded by the server and everything else runs here, with the same results as in-process.
     """
     query = compiled.query
-    spec = f"lmqc://{endpoint}" if endpoint else model or compiled.model or query.model or DEFAULT_MODEL
+    own = query.model if isinstance(query.model, str) else None
+    spec = f"lmqc://{endpoint}" if endpoint else model or compiled.model or own or DEFAULT_MODEL
     backend = decoder_service(spec)
     if backend.fingerprint != compiled.vocab_fingerprint:
         raise ArtifactError(

@@ -409,7 +409,7 @@ def test_format_specs_have_f_string_semantics() -> None:
     assert inputs(q) == ["x", "w", "y"]
     namespace: dict[str, object] = {"x": "ab", "w": 4, "y": "c"}
     exec(program.code, namespace)
-    events = namespace[FUNCTION]()  # type: ignore[operator]
+    events = namespace[FUNCTION](*(namespace[p] for p in program.params))  # type: ignore[operator]
     assert next(events) == ("text", "<  ab> < 'c' > <**a***> ")
 
 

@@ -367,3 +367,29 @@ def test_name_in_hole_is_contains_and_hole_in_name_is_one_of() -> None:
     q = parse('sep = ","\n"[X]" where sep in X and len(X) < 9\n"[Y]"\nwhere Y in options\n')
     assert str(q.prompts[0].where) == "({sep} in X and len(X) < 9)"
     assert str(q.where) == "Y in {options}"
+
+
+def test_inputs_are_locals_and_import_lmql_is_dropped_everywhere() -> None:
+    # as LMQL's test_scoping: inputs the query reads are locals, not globals; prologue names are globals
+    src = (
+        'import lmql\nhelper = 1\nargmax\n    import lmql\n    ok = a + b + helper == 4\n'
+        '    ok = ok and "a" in locals() and "a" not in globals() and "helper" not in locals()\n'
+        '    "{ok} [X]" where len(X) < 2\n' + TINY
+    )
+    r = lmqc.run(src, b=1, a=2, unused=3)
+    assert r.prompt.startswith("True ")
+
+
+def test_from_clause_python_expressions() -> None:
+    q = parse('"[X]"\nfrom lmql.model("lmqc:tiny", tokenizer="whatever")\n')
+    assert q.model == "lmqc:tiny"
+    q = parse('"[X]"\nfrom MODEL\n')
+    assert str(q.model) == "{MODEL}"
+    with pytest.raises(lmqc.ModelError, match="pass the model"):
+        lmqc.compile('"[X]"\nfrom MODEL\n')
+    assert lmqc.run('"[X]" where len(X) < 3\nfrom MODEL\n', model="lmqc:tiny").prompt is not None
+
+
+def test_comment_lines_open_indented_clauses() -> None:
+    q = parse('argmax\n    "[X]"\nfrom\n    # the model\n    "lmqc:tiny"\nwhere\n    # bounded\n    len(X) < 3\n')
+    assert q.model == "lmqc:tiny" and str(q.where) == "len(X) < 3"
