@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,22 +137,14 @@ class CompiledQuery:
 def load(path: str | os.PathLike[str], *, vocab_fingerprint: str | None = None) -> CompiledQuery:
     """Load an artifact; refuse another format version, another vocabulary (if given) or a corrupt file."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"cannot read artifact {path}: {exc.strerror or exc}") from None
-    try:
-        npz = np.load(io.BytesIO(data), allow_pickle=False)
-        files = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise ArtifactError(f"{path} is not a valid lmqc artifact (corrupt or truncated: {exc})") from None
+    files = _read_npz(path)
     raw = files.pop(_HEADER, None)
     if raw is None:
         raise ArtifactError(f"{path} is not an lmqc artifact (no header)")
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: corrupt artifact header ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"{path}: corrupt artifact header ({type(exc).__name__})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not an lmqc artifact")
     if header.get("format_version") != FORMAT_VERSION:
@@ -159,6 +152,7 @@ def load(path: str | os.PathLike[str], *, vocab_fingerprint: str | None = None) 
             f"{path} has artifact format version {header.get('format_version')!r}; this lmqc reads version "
             f"{FORMAT_VERSION}: recompile the query with `lmqc compile`"
         )
+    _check_header_types(path, header)
     if vocab_fingerprint is not None and header.get("vocab_fingerprint") != vocab_fingerprint:
         raise ArtifactError(
             f"{path} was compiled for another vocabulary (fingerprint {str(header.get('vocab_fingerprint'))[:12]}, "
@@ -179,8 +173,8 @@ def load(path: str | os.PathLike[str], *, vocab_fingerprint: str | None = None) 
             automata[var] = TokenAutomaton.from_arrays(arrays)
     except ArtifactError:
         raise
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ArtifactError(f"{path}: corrupt artifact ({type(exc).__name__}: {exc})") from None
+    except (KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
+        raise ArtifactError(f"{path}: corrupt artifact ({type(exc).__name__}: {str(exc)[:200]})") from None
     return CompiledQuery(
         query=query,
         holes=holes,
@@ -189,6 +183,73 @@ def load(path: str | os.PathLike[str], *, vocab_fingerprint: str | None = None) 
         vocab_size=int(header["vocab_size"]),
         model=header.get("model"),
     )
+
+
+MAX_ARTIFACT_BYTES = 1 << 31  # refuse larger files (and larger declared contents) before reading them
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an artifact file, read defensively: a regular file of bounded size, a zip of ``.npy``
+    members whose declared shapes match their sizes (no allocation from a forged header), no object arrays."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtifactError(f"{path} is not a regular file")
+    if st.st_size > MAX_ARTIFACT_BYTES:
+        raise ArtifactError(f"{path} is larger than {MAX_ARTIFACT_BYTES} bytes: not an lmqc artifact")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact {path}: {exc.strerror or exc}") from None
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = z.infolist()
+            if sum(i.file_size for i in infos) > MAX_ARTIFACT_BYTES:
+                raise ArtifactError(f"{path}: artifact contents are larger than {MAX_ARTIFACT_BYTES} bytes")
+            for info in infos:
+                if not info.filename.endswith(".npy"):
+                    raise ArtifactError(f"{path}: unexpected member {info.filename!r} (not an lmqc artifact)")
+                with z.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    )
+                    shape, fortran, dtype = read_header(fh)
+                    if dtype.hasobject:
+                        raise ArtifactError(f"{path}: member {info.filename!r} holds Python objects (refused)")
+                    n = 1
+                    for d in shape:
+                        n *= int(d)
+                    header_len = fh.tell()
+                    if n * dtype.itemsize != info.file_size - header_len:
+                        raise ArtifactError(f"{path}: member {info.filename!r} is truncated or forged")
+                    body = fh.read()
+                arr = np.frombuffer(body, dtype=dtype)
+                out[info.filename[: -len(".npy")]] = arr.reshape(shape, order="F" if fortran else "C")
+    except ArtifactError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, TypeError, NotImplementedError) as exc:
+        raise ArtifactError(f"{path} is not a valid lmqc artifact (corrupt or truncated: {str(exc)[:200]})") from None
+    return out
+
+
+def _check_header_types(path: Path, header: dict[str, Any]) -> None:
+    def bad(field: str) -> ArtifactError:
+        return ArtifactError(f"{path}: corrupt artifact (header field {field!r} has the wrong type)")
+
+    for field, kind in (("source", str), ("source_hash", str), ("vocab_fingerprint", str), ("holes", dict)):
+        if not isinstance(header.get(field), kind):
+            raise bad(field)
+    if not isinstance(header.get("vocab_size"), int) or isinstance(header.get("vocab_size"), bool):
+        raise bad("vocab_size")
+    for field in ("filename", "model"):
+        if header.get(field) is not None and not isinstance(header[field], str):
+            raise bad(field)
+    if not all(isinstance(k, str) and isinstance(v, dict) for k, v in header["holes"].items()):
+        raise bad("holes")
 
 
 def _parse_source(path: Path, source: str, filename: str, holes: dict[str, Any]) -> nodes.Query:

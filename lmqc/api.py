@@ -174,6 +174,8 @@ def compile(  # noqa: A001 - the verb users expect, like re.compile
     if cache and cached.exists():
         try:
             compiled = load_artifact(cached, vocab_fingerprint=vocab.fingerprint)
+            if compiled.query.source != source:
+                raise ArtifactError("cache entry holds another query")  # a collision or a planted file
             compiled.query = query  # keep the caller's filename for error messages
             compiled.model = spec
             return compiled

@@ -163,3 +163,69 @@ def test_source_whose_holes_do_not_match_the_stored_automata_is_refused(compiled
 
     with pytest.raises(ArtifactError, match="does not match"):
         lmqc.load(_rewrite_header(path, tmp_path / "edited.lmqc", edit))
+
+
+def _forged_header(path: Path, out: Path, raw: bytes | None = None, edit=None, extra: dict | None = None) -> Path:
+    import io
+
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    if raw is None:
+        header = json.loads(np.load(io.BytesIO(files["header.json.npy"]), allow_pickle=False).tobytes())
+        edit(header)
+        raw = json.dumps(header).encode()
+    buf = io.BytesIO()
+    np.save(buf, np.frombuffer(raw, dtype=np.uint8))
+    files["header.json.npy"] = buf.getvalue()
+    files.update(extra or {})
+    with zipfile.ZipFile(out, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    return out
+
+
+def _npy_header_only(shape: str) -> bytes:
+    d = "{'descr': '<i4', 'fortran_order': False, 'shape': " + shape + ", }"
+    d = d + " " * (118 - len(d)) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(d).to_bytes(2, "little") + d.encode()
+
+
+def test_hostile_files_are_refused_with_artifact_errors(compiled, tmp_path: Path) -> None:
+    import os
+
+    good = compiled.save(tmp_path / "q.lmqc")
+    np.save(tmp_path / "x.npy", np.arange(10))
+    os.mkfifo(tmp_path / "fifo.lmqc")
+    (tmp_path / "zero.lmqc").symlink_to("/dev/zero")
+    (tmp_path / "empty.lmqc").write_bytes(b"")
+    cases = {
+        tmp_path / "x.npy": "not a valid lmqc artifact",
+        tmp_path / "fifo.lmqc": "not a regular file",  # would block forever on read
+        tmp_path / "zero.lmqc": "not a regular file",  # would never end
+        tmp_path / "empty.lmqc": "not a valid lmqc artifact",
+        _forged_header(good, tmp_path / "h1.lmqc", edit=lambda h: h.update(holes=[1, 2])): "'holes' has the wrong type",
+        _forged_header(good, tmp_path / "h2.lmqc", edit=lambda h: h.update(vocab_size="x")): "'vocab_size'",
+        _forged_header(good, tmp_path / "h3.lmqc", raw=b"[" * 100_000 + b"]" * 100_000): "corrupt artifact header",
+        # a declared shape of 400 GB must not be allocated
+        _forged_header(good, tmp_path / "h4.lmqc", edit=lambda h: None,
+                       extra={"A/next_table.npy": _npy_header_only("(100000000000,)")}): "truncated or forged",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ArtifactError, match=message):
+            lmqc.load(path)
+
+
+def test_compile_cache_entry_of_another_query_is_not_trusted(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LMQC_CACHE_DIR", str(tmp_path))
+    a = 'argmax\n    "[X]"\nfrom "lmqc:tiny"\nwhere X in ["yes", "no"]\n'
+    b = 'argmax\n    "[X]"\nfrom "lmqc:tiny"\nwhere X in ["red", "blue"]\n'
+    lmqc.compile(a)
+    lmqc.compile(b)
+    entries = sorted((tmp_path / "queries").glob("*.lmqc"))
+    assert len(entries) == 2
+    # plant a's artifact under every key: b must still compile to its own automaton
+    data = [p.read_bytes() for p in entries]
+    for p in entries:
+        p.write_bytes(data[0] if data[0] != p.read_bytes() else data[1])
+    assert lmqc.run(b).variables["X"] in ("red", "blue")
+    assert lmqc.run(a).variables["X"] in ("yes", "no")
