@@ -225,12 +225,15 @@ def substitute(
         if kind == "options":
             if isinstance(v, str) or not hasattr(v, "__iter__"):
                 raise error(f"{d.expr} must be a list of strings here, got {type(v).__name__}", d.span)
-            items = [x if isinstance(x, str) else None for x in v]  # type: ignore[attr-defined]
+            items = [x if isinstance(x, str) and not any("\ud800" <= ch <= "\udfff" for ch in x) else None
+                     for x in v]  # type: ignore[attr-defined]
             if not items or any(x is None for x in items):
                 raise error(f"{d.expr} must be a non-empty list of strings here, got {v!r}", d.span)
             return tuple(dict.fromkeys(items))
         if not isinstance(v, str):
             raise error(f"{d.expr} must be a string here, got {type(v).__name__}", d.span)
+        if any("\ud800" <= ch <= "\udfff" for ch in v):
+            raise error(f"{d.expr} has a lone surrogate, which cannot be encoded as UTF-8", d.span)
         if kind == "phrase" and not v:
             raise error(f"{d.expr} is an empty string; a stop phrase or searched text must not be empty", d.span)
         if kind == "pattern":

@@ -628,10 +628,19 @@ class _Builder:
         if isinstance(e, ast.Constant):
             if not isinstance(e.value, str):
                 self.err.type_at(f"{func} expects {what} here", self._span(e, base))
-            return e.value
+            return self._utf8(e.value, e, base)
         if isinstance(e, ast.JoinedStr | ast.Name | ast.Attribute | ast.Call | ast.Subscript | ast.BinOp):
             return nodes.Dyn(self._source(e, base), span=self._span(e, base))
         self.err.type_at(f"{func} expects {what} here", self._span(e, base))
+
+    def _utf8(self, value: str, node: ast.AST, base: tuple[int, int]) -> str:
+        """Constraint text is matched as UTF-8 bytes: a lone surrogate has no encoding."""
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start]
+            self.err.type_at(f"lone surrogate {bad!r} in a constraint string cannot be encoded as UTF-8", self._span(node, base))
+        return value
 
     def _arity(self, e: ast.Call, func: str, n: int, usage: str, base: tuple[int, int]) -> None:
         if len(e.args) != n or e.keywords:
@@ -757,7 +766,7 @@ class _Builder:
                 if not isinstance(item.value, str):  # type: ignore[attr-defined]
                     self.err.type_at("options must be strings", self._span(item, base))
                 if item.value not in out:  # type: ignore[attr-defined]
-                    out.append(item.value)  # type: ignore[attr-defined]
+                    out.append(self._utf8(item.value, item, base))  # type: ignore[attr-defined]
             return tuple(out)
         if isinstance(e, ast.Constant):
             self.err.type_at("expected a list of strings after 'in', e.g. X in [\"a\", \"b\"]", self._span(e, base))

@@ -147,6 +147,10 @@ def decode_literal(chars: Sequence[str], pos: Sequence[Pos], err: Errors) -> Lit
         for c in decoded:
             out.append(c)
             out_pos.append(at)
+    for c, at in zip(out, out_pos, strict=True):
+        if "\ud800" <= c <= "\udfff":
+            # prompts, stop phrases and options are UTF-8 text for the model; a lone surrogate has no encoding
+            err.syntax_at(f"lone surrogate {c!r} in a query string cannot be encoded as UTF-8", at)
     return Lit("".join(out), tuple(out_pos), prefix, span, pos[body_end] if body_end < n else pos[-1])
 
 

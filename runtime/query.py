@@ -183,6 +183,7 @@ class _Driver:
     def apply(self, b: _Branch, effects: list[Effect], request: Request | None) -> None:
         for e in effects:
             if e.kind == "text":
+                _check_utf8(e.value)
                 b.prompt += e.value
                 text = e.value
                 if b.turn_start:
@@ -506,6 +507,16 @@ def _call_decorator(d: Any, *args: Any) -> Any:
         return d(*args)
     except Exception as exc:  # noqa: BLE001 - a failing decorator is query code failing
         raise DecodeError(f"hole decorator {getattr(d, '__name__', d)!r} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _check_utf8(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DecodeError(
+            f"the prompt text {text[max(0, exc.start - 20) : exc.start + 1]!r} has a lone surrogate, which cannot be "
+            "encoded as UTF-8 for the model"
+        ) from None
 
 
 def _convert(value: str, is_int: bool) -> Any:

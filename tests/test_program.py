@@ -393,3 +393,12 @@ def test_from_clause_python_expressions() -> None:
 def test_comment_lines_open_indented_clauses() -> None:
     q = parse('argmax\n    "[X]"\nfrom\n    # the model\n    "lmqc:tiny"\nwhere\n    # bounded\n    len(X) < 3\n')
     assert q.model == "lmqc:tiny" and str(q.where) == "len(X) < 3"
+
+
+@pytest.mark.parametrize(
+    "src", ['"[X]" where STOPS_AT(X, "\\ud800")', '"[X]" where X in ["a", "\\udc00"]', '"\\udc00 [X]"']
+)
+def test_lone_surrogates_in_query_text_are_located_errors(src: str) -> None:
+    with pytest.raises(lmqc.LmqcError, match="lone surrogate") as info:
+        parse(src, "q.lmql")
+    assert info.value.line == 1 and info.value.column > 1
