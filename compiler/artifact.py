@@ -237,17 +237,17 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _check_header_types(path: Path, header: dict[str, Any]) -> None:
-    def bad(field: str) -> ArtifactError:
-        return ArtifactError(f"{path}: corrupt artifact (header field {field!r} has the wrong type)")
+    def bad(key: str) -> ArtifactError:
+        return ArtifactError(f"{path}: corrupt artifact (header field {key!r} has the wrong type)")
 
-    for field, kind in (("source", str), ("source_hash", str), ("vocab_fingerprint", str), ("holes", dict)):
-        if not isinstance(header.get(field), kind):
-            raise bad(field)
+    for key, kind in (("source", str), ("source_hash", str), ("vocab_fingerprint", str), ("holes", dict)):
+        if not isinstance(header.get(key), kind):
+            raise bad(key)
     if not isinstance(header.get("vocab_size"), int) or isinstance(header.get("vocab_size"), bool):
         raise bad("vocab_size")
-    for field in ("filename", "model"):
-        if header.get(field) is not None and not isinstance(header[field], str):
-            raise bad(field)
+    for key in ("filename", "model"):
+        if header.get(key) is not None and not isinstance(header[key], str):
+            raise bad(key)
     if not all(isinstance(k, str) and isinstance(v, dict) for k, v in header["holes"].items()):
         raise bad("holes")
 
