@@ -921,6 +921,15 @@ def _parse(source: str, filename: str) -> nodes.Query:
 
 
 def _loose_continuations(text: str) -> str:
+    if not _LOOSE.search(text):
+        return text
+    return _fix_loose_continuations(text)
+
+
+_LOOSE = re.compile(r"\\[ \t\f]+\n")
+
+
+def _fix_loose_continuations(text: str) -> str:
     """Treat a backslash followed by trailing spaces as a line continuation (Python requires the newline right
     after it; LMQL's documentation has examples with trailing spaces). Only outside strings: the backslashes are
     the ones the tokenizer reports as unexpected characters. One tokenizer pass finds them all (Python 3.11);

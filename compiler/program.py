@@ -28,9 +28,8 @@ import ast
 import builtins
 import linecache
 import os
-import symtable
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any
 
@@ -62,15 +61,20 @@ class Program:
     params : tuple[str, ...]
         The generator function's parameters: the inputs the program reads (as LMQL, which passes a query's free
         names as arguments, so ``locals()`` shows them and ``x = int(x)`` starts from the input).
-    source : str
-        The generated Python, for reading (``lmqc check --program``) and tests.
+    module : ast.Module
+        The generated Python (``source`` unparses it).
     """
 
     code: CodeType
     prologue: CodeType | None
     inputs: tuple[str, ...]
-    source: str
+    module: ast.Module = field(compare=False, repr=False)
     params: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> str:
+        """The generated Python, for reading (tests, debugging)."""
+        return ast.unparse(self.module)
 
 
 def dyn_args(query: nodes.Query, constraint: nodes.Constraint | None) -> list[nodes.Dyn]:
@@ -301,16 +305,19 @@ def _build(query: nodes.Query) -> Program:
         if query.prologue is not None:
             pro = _DropLmqlImport().visit(_copy(query.prologue))
             prologue = compile(ast.fix_missing_locations(pro), filename, "exec", dont_inherit=True)
-        # Python's refusals (`nonlocal` without a binding, `global x` after x is used ...) located in the query
-        # source; symtable in _inputs would raise them about the generated source
-        compile(module, filename, "exec", dont_inherit=True)
-        inputs, params = _inputs(ast.unparse(module), func, query)
-        func.args = ast.arguments([], [ast.arg(p) for p in params], None, [], [], None, [])
-        ast.fix_missing_locations(module)
-        code = compile(module, filename, "exec", dont_inherit=True)
+        # compiled once without parameters to read the names it uses (Python's own refusals, like `nonlocal`
+        # without a binding, come out here located in the query source), then with its inputs as parameters
+        first = compile(module, filename, "exec", dont_inherit=True)
+        inputs, params = _inputs(first, prologue, func, query)
+        if params:
+            func.args = ast.arguments([], [ast.arg(p) for p in params], None, [], [], None, [])
+            ast.fix_missing_locations(module)
+            code = compile(module, filename, "exec", dont_inherit=True)
+        else:
+            code = first
     except SyntaxError as e:
         raise error(f"invalid Python: {e.msg}", line=e.lineno, col=e.offset) from None
-    return Program(code, prologue, tuple(inputs), ast.unparse(module), tuple(params))
+    return Program(code, prologue, tuple(inputs), module, tuple(params))
 
 
 def _copy(tree: ast.Module) -> ast.Module:
@@ -327,45 +334,67 @@ def _register_source(filename: str, source: str) -> None:
         linecache.cache[filename] = (len(source), None, lines, filename)
 
 
-def _inputs(generated: str, func: ast.FunctionDef, query: nodes.Query) -> tuple[list[str], list[str]]:
-    """The program's inputs and, among them, the ones its body assigns (which become parameters).
+def _inputs(
+    code: CodeType, prologue: CodeType | None, func: ast.FunctionDef, query: nodes.Query
+) -> tuple[list[str], list[str]]:
+    """The program's inputs and the generator function's parameters, read off the compiled code.
 
-    Free names (read somewhere, bound nowhere in prologue or body, not builtins) are inputs; so is a name the
-    body assigns but reads first (``x = int(x)``), in execution order as far as it is visible statically.
+    Free names (read as globals somewhere, bound nowhere in prologue or body, not builtins) are inputs; so is a
+    name the body assigns but reads first (``x = int(x)``), in execution order as far as it is visible
+    statically. Names only a decoder argument reads (``sample(n=k)``) are inputs but not parameters.
     """
-    prologue = ast.unparse(query.prologue) if query.prologue is not None else ""
-    table = symtable.symtable(prologue + "\n" + generated, "<query>", "exec")
-    bound = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
-    free: set[str] = set()
-
-    def walk(t: symtable.SymbolTable) -> None:
-        for s in t.get_symbols():
-            if s.is_referenced() and (s.is_global() and not s.is_declared_global()):
-                free.add(s.get_name())
-        for child in t.get_children():
-            walk(child)
-
-    func_table = next(t for t in table.get_children() if t.get_name() == FUNCTION)
-    for child in table.get_children():
-        walk(child)
-    for s in table.get_symbols():
-        if s.is_referenced() and not s.is_assigned() and not s.is_imported():
-            free.add(s.get_name())
-    local = {s.get_name() for s in func_table.get_symbols() if s.is_local()}
+    func_code = next(c for c in code.co_consts if isinstance(c, CodeType) and c.co_name == FUNCTION)
+    read, bound = _global_names(code)
+    if prologue is not None:
+        pro_read, pro_bound = _global_names(prologue)
+        read |= pro_read - pro_bound  # a prologue name read before the prologue binds it: still bound after
+        bound |= pro_bound
+    local = set(func_code.co_varnames) | set(func_code.co_cellvars)
     first = _FirstUse()
     for stmt in func.body:
         first.visit(stmt)
-    params = sorted(n for n in local if first.loads_first.get(n) and n not in bound)
+    assigned_first_read = {n for n in local if first.loads_first.get(n) and n not in bound}
+    free = read - bound - _BUILTINS - PROVIDED - {FUNCTION}
     decoder_names: set[str] = set()
     for _, value in query.decoder.args if query.decoder is not None else ():
         if isinstance(value, nodes.Dyn):  # sample(n=k): evaluated in the inputs when the query starts
             decoder_names |= {n.id for n in ast.walk(ast.parse(value.expr, mode="eval")) if isinstance(n, ast.Name)}
-    names = (free - bound - _BUILTINS - PROVIDED - {FUNCTION}) | set(params) | (decoder_names - _BUILTINS - PROVIDED)
-    first = _first_positions(query)
-    order = sorted(names, key=lambda n: (first.get(n, (1 << 30, 0, 0)), n))
-    # every input is a parameter of the generator function, as LMQL passes a query's free names as arguments
-    # (``locals()`` shows them; ``x = int(x)`` starts from the input); decoder-only names are not read there
-    return order, [n for n in order if n not in decoder_names or n in free or n in params]
+    names = free | assigned_first_read | (decoder_names - _BUILTINS - PROVIDED)
+    positions = _first_positions(query)
+    order = sorted(names, key=lambda n: (positions.get(n, (1 << 30, 0, 0)), n))
+    # every input the body reads is a parameter of the generator function, as LMQL passes a query's free names as
+    # arguments (``locals()`` shows them; ``x = int(x)`` starts from the input)
+    return order, [n for n in order if n in free or n in assigned_first_read]
+
+
+def _global_names(code: CodeType) -> tuple[set[str], set[str]]:
+    """(read, bound) global names of module code and of every code object nested in it (functions, lambdas,
+    comprehensions, class bodies)."""
+    import dis
+
+    read: set[str] = set()
+    bound: set[str] = set()
+    stack = [(code, True)]
+    while stack:
+        co, module_level = stack.pop()
+        stored_here: set[str] = set()
+        loads: set[str] = set()
+        for ins in dis.get_instructions(co):
+            op = ins.opname
+            if op in ("LOAD_GLOBAL", "LOAD_NAME"):
+                loads.add(ins.argval)
+            elif op in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+                bound.add(ins.argval)
+            elif op in ("STORE_NAME", "DELETE_NAME"):
+                stored_here.add(ins.argval)
+        if module_level:
+            bound |= stored_here
+            read |= loads
+        else:
+            # a class body reads its own attributes (and __annotations__, for `x: int`) by LOAD_NAME
+            read |= loads - stored_here - {"__annotations__"}
+        stack.extend((c, False) for c in co.co_consts if isinstance(c, CodeType))
+    return read, bound
 
 
 class _FirstUse(ast.NodeVisitor):
