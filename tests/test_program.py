@@ -402,3 +402,33 @@ def test_lone_surrogates_in_query_text_are_located_errors(src: str) -> None:
     with pytest.raises(lmqc.LmqcError, match="lone surrogate") as info:
         parse(src, "q.lmql")
     assert info.value.line == 1 and info.value.column > 1
+
+
+def test_chat_role_tags_use_the_models_chat_template_when_it_has_one() -> None:
+    from lmqc.runtime.execution import Effect
+    from lmqc.runtime.models import get_model
+    from lmqc.runtime.query import _Branch, _Driver
+
+    chatml = (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>'"
+        " + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    tiny = get_model("lmqc:tiny")
+
+    class WithTemplate:  # the tiny model, plus a chat template as a GGUF would carry it
+        def __getattr__(self, name: str):
+            return getattr(tiny, name)
+
+        def chat_template(self) -> str:
+            return chatml
+
+    driver = _Driver(None, WithTemplate(), "lmqc:tiny", {}, 100)  # type: ignore[arg-type]
+    b = _Branch(None, [])  # type: ignore[arg-type]
+    effects = [Effect("role", "system"), Effect("text", " Be brief."), Effect("role", "user"), Effect("text", "Hi"),
+               Effect("role", "assistant")]
+    driver.apply(b, effects, None)
+    driver.flush(b)
+    assert tiny.detokenize(b.context) == (
+        b"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert driver.chat.name == "template"
