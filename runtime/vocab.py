@@ -14,7 +14,6 @@ import ctypes
 import hashlib
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,12 +117,15 @@ def vocabulary_from_gguf(model_path: str | os.PathLike[str], *, cache: bool = Tr
     from lmqc.compiler.vocabulary import Vocabulary
 
     vocab: Vocabulary | None = None
-    if cache and path.exists():
+    if cache and path.is_file():
         try:
-            with np.load(path, allow_pickle=False) as z:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("not an npz archive")
+            with loaded as z:
                 vocab = Vocabulary.from_arrays({k: z[k] for k in z.files})
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, VocabularyError):
-            vocab = None  # damaged entry: rebuild it
+        except Exception:  # noqa: BLE001 - any damaged entry (empty, .npy, truncated, forged) is rebuilt
+            vocab = None
     if vocab is None:
         vocab = read_gguf_vocabulary(model_path)
         if cache:

@@ -158,3 +158,27 @@ def test_token_healing_on_gemma(gemma):
     [c] = decode_hole(gemma, [p], None, heal=True, max_tokens=6)
     assert gemma.piece(c.tokens[0]).startswith(b" ")
     assert gemma.detokenize(c.context) == gemma.detokenize(p) + c.value
+
+
+@pytest.mark.parametrize("damage", ["empty", "npy", "truncated"])
+def test_damaged_vocabulary_cache_is_rebuilt(gemma, tmp_path, monkeypatch, damage):
+    import numpy as np
+
+    from lmqc.runtime import vocab as vocab_mod
+
+    path = models.resolve_model("gemma-3-270m")
+    monkeypatch.setenv("LMQC_CACHE_DIR", str(tmp_path))
+    entry = cache_path(path)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "empty":
+        entry.write_bytes(b"")
+    elif damage == "npy":
+        with open(entry, "wb") as f:
+            np.save(f, np.arange(3))
+    else:
+        vocabulary_from_gguf(path)
+        entry.write_bytes(entry.read_bytes()[:1000])
+    vocab_mod._memo.clear()
+    assert vocabulary_from_gguf(path).fingerprint == gemma.vocabulary.fingerprint
+    vocab_mod._memo.clear()
+    assert vocabulary_from_gguf(path).fingerprint == gemma.vocabulary.fingerprint  # and the rebuilt entry loads
