@@ -36,6 +36,10 @@ class SourceError(LmqcError):
         self.column = column
         super().__init__(self.render())
 
+    def __str__(self) -> str:
+        # QuerySyntaxError is also a SyntaxError, whose own __str__ would append "(file, line N)"
+        return self.render()
+
     def get_context(self) -> str:
         """The offending source line and a caret under the column (empty if unknown)."""
         if self.source is None or self.line is None:
@@ -66,12 +70,21 @@ class SourceError(LmqcError):
         return self
 
 
-class QuerySyntaxError(SourceError):
-    """The query does not parse."""
+class QuerySyntaxError(SourceError, SyntaxError):
+    """The query does not parse. Also a ``SyntaxError``, as Python users expect (``lineno``/``offset`` set)."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.msg = message
+        self.lineno = self.line
+        self.offset = self.column
+        lines = (self.source or "").splitlines()
+        self.text = lines[self.line - 1] if self.line is not None and 0 < self.line <= len(lines) else None
 
 
-class QueryTypeError(SourceError):
-    """The query parses but is ill-formed: unknown variable, wrong arity, bad decoder argument, ..."""
+class QueryTypeError(SourceError, TypeError):
+    """The query parses but is ill-formed: unknown variable, wrong arity, bad decoder argument, missing input ...
+    Also a ``TypeError``, as Python users expect."""
 
 
 class ConstraintError(SourceError):
