@@ -437,7 +437,7 @@ def test_chat_role_tags_use_the_models_chat_template_when_it_has_one() -> None:
 def test_query_errors_are_also_pythons_own_error_types() -> None:
     with pytest.raises(SyntaxError) as info:
         parse('"[X"', "q.lmql")
-    assert (info.value.lineno, info.value.offset, info.value.text) == (1, 1, '"[X"')
-    assert str(info.value).startswith("q.lmql:1:1: ")
+    assert (info.value.lineno, info.value.offset, info.value.text) == (1, 4, '"[X"')
+    assert str(info.value).startswith("q.lmql:1:4: expected ']'")
     with pytest.raises(TypeError, match="unknown variable 'Y'"):
         parse('"[X]" where len(Y) < 3')
