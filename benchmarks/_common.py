@@ -300,7 +300,7 @@ def step_walk(
 ) -> dict[str, Any]:
     """Per-step constraint work over a random walk, through ``runtime.decode``'s own code path.
 
-    One step, timed: ``_Hole.allowed`` (state -> cached mask, exactly what the decoder calls), ``_argmax`` on a
+    One step, timed: ``HoleTables.allowed`` (state -> cached mask, exactly what the decoder calls), ``choose_argmax`` on a
     real logits row (the decoder's choice, using the runtime's gather / argmax-first / complement paths) and
     ``automaton.step`` for the chosen token (the state advance). The walk itself continues with a random
     allowed non-EOS token (untimed), restarting at the initial state when the hole has ended.
@@ -311,10 +311,11 @@ def step_walk(
     the first decoding steps of a fresh process pay); later passes replay the same walk warm. Returns per-step
     nanoseconds: ``cold`` (pass 1) and ``warm`` (per step, the median over the warm passes).
     """
-    from lmqc.runtime.decode import _argmax, _Hole
+    from lmqc.runtime.decode.hole import HoleTables
+    from lmqc.runtime.decode.strategies import choose_argmax
 
     V, eos = vocab.size, vocab.eos_id
-    hole = _Hole(automaton, (), 0, None, V, eos, special_ids(vocab))
+    hole = HoleTables(automaton, (), 0, None, V, eos, special_ids(vocab))
     runs: list[list[int]] = []
     visited: set[int] = set()
     restarts = 0
@@ -334,7 +335,7 @@ def step_walk(
                 row = buf
                 t0 = time.perf_counter_ns()
                 ids, dense = hole.allowed(state, n)
-                tok = _argmax(row, ids, dense)
+                tok = choose_argmax(row, ids, dense)
                 if automaton is not None and tok != eos and tok >= 0:
                     automaton.step(state, tok)
                 ns.append(time.perf_counter_ns() - t0)

@@ -218,15 +218,15 @@ def _per_branch(value: Any, B: int, is_scalar: Any) -> list[Any]:
 
 
 def _encode_stops(stops: Any, B: int) -> list[list[list[Any]]]:
-    from .decode import _is_stop_rule
+    from .decode.stops import is_stop_rule
 
     def rule(r: Any) -> list[Any]:
         phrase, keep = (r.phrase, r.keep) if hasattr(r, "phrase") else r
         return [encode_text(phrase), bool(keep)]
 
-    if isinstance(stops, str | bytes) or _is_stop_rule(stops):
+    if isinstance(stops, str | bytes) or is_stop_rule(stops):
         raise DecodeError("stops must be a sequence of stop rules, e.g. [Stop('\\n', keep=False)]")
-    shared = len(stops) == 0 or _is_stop_rule(stops[0])
+    shared = len(stops) == 0 or is_stop_rule(stops[0])
     lists = [stops] * B if shared else list(stops)
     return [[rule(r) for r in lst] for lst in lists]
 

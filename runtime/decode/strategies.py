@@ -1,0 +1,203 @@
+"""Decoding strategies and their token choice: argmax, sample (temperature, top-k, top-p), beam (top-n).
+
+A strategy is a frozen dataclass of its token-choice parameters; the function that picks a token from one logits
+row under an allowed set (sparse ids, or a :class:`~.masks.Dense` set) lives beside it. Parameters about the run
+rather than the choice (``n`` for sample, ``seed``, ``max_len``) belong to the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lmqc.errors import DecodeError
+
+from .masks import Dense
+
+__all__ = ["Argmax", "Beam", "Sample", "Strategy", "choose_argmax", "choose_sample", "parse_strategy", "top_n"]
+
+
+@dataclass(frozen=True, slots=True)
+class Argmax:
+    """Greedy decoding: the most likely allowed token at every step."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Ancestral sampling from the allowed tokens, renormalized after temperature, ``top_k`` and ``top_p``.
+
+    ``top_k=0`` and ``top_p=1.0`` disable those filters; ``temperature=0`` is argmax.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise DecodeError(f"sample temperature must be a finite number >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise DecodeError(f"sample top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise DecodeError(f"sample top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True, slots=True)
+class Beam:
+    """Beam search keeping the ``n`` best sequences by total log-probability; finished ones compete too."""
+
+    n: int = 2
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise DecodeError(f"beam width must be >= 1, got {self.n}")
+
+
+Strategy = Argmax | Sample | Beam
+
+
+def parse_strategy(name: str, **params: Any) -> Strategy:
+    """Build a strategy from a decoder name and its keyword arguments (``n``, ``temperature``, ...).
+
+    Parameters not about token choice (``n`` for sample, ``seed``, ``max_len``) are ignored here; the caller
+    replicates contexts for ``sample(n=...)`` and creates the generator from ``seed``.
+    """
+    if name == "argmax":
+        return Argmax()
+    if name == "sample":
+        return Sample(
+            temperature=float(params.get("temperature", 1.0)),
+            top_k=int(params.get("top_k", 0) or 0),
+            top_p=float(params.get("top_p", 1.0)),
+        )
+    if name in ("beam", "beam_search"):
+        return Beam(n=int(params.get("n", 2)))
+    raise DecodeError(f"unknown decoder {name!r}: use argmax, sample or beam")
+
+
+# -- token choice --------------------------------------------------------------------------------------------
+
+
+_BUFFERS: dict[int, np.ndarray] = {}
+
+
+def _work_row(V: int) -> np.ndarray:
+    """A reusable float32[V] scratch row (decoding is single-threaded per process)."""
+    buf = _BUFFERS.get(V)
+    if buf is None:
+        buf = _BUFFERS[V] = np.empty(V, np.float32)
+    return buf
+
+
+def choose_argmax(row: np.ndarray, ids: np.ndarray | None, dense: Dense | None) -> int:
+    """The most likely allowed token of a logits row (-1 if nothing is allowed)."""
+    if ids is not None:
+        if len(ids) == 0:
+            return -1
+        return int(ids[int(np.argmax(np.take(row, ids)))])
+    t = int(np.argmax(row))
+    if dense.contains(t):  # the common case: the model's favourite is allowed anyway
+        return t
+    buf = _work_row(len(row))
+    np.add(row, dense.bias, out=buf)
+    t = int(np.argmax(buf))
+    return t if np.isfinite(buf[t]) else -1
+
+
+def top_n(row: np.ndarray, ids: np.ndarray | None, dense: Dense | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n best allowed tokens of a row and their logits (unordered)."""
+    if ids is not None:
+        vals = row[ids]
+        if len(ids) > n:
+            part = np.argpartition(vals, -n)[-n:]
+            return ids[part], vals[part]
+        return ids, vals
+    tmp = row + dense.bias
+    if n <= 8:  # a few argmax passes beat a partition of the whole vocabulary
+        out = []
+        for _ in range(n):
+            t = int(np.argmax(tmp))
+            if not np.isfinite(tmp[t]):
+                break
+            out.append(t)
+            tmp[t] = -np.inf
+        top = np.asarray(out, dtype=np.int64)
+    else:
+        top = np.argpartition(tmp, -n)[-n:]
+        top = top[np.isfinite(tmp[top])]
+    return top.astype(np.int32), row[top]
+
+
+_BLOCK = 512  # sampling from a full row: pick a block by its mass, then a token inside it
+
+
+def _draw(w: np.ndarray, rng: np.random.Generator) -> int:
+    """Index drawn with probability proportional to the non-negative float32 weights ``w`` (exact, O(V))."""
+    n = len(w)
+    if n <= 4 * _BLOCK:
+        cum = np.cumsum(w, dtype=np.float64)
+        j = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+        return min(j, int(np.flatnonzero(w)[-1]))
+    pad = (-n) % _BLOCK
+    ww = np.concatenate([w, np.zeros(pad, w.dtype)]) if pad else w
+    blocks = ww.reshape(-1, _BLOCK).sum(axis=1)  # float32 pairwise sums: fast and accurate enough
+    cb = np.cumsum(blocks, dtype=np.float64)
+    u = rng.random() * cb[-1]
+    k = min(int(np.searchsorted(cb, u, side="right")), int(np.flatnonzero(blocks)[-1]))
+    u -= cb[k - 1] if k else 0.0
+    inner = ww[k * _BLOCK : (k + 1) * _BLOCK]
+    cw = np.cumsum(inner, dtype=np.float64)
+    j = min(int(np.searchsorted(cw, u, side="right")), int(np.flatnonzero(inner)[-1]))
+    return k * _BLOCK + j
+
+
+def _nucleus(w: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices of the smallest set of largest weights holding ``top_p`` of the mass (``w.max() == 1``)."""
+    total = float(w.sum())
+    thr = 1e-2
+    while True:
+        # every weight outside {w > thr} is below every weight inside, so if the inside holds top_p of the
+        # mass, the nucleus lies inside it
+        cand = np.flatnonzero(w > thr)
+        if thr < 1e-30 or float(w[cand].sum(dtype=np.float64)) >= top_p * total:
+            break
+        thr *= 1e-3
+    cand = cand[np.argsort(-w[cand], kind="stable")]
+    cum = np.cumsum(w[cand], dtype=np.float64)
+    return cand[: int(np.searchsorted(cum, top_p * total)) + 1]
+
+
+def choose_sample(
+    row: np.ndarray, ids: np.ndarray | None, dense: Dense | None, cfg: Sample, rng: np.random.Generator
+) -> int:
+    """Draw from softmax(row / T) restricted to the allowed tokens, after top-k and top-p."""
+    if cfg.temperature == 0:
+        return choose_argmax(row, ids, dense)
+    if ids is not None:
+        if len(ids) == 0:
+            return -1
+        cand: np.ndarray | None = ids
+        z = row[ids].astype(np.float32)
+    else:
+        cand = None
+        z = np.add(row, dense.bias, dtype=np.float32)
+    if 0 < cfg.top_k < len(z):
+        part = np.argpartition(z, -cfg.top_k)[-cfg.top_k :]
+        z = z[part]
+        cand = part if cand is None else cand[part]
+    m = z.max()
+    if not np.isfinite(m):
+        return -1
+    # weights exp((z - max) / T) in place: max weight 1, masked tokens 0
+    z -= m
+    z *= np.float32(1.0 / cfg.temperature)
+    np.exp(z, out=z)
+    if cfg.top_p < 1.0:
+        keep = _nucleus(z, cfg.top_p)
+        z = z[keep]
+        cand = keep if cand is None else cand[keep]
+    j = _draw(z, rng)
+    return int(j if cand is None else cand[j])
