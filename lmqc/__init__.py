@@ -18,9 +18,23 @@ from .errors import (
 __version__ = "0.1.0"
 
 from . import decorators  # noqa: E402 - LMQL code refers to lmql.decorators.pre / .streaming
-from .api import compile, load, model, parse, query, run, vocabulary  # noqa: E402,A004
+from .api import (  # noqa: E402
+    F,
+    QueryFunction,
+    compile,  # noqa: A004
+    default_model,
+    load,
+    model,
+    parse,
+    query,
+    run,
+    set_default_model,
+    vocabulary,
+)
 
 __all__ = [
+    "F",
+    "QueryFunction",
     "ArtifactError",
     "ConstraintError",
     "DecodeError",
@@ -33,11 +47,13 @@ __all__ = [
     "VocabularyError",
     "__version__",
     "compile",
+    "default_model",
     "decorators",
     "load",
     "model",
     "parse",
     "query",
     "run",
+    "set_default_model",
     "vocabulary",
 ]

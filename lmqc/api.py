@@ -21,6 +21,20 @@ if TYPE_CHECKING:
     from lmqc.compiler.vocabulary import Vocabulary
 
 DEFAULT_MODEL = "gemma-3-270m"
+_default_model: str | None = None  # set_default_model()
+
+
+def set_default_model(spec: str) -> None:
+    """The model used when neither the caller (``model=``) nor the query (``from``) names one (LMQL's
+    ``lmql.set_default_model``). Default: ``gemma-3-270m``."""
+    global _default_model
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("set_default_model expects a model spec string, e.g. 'gemma-3-270m'")
+    _default_model = spec
+
+
+def default_model() -> str:
+    return _default_model or DEFAULT_MODEL
 
 
 def parse(source: str, filename: str = "<query>") -> Query:
@@ -47,14 +61,14 @@ def _model_spec(query: Query | None, model: str | None) -> str:
                 "(model=... in Python, --model on the command line)"
             )
         return query.model
-    return DEFAULT_MODEL
+    return default_model()
 
 
 def vocabulary(model: str | None = None) -> Vocabulary:
     """The vocabulary of a model spec, without loading weights (cached on disk)."""
     from lmqc.runtime.models import get_vocabulary
 
-    return get_vocabulary(model or DEFAULT_MODEL)
+    return get_vocabulary(model or default_model())
 
 
 def compile_query(
@@ -202,11 +216,12 @@ def load(path: str | os.PathLike[str], model: str | None = None) -> CompiledQuer
     return load_artifact(path, vocab_fingerprint=fingerprint)
 
 
-def model(spec: str = DEFAULT_MODEL) -> Any:
-    """The loaded model for a spec, shared by the whole process (later calls reuse it)."""
+def model(spec: str | None = None, **options: Any) -> Any:
+    """The loaded model for a spec (default: ``default_model()``), shared by the whole process: later calls reuse
+    it. ``options`` (``n_ctx``, ``n_threads``, ``n_batch``, ``n_seq``) apply when it is first loaded."""
     from lmqc.runtime.models import get_model
 
-    return get_model(spec)
+    return get_model(spec or default_model(), **options)
 
 
 def run(
@@ -230,33 +245,61 @@ def run(
     return run_compiled(compiled, model=model, decoder=decoder, inputs=inputs)
 
 
-class QueryFunction:
-    """A query as a reusable function (``@lmqc.query``): its parameters are the query's inputs.
+# Call-time keyword arguments a query function takes as decoder settings (as LMQL's), unless they are its inputs.
+DECODER_OVERRIDES = ("n", "temperature", "top_k", "top_p", "seed", "max_len")
 
-    The query is the function's docstring, read from the function's *source* as written (so ``"...\\n"`` in a
-    non-raw docstring stays a two-character escape in the query, as in LMQL), with an optional leading ``lmql``
-    marker and the common indentation removed. Names of the module and of the scope the function is defined in
-    are visible to the query. It is compiled once per model, on first use. Used as a hole's annotation
-    (``[X: fn]`` or ``[X: fn(args)]``) it runs as a nested query.
+
+class QueryFunction:
+    """A query as a reusable function: ``@lmqc.query`` on a function, ``lmqc.query(source)``, or ``lmqc.F``.
+
+    For a decorated function the query is its docstring, read from the function's *source* as written (so
+    ``"...\\n"`` in a non-raw docstring stays a two-character escape in the query, as in LMQL), with an optional
+    leading ``lmql`` marker and the common indentation removed; its parameters are the query's inputs, and names
+    of its module and defining scope are visible. For a source string the inputs are ``input_variables`` (else
+    the query's own inputs, in order of use), positional or by keyword. Compiled once per model, on first use.
+
+    Calls accept ``model=``, ``decoder=`` and decoder settings (``n``, ``temperature``, ``top_k``, ``top_p``,
+    ``seed``, ``max_len``) as keyword overrides, unless the query has an input of that name. Used as a hole's
+    annotation (``[X: fn]`` or ``[X: fn(args)]``) it runs as a nested query.
     """
 
     def __init__(
-        self, fn: Callable[..., Any], model: str | None, decoder: str | None, enclosing: Mapping[str, Any]
+        self,
+        source: str,
+        filename: str,
+        signature: Any,
+        namespace: Mapping[str, Any],
+        *,
+        model: str | None = None,
+        decoder: str | None = None,
+        single_value: bool = False,
+        name: str = "query",
     ) -> None:
+        self.source = source
+        self.filename = filename
+        self.signature = signature
+        self.namespace = dict(namespace)
+        self.model = model
+        self.decoder = decoder
+        self.single_value = single_value  # lmqc.F: return the value(s), not a result
+        self.__name__ = self.__qualname__ = name
+        self._compiled: dict[str | None, CompiledQuery] = {}
+
+    @classmethod
+    def from_function(
+        cls, fn: Callable[..., Any], model: str | None, decoder: str | None, enclosing: Mapping[str, Any]
+    ) -> QueryFunction:
         import functools
         import inspect
 
-        functools.update_wrapper(self, fn)
-        self.fn = fn
-        self.model = model
-        self.decoder = decoder
-        self.enclosing = dict(enclosing)
-        self.signature = inspect.signature(fn)
-        self.source, self.filename = _docstring_query(fn)
-        self._compiled: dict[str | None, CompiledQuery] = {}
+        source, filename = _docstring_query(fn)
+        qf = cls(source, filename, inspect.signature(fn), {**fn.__globals__, **enclosing}, model=model, decoder=decoder)
+        functools.update_wrapper(qf, fn)
+        qf.fn = fn
+        return qf
 
     def __repr__(self) -> str:
-        return f"<lmqc query function {self.fn.__qualname__}>"
+        return f"<lmqc query function {self.__qualname__}>"
 
     def compiled(self, model: str | None = None) -> CompiledQuery:
         """The query compiled for ``model`` (default: the decorator's, else the query's own)."""
@@ -265,20 +308,86 @@ class QueryFunction:
             self._compiled[spec] = compile(self.source, spec, filename=self.filename)
         return self._compiled[spec]
 
+    def _sig(self) -> Any:
+        if self.signature is None:
+            import inspect
+
+            names = self.compiled().program.inputs
+            kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+            self.signature = inspect.Signature([inspect.Parameter(n, kind) for n in names])
+        return self.signature
+
     def scope(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The names the query sees for a call: module globals, the defining scope, then the arguments."""
-        bound = self.signature.bind(*args, **kwargs)
+        from .errors import QueryTypeError
+
+        try:
+            bound = self._sig().bind(*args, **kwargs)
+        except TypeError as e:
+            raise QueryTypeError(f"{self.__qualname__}(): {e}") from None
         bound.apply_defaults()
-        return {**self.fn.__globals__, **self.enclosing, **bound.arguments}
+        return {**self.namespace, **bound.arguments}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from lmqc.runtime.query import run_compiled
 
-        return run_compiled(self.compiled(), model=self.model, decoder=self.decoder, inputs=self.scope(args, kwargs))
+        params = set(self._sig().parameters)
+        model = kwargs.pop("model", None) if "model" not in params else None
+        decoder = kwargs.pop("decoder", None) if "decoder" not in params else None
+        settings = {k: kwargs.pop(k) for k in DECODER_OVERRIDES if k in kwargs and k not in params}
+        model = model or self.model
+        compiled = self.compiled(model)
+        dec = _decoder_with(compiled, decoder or self.decoder, settings)
+        result = run_compiled(compiled, model=model, decoder=dec, inputs=self.scope(args, kwargs))
+        return _values(result) if self.single_value else result
 
     def __lmqc_nested__(self, model: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[CompiledQuery, dict[str, Any]]:
         # a nested query decodes on the outer query's model
         return self.compiled(model), self.scope(args, kwargs)
+
+
+def _decoder_with(compiled: CompiledQuery, decoder: Any, settings: dict[str, Any]) -> Any:
+    """The decoder to run with: a call's ``decoder=`` (else the query's own) with call-time settings merged."""
+    if not settings:
+        return decoder
+    from lmqc.compiler import nodes
+    from lmqc.compiler.parser import DECODERS, decoder_arg
+    from lmqc.runtime.query import parse_decoder
+
+    from .errors import QueryTypeError
+
+    base = parse_decoder(decoder) if isinstance(decoder, str) else decoder or compiled.query.decoder or nodes.Decoder("argmax")
+    args = dict(base.args)
+    for key, value in settings.items():
+        if key not in DECODERS[base.name]:
+            raise QueryTypeError(f"decoder {base.name} does not take {key}= (it takes {', '.join(sorted(DECODERS[base.name]))})")
+        try:
+            args[key] = decoder_arg(key, value)
+        except ValueError as e:
+            raise QueryTypeError(str(e)) from None
+    return nodes.Decoder(base.name, tuple(sorted(args.items())), span=base.span)
+
+
+def _values(result: Any) -> Any:
+    """``lmqc.F`` results: the single variable's value, or a dict of values (a list of either for n > 1)."""
+    if isinstance(result, list):
+        return [_values(r) for r in result]
+    if result.return_value is not None:
+        return result.return_value
+    values = result.variables
+    return next(iter(values.values())) if len(values) == 1 else dict(values)
+
+
+def F(s: str, constraints: str | None = None, **kwargs: Any) -> QueryFunction:  # noqa: N802 - LMQL's name
+    """A one-line query function (LMQL's ``lmql.F``): ``F("Summarize: {text} [SUMMARY]", "len(TOKENS(SUMMARY))
+    < 20")("...")`` returns the value of ``SUMMARY`` (a dict when the string has several holes). Its inputs, in
+    order of use, are its positional parameters; ``model=``/``decoder=`` as for ``lmqc.query``."""
+    source = _quote_query_string(s) + (f" where {constraints}" if constraints else "") + "\n"
+    return query(source, single_value=True, **kwargs)
+
+
+def _quote_query_string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def _docstring_query(fn: Callable[..., Any]) -> tuple[str, str]:
@@ -322,15 +431,33 @@ def _literal_body(segment: str) -> str:
 
 
 def query(
-    fn: Callable[..., Any] | None = None, /, model: str | None = None, *, decoder: str | None = None
+    fn: Callable[..., Any] | str | None = None,
+    /,
+    model: str | None = None,
+    *,
+    decoder: str | None = None,
+    input_variables: list[str] | None = None,
+    single_value: bool = False,
+    is_async: bool | None = None,
 ) -> Any:
-    """Decorator: a function whose docstring is a query becomes a reusable query function (``QueryFunction``).
-
-    Use bare (``@lmqc.query``) or with options (``@lmqc.query(model="gemma-3-270m", decoder="beam(n=2)")``).
-    The function's parameters are the query's inputs; names of the enclosing scope are visible too.
+    """A query function (``QueryFunction``): as a decorator on a function whose docstring is a query (bare,
+    ``@lmqc.query``, or with options, ``@lmqc.query(model="gemma-3-270m", decoder="beam(n=2)")``), or from a
+    query's source (``lmqc.query("...", input_variables=["name"])``). ``is_async`` is accepted for LMQL
+    compatibility; calls are synchronous.
     """
     import inspect
 
+    if isinstance(fn, str) and (model is not None or "\n" in fn or '"' in fn or "'" in fn):
+        # lmqc.query(source): a query function of the source's inputs
+        sig = None
+        if input_variables is not None:
+            kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+            sig = inspect.Signature([inspect.Parameter(n, kind) for n in input_variables])
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        namespace = dict(caller.f_globals) if caller is not None else {}
+        del frame, caller
+        return QueryFunction(fn, "<query>", sig, namespace, model=model, decoder=decoder, single_value=single_value)
     if isinstance(fn, str):  # @lmqc.query("model") written positionally
         fn, model = None, fn
     frame = inspect.currentframe()
@@ -339,9 +466,12 @@ def query(
     del frame, outer
 
     def wrap(f: Callable[..., Any]) -> QueryFunction:
-        return QueryFunction(f, model, decoder, enclosing)
+        return QueryFunction.from_function(f, model, decoder, enclosing)
 
     return wrap(fn) if fn is not None else wrap
 
 
-__all__ = ["LmqcError", "QueryFunction", "compile", "load", "model", "parse", "query", "run", "vocabulary"]
+__all__ = [
+    "F", "LmqcError", "QueryFunction", "compile", "default_model", "load", "model", "parse", "query", "run",
+    "set_default_model", "vocabulary",
+]

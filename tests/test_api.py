@@ -1,0 +1,65 @@
+"""The Python API as LMQL users call it (issue 13): query functions from strings, lmqc.F, positional inputs,
+call-time overrides, the default model. On the tiny backend."""
+
+from __future__ import annotations
+
+import pytest
+
+import lmqc
+
+
+@pytest.fixture
+def tiny_default():
+    before = lmqc.default_model()
+    lmqc.set_default_model("lmqc:tiny")
+    yield
+    lmqc.set_default_model(before)
+
+
+def test_query_from_a_string_with_positional_inputs(tiny_default) -> None:
+    q = lmqc.query('"Q: {a} and {b}? [X]" where len(X) < 4\nreturn X\n')
+    r = q("one", b="two")
+    assert r.prompt.startswith("Q: one and two? ") and r.return_value == r.variables["X"]
+    named = lmqc.query('"{x}{y} [X]" where len(X) < 3', input_variables=["y", "x"])
+    assert named("Y", "X").prompt.startswith("XY ")
+    with pytest.raises(TypeError):
+        named("only one")
+
+
+def test_f_returns_values(tiny_default) -> None:
+    summarize = lmqc.F("Summarize: {text} [SUMMARY]", "len(TOKENS(SUMMARY)) < 4")
+    value = summarize("a long text")
+    assert isinstance(value, str)
+    two = lmqc.F('Quote "{x}": [A] [B: int]', "len(A) < 3 and len(B) < 4")
+    values = two("hi")
+    assert set(values) == {"A", "B"} and isinstance(values["B"], int)
+
+
+def test_call_time_overrides(tiny_default) -> None:
+    @lmqc.query
+    def ask(topic):
+        '''lmql
+        "About {topic}: [X]" where len(X) < 5
+        '''
+
+    assert not isinstance(ask("cats"), list)
+    samples = ask("cats", decoder="sample", n=3, temperature=0.7, seed=1)
+    assert isinstance(samples, list) and len(samples) == 3
+    with pytest.raises(lmqc.QueryTypeError, match="does not take temperature"):
+        ask("cats", decoder="beam(n=2)", temperature=0.5)
+    assert ask("cats", model="lmqc:tiny").prompt.startswith("About cats: ")
+
+    @lmqc.query
+    def with_n(n):
+        '''lmql
+        "{n} [X]" where len(X) < 3
+        '''
+
+    assert with_n(7).prompt.startswith("7 ")  # an input named n is an input, not a decoder override
+
+
+def test_default_model_and_model_options(tiny_default) -> None:
+    assert lmqc.run('"[X]" where len(X) < 3').prompt is not None  # no from clause: the default model
+    assert lmqc.model() is lmqc.model("lmqc:tiny", n_ctx=512)
+    with pytest.raises(ValueError):
+        lmqc.set_default_model("")
