@@ -283,6 +283,7 @@ class QueryFunction:
         self.decoder = decoder
         self.single_value = single_value  # lmqc.F: return the value(s), not a result
         self.__name__ = self.__qualname__ = name
+        self.is_async = False  # an `async def` query function: calls return awaitables
         self._compiled: dict[str | None, CompiledQuery] = {}
 
     @classmethod
@@ -296,6 +297,7 @@ class QueryFunction:
         qf = cls(source, filename, inspect.signature(fn), {**fn.__globals__, **enclosing}, model=model, decoder=decoder)
         functools.update_wrapper(qf, fn)
         qf.fn = fn
+        qf.is_async = inspect.iscoroutinefunction(fn)
         return qf
 
     def __repr__(self) -> str:
@@ -329,6 +331,13 @@ class QueryFunction:
         return {**self.namespace, **bound.arguments}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.is_async:
+            import asyncio
+
+            return asyncio.to_thread(_locked, self._call, *args, **kwargs)
+        return self._call(*args, **kwargs)
+
+    def _call(self, *args: Any, **kwargs: Any) -> Any:
         from lmqc.runtime.query import run_compiled
 
         params = set(self._sig().parameters)
@@ -471,7 +480,125 @@ def query(
     return wrap(fn) if fn is not None else wrap
 
 
+# --------------------------------------------------------------------------------------------------------------
+# LMQL's library functions on a model: generate, score, and the async forms of run
+
+
+def generate_sync(
+    prompt: str, max_tokens: int | None = None, model: str | None = None, *, decoder: str | None = None, **kwargs: Any
+) -> Any:
+    """Continue ``prompt`` on a model without constraints (LMQL's ``lmql.generate_sync``): the completion text
+    (a list of texts for ``decoder="sample(n=...)"``). ``max_tokens`` bounds the completion's tokens."""
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+    where = f" where len(TOKENS(COMPLETION)) <= {max_tokens}" if max_tokens is not None else ""
+    source = '"{__lmqc_prompt__}[COMPLETION]"' + where + "\n"
+    result = run(source, model, decoder=decoder, filename="<generate>", __lmqc_prompt__=prompt, **kwargs)
+    if isinstance(result, list):
+        return [r.variables["COMPLETION"] for r in result]
+    return result.variables["COMPLETION"]
+
+
+class ScoringResult:
+    """Log-probabilities of continuations of a prompt (LMQL's ``ScoringResult``).
+
+    Attributes
+    ----------
+    prompt : str
+    continuations : list[str]
+    logprobs : numpy.ndarray[float64], shape (K,)
+        Total log-probability of each continuation's tokens after the prompt.
+    token_counts : numpy.ndarray[int64], shape (K,)
+    """
+
+    def __init__(self, prompt: str, continuations: list[str], logprobs: Any, token_counts: Any) -> None:
+        self.prompt = prompt
+        self.continuations = continuations
+        self.logprobs = logprobs
+        self.token_counts = token_counts
+
+    def scores(self, agg: str = "sum") -> Any:
+        """Per continuation: ``"sum"`` of token log-probabilities, or their ``"mean"``."""
+        if agg == "sum":
+            return self.logprobs
+        if agg == "mean":
+            return self.logprobs / self.token_counts
+        raise ValueError(f"agg must be 'sum' or 'mean', not {agg!r}")
+
+    @property
+    def probs(self) -> Any:
+        """The continuations' probabilities, normalized over them."""
+        import numpy as np
+
+        p = np.exp(self.logprobs - self.logprobs.max())
+        return p / p.sum()
+
+    def argmax(self, agg: str = "sum") -> str:
+        import numpy as np
+
+        return self.continuations[int(np.argmax(self.scores(agg)))]
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{c!r}: {lp:.3f}" for c, lp in zip(self.continuations, self.logprobs, strict=True))
+        return f"ScoringResult({body})"
+
+
+def score_sync(prompt: str, values: str | list[str], model: str | None = None) -> ScoringResult:
+    """Score continuations of ``prompt`` (LMQL's ``lmql.score_sync``): their log-probabilities under the model,
+    in one batched evaluation."""
+    import numpy as np
+
+    from lmqc.runtime.query import decoder_service
+
+    options = [values] if isinstance(values, str) else list(values)
+    if not options or not all(isinstance(v, str) and v for v in options):
+        raise ValueError("score needs one or more non-empty continuation strings")
+    backend = decoder_service(_endpoint_spec(model, None) or default_model())
+    if hasattr(backend, "begin"):
+        backend.begin()
+    context = backend.tokenize(prompt, bos=True)
+    tokens = [backend.tokenize(v, bos=False) for v in options]
+    logps = np.asarray(backend.score_options(context, tokens), dtype=np.float64)
+    return ScoringResult(prompt, options, logps, np.asarray([len(t) for t in tokens], dtype=np.int64))
+
+
+async def run_async(query: str | CompiledQuery, model: str | None = None, **kwargs: Any) -> Any:
+    """``run`` for asyncio code: the query runs in a worker thread, so the event loop stays responsive.
+    Queries on one model run one after another (the model is shared; batching across queries is
+    ``lmqc serve``'s)."""
+    import asyncio
+
+    return await asyncio.to_thread(_run_locked, query, model, kwargs)
+
+
+async def generate(prompt: str, max_tokens: int | None = None, model: str | None = None, **kwargs: Any) -> Any:
+    """Async form of :func:`generate_sync`."""
+    import asyncio
+
+    return await asyncio.to_thread(_locked, generate_sync, prompt, max_tokens, model, **kwargs)
+
+
+async def score(prompt: str, values: str | list[str], model: str | None = None) -> ScoringResult:
+    """Async form of :func:`score_sync`."""
+    import asyncio
+
+    return await asyncio.to_thread(_locked, score_sync, prompt, values, model)
+
+
+_RUN_LOCK = __import__("threading").RLock()  # one model, one query at a time: the backends are not thread-safe
+
+
+def _locked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    with _RUN_LOCK:
+        return fn(*args, **kwargs)
+
+
+def _run_locked(query: Any, model: str | None, kwargs: dict[str, Any]) -> Any:
+    with _RUN_LOCK:
+        return run(query, model, **kwargs)
+
+
 __all__ = [
-    "F", "LmqcError", "QueryFunction", "compile", "default_model", "load", "model", "parse", "query", "run",
-    "set_default_model", "vocabulary",
+    "F", "LmqcError", "QueryFunction", "ScoringResult", "compile", "default_model", "generate", "generate_sync",
+    "load", "model", "parse", "query", "run", "run_async", "score", "score_sync", "set_default_model", "vocabulary",
 ]

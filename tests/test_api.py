@@ -63,3 +63,34 @@ def test_default_model_and_model_options(tiny_default) -> None:
     assert lmqc.model() is lmqc.model("lmqc:tiny", n_ctx=512)
     with pytest.raises(ValueError):
         lmqc.set_default_model("")
+
+
+def test_generate_and_score(tiny_default) -> None:
+    text = lmqc.generate_sync("Once upon a time", max_tokens=5)
+    assert isinstance(text, str)
+    scored = lmqc.score_sync("The sky is", [" blue", " green", " a very long answer"])
+    assert scored.logprobs.shape == (3,) and (scored.logprobs < 0).all()
+    assert abs(scored.probs.sum() - 1) < 1e-9 and scored.argmax() in scored.continuations
+    assert (scored.scores("mean") >= scored.logprobs).all()
+    # the same as the distribution clause's own scoring of the options
+    r = lmqc.run('"The sky is[C]"\ndistribution C in [" blue", " green", " a very long answer"]')
+    assert r.distribution is not None
+    assert max(r.distribution, key=r.distribution.get) == scored.argmax()
+
+
+def test_async_run_and_async_query_functions(tiny_default) -> None:
+    import asyncio
+
+    @lmqc.query
+    async def ask(topic):
+        '''lmql
+        "About {topic}: [X]" where len(X) < 5
+        return X
+        '''
+
+    async def main():
+        return await asyncio.gather(lmqc.run_async('"[X]" where len(X) < 3'), ask("cats"), ask("dogs"))
+
+    a, b, c = asyncio.run(main())
+    assert a.prompt is not None and b.prompt.startswith("About cats: ") and c.return_value is not None
+    assert asyncio.run(lmqc.generate("Hi", max_tokens=3)) is not None
