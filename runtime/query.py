@@ -248,16 +248,17 @@ class _Driver:
         if slot in compiled.holes:
             ir = compiled.holes[slot]
             return ir, compiled.automata[slot], ir.is_int
-        key = (slot, repr(sorted(req.dyn.items(), key=lambda kv: kv[0])))
+        from lmqc.compiler.checker import hole_constraints
+        from lmqc.compiler.lower import substitute
+
+        q = compiled.query
+        c = substitute(hole_constraints(q)[req.index], dict(req.dyn), source=q.source, filename=q.filename)
+        name = q.holes()[req.index].name
+        key = (name, c)  # constraints are frozen values: equal constraints share one automaton
         cached = compiled.runtime_cache.get(key)
         if cached is None:
             from lmqc.api import build_hole
-            from lmqc.compiler.checker import hole_constraints
-            from lmqc.compiler.lower import substitute
 
-            q = compiled.query
-            c = substitute(hole_constraints(q)[req.index], dict(req.dyn), source=q.source, filename=q.filename)
-            name = q.holes()[req.index].name
             cached = build_hole(name, c, self.backend.vocabulary, q.source, q.filename)
             if len(compiled.runtime_cache) >= 64:
                 compiled.runtime_cache.pop(next(iter(compiled.runtime_cache)))
