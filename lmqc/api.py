@@ -133,7 +133,7 @@ def _compiler_digest() -> str:
     from lmqc import compiler
 
     h = hashlib.sha256()
-    for path in sorted(Path(compiler.__file__).parent.glob("*.py")) + sorted(Path(compiler.__file__).parent.glob("*.lark")):
+    for path in sorted(Path(compiler.__file__).parent.glob("*.py")):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
