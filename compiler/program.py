@@ -139,7 +139,8 @@ class _Rewriter(ast.NodeTransformer):
     def visit_Await(self, node: ast.Await) -> ast.AST:
         self.yields += 1
         value = self.visit(node.value)
-        return ast.copy_location(ast.Yield(ast.Tuple([ast.Constant(EV_AWAIT), value], ast.Load())), node)
+        new = ast.copy_location(ast.Yield(ast.Tuple([ast.Constant(EV_AWAIT), value], ast.Load())), node)
+        return ast.fix_missing_locations(new)
 
     visit_Import = _DropLmqlImport.visit_Import
 
@@ -147,7 +148,8 @@ class _Rewriter(ast.NodeTransformer):
         ps = self.prompt_at.get((node.lineno, node.col_offset))
         if ps is None:
             return self.generic_visit(node)
-        return [ast.copy_location(s, node) for s in self.prompt(ps, node)]
+        # only the new statements need locations (a pass over the whole module costs seconds on large queries)
+        return [ast.fix_missing_locations(ast.copy_location(s, node)) for s in self.prompt(ps, node)]
 
     # ---- query strings -------------------------------------------------------------------------------------
 
@@ -289,15 +291,17 @@ def _build(query: nodes.Query) -> Program:
         stmts.insert(0, ast.If(ast.Constant(False), [ast.Expr(ast.Yield(None))], []))
     if not stmts:
         stmts = [ast.Pass()]
+    for stmt in stmts[:1]:
+        if not hasattr(stmt, "lineno"):
+            stmt.lineno, stmt.col_offset = 1, 0  # type: ignore[attr-defined]
+            ast.fix_missing_locations(stmt)
     extra: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}
     func = ast.FunctionDef(
         name=FUNCTION, args=ast.arguments([], [], None, [], [], None, []), body=stmts, decorator_list=[], returns=None,
         **extra,
     )
-    if hasattr(stmts[0], "lineno"):
-        ast.copy_location(func, stmts[0])
+    ast.copy_location(func, stmts[0])
     module = ast.Module(body=[func], type_ignores=[])
-    ast.fix_missing_locations(module)
     filename = query.filename
     _register_source(filename, query.source)
     try:
@@ -310,8 +314,7 @@ def _build(query: nodes.Query) -> Program:
         first = compile(module, filename, "exec", dont_inherit=True)
         inputs, params = _inputs(first, prologue, func, query)
         if params:
-            func.args = ast.arguments([], [ast.arg(p) for p in params], None, [], [], None, [])
-            ast.fix_missing_locations(module)
+            func.args = ast.arguments([], [ast.copy_location(ast.arg(p), func) for p in params], None, [], [], None, [])
             code = compile(module, filename, "exec", dont_inherit=True)
         else:
             code = first
