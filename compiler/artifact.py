@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from lmqc.cache import atomic_write
 from lmqc.errors import ArtifactError
 
 from . import nodes
@@ -67,6 +68,8 @@ class CompiledQuery:
     compile_seconds: dict[str, float] = field(default_factory=dict)
     _program: Any = field(default=None, repr=False)
     _slots: dict[int, str] | None = field(default=None, repr=False)
+    _constraints: dict[int, Any] | None = field(default=None, repr=False)
+    _names: list[str] | None = field(default=None, repr=False)
     runtime_cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # automata of dynamic constraints
 
     @property
@@ -81,6 +84,20 @@ class CompiledQuery:
 
             self._program = build(self.query)
         return self._program
+
+    def constraint(self, index: int) -> Any:
+        """The constraint of hole occurrence ``index`` (``checker.hole_constraints``), computed once."""
+        if self._constraints is None:
+            from .checker import hole_constraints
+
+            self._constraints = hole_constraints(self.query)
+        return self._constraints[index]
+
+    def hole_name(self, index: int) -> str:
+        """The variable name of hole occurrence ``index``."""
+        if self._names is None:
+            self._names = [h.name for h in self.query.holes()]
+        return self._names[index]
 
     def slot(self, index: int) -> str:
         """The automaton slot of hole occurrence ``index``."""
@@ -116,7 +133,7 @@ class CompiledQuery:
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the artifact atomically (temp file + rename) and return its path."""
+        """Write the artifact atomically (``lmqc.cache.atomic_write``: unique temp file + rename); return its path."""
         path = Path(path)
         arrays: dict[str, np.ndarray] = {}
         header = json.dumps(self.header()).encode("utf-8")
@@ -124,10 +141,7 @@ class CompiledQuery:
         for var, automaton in self.automata.items():
             for key, arr in automaton.to_arrays().items():
                 arrays[f"{var}/{key}"] = np.asarray(arr)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))  # a unique temp file: concurrent saves are safe
         return path
 
     def nbytes(self) -> int:
@@ -266,10 +280,11 @@ def _parse_source(path: Path, source: str, filename: str, holes: dict[str, Any])
         raise ArtifactError(f"{path}: the embedded query does not compile with this lmqc ({exc})") from None
     constraints = hole_constraints(query)
     expected: dict[str, Any] = {}
+    names = [h.name for h in query.holes()]
     for index, slot in hole_slots(query).items():
         c = constraints[index]
         if slot not in expected and not is_dynamic(c):
-            expected[slot] = lower_hole(query.holes()[index].name, c, source=source, filename=filename)
+            expected[slot] = lower_hole(names[index], c, source=source, filename=filename)
     for slot, ir in holes.items():
         if not isinstance(ir, HoleIR) or expected.get(slot) != ir:
             raise ArtifactError(f"{path}: corrupt artifact (hole {slot!r} does not match its query)")

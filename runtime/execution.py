@@ -207,7 +207,7 @@ def _close(awaitable: Any) -> None:
 
 
 def _hole_name(compiled: Any, index: int) -> str:
-    return compiled.query.holes()[index].name
+    return compiled.hole_name(index)
 
 
 def new_generator(compiled: Any, scope: Mapping[str, Any]) -> Generator[Any, Any, Any]:

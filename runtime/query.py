@@ -2,8 +2,8 @@
 
 Every branch (one for argmax, n for sample, up to n for beam) holds its program (``execution.Execution``), its
 prompt, its token context and its running score. At each hole all live branches are decoded together by
-:func:`decode.decode_hole` (one batched model evaluation per step). When a branch has several continuations
-(beam search), the first takes its program and each other one forks it by replaying its trace of values.
+:func:`decode.decode` (one batched model evaluation per step, through the decoder service). When a branch has
+several continuations (beam search), the first takes its program and each other one forks it by replaying its trace of values.
 """
 
 from __future__ import annotations
@@ -20,59 +20,18 @@ import numpy as np
 
 from lmqc.compiler import nodes
 from lmqc.compiler.artifact import CompiledQuery
+from lmqc.compiler.decoders import decoder_args, parse_decoder
 from lmqc.errors import ArtifactError, DecodeError, MaxLenError, QueryTypeError
 
 from . import decode
+from .decode import DecodeRequest, HoleSpec
 from .execution import Effect, Execution, Request
-from .models import DEFAULT_MODEL, get_model
+from .models import model_spec
+from .service import LocalDecoder, decoder_service
+
+__all__ = ["LMQLResult", "LocalDecoder", "decoder_service", "parse_decoder", "run_compiled"]
 
 DEFAULT_MAX_LEN = 2048
-
-
-class LocalDecoder:
-    """The decoder service of an in-process model: tokenization, :func:`decode.decode_hole` and
-    :func:`decode.score_options` on a loaded backend.
-
-    :func:`run_compiled` drives every query through this small interface, so that the same driver runs queries
-    in-process and against ``lmqc serve`` (``runtime.client.RemoteModel`` implements the same methods).
-    """
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-
-    @property
-    def fingerprint(self) -> str:
-        return self.backend.vocabulary.fingerprint
-
-    def begin(self) -> None:
-        """Start a query from an empty KV cache.
-
-        llama.cpp's logits depend slightly on where a sequence's cells sit in the shared cache, so a seeded
-        sample could otherwise change with whatever ran earlier in the process. Re-evaluating a prompt costs
-        one batched step.
-        """
-        self.backend.reset()
-
-    def tokenize(self, text: str | bytes, *, bos: bool = False, special: bool = False) -> list[int]:
-        if special:
-            return self.backend.tokenize(text, bos=bos, special=True)
-        return self.backend.tokenize(text, bos=bos)
-
-    def decode_hole(self, contexts: Any, automata: Any, **kwargs: Any) -> list[decode.Completion]:
-        return decode.decode_hole(self.backend, contexts, automata, **kwargs)
-
-    def score_options(self, context: Any, options: Any) -> np.ndarray:
-        return decode.score_options(self.backend, context, options)
-
-    @property
-    def vocabulary(self) -> Any:
-        return self.backend.vocabulary
-
-
-def decoder_service(spec: str) -> Any:
-    """The decoder service for a model spec: a remote one for ``lmqc://HOST:PORT``, else the loaded model."""
-    model = get_model(spec)
-    return model if hasattr(model, "decode_hole") else LocalDecoder(model)
 
 
 @dataclass(slots=True)
@@ -109,19 +68,6 @@ class LMQLResult:
         if self.return_value is not None:
             out["return_value"] = self.return_value
         return out
-
-
-def parse_decoder(spec: str) -> nodes.Decoder:
-    """A decoder clause given as text (``"beam(n=3)"``), validated exactly as in a query."""
-    from lmqc.compiler.parser import parse
-
-    try:
-        return parse(f'{spec}\n    ""\n', filename="<decoder>").decoder or nodes.Decoder("argmax")
-    except QueryTypeError as exc:
-        raise QueryTypeError(f"invalid decoder {spec!r}: {exc.message}") from None
-    except Exception as exc:  # noqa: BLE001 - a syntax error in the decoder string
-        msg = getattr(exc, "message", str(exc))
-        raise QueryTypeError(f"invalid decoder {spec!r}: {msg}") from None
 
 
 @dataclass(slots=True)
@@ -171,6 +117,7 @@ class _Driver:
         self.max_len = max_len
         self.chat: Any = None
         self.loop: Any = None
+        self.specs: dict[Any, HoleSpec] = {}  # hole slot (or slot and Python arguments) -> its spec, built once
 
     # ---- program effects -----------------------------------------------------------------------------------
 
@@ -200,7 +147,7 @@ class _Driver:
                     self.chat = chat_format(getattr(self.backend, "backend", self.backend))
                 switch = self.chat.switch(b.role, e.value)
                 if switch:
-                    b.context.extend(self.tokenize_special(switch, bos=not b.context))
+                    b.context.extend(self.backend.tokenize(switch, bos=not b.context, special=True))
                 b.role = e.value
                 b.turn_start = True
             elif e.kind == "enter":
@@ -233,27 +180,23 @@ class _Driver:
             if text:
                 b.context.extend(self.backend.tokenize(text, bos=not b.context))
 
-    def tokenize_special(self, text: str, bos: bool) -> list[int]:
-        try:
-            return self.backend.tokenize(text, bos=bos, special=True)
-        except TypeError:  # a backend without control-token parsing
-            return self.backend.tokenize(text, bos=bos)
-
     # ---- holes ---------------------------------------------------------------------------------------------
 
-    def hole(self, req: Request) -> tuple[Any, Any, bool]:
-        """(IR, automaton, is_int) of a requested hole; constraints with Python arguments are lowered now."""
+    def hole(self, req: Request) -> tuple[HoleSpec, bool]:
+        """(spec, is_int) of a requested hole; constraints with Python arguments are lowered now."""
         compiled = req.compiled
         slot = compiled.slot(req.index)
         if slot in compiled.holes:
             ir = compiled.holes[slot]
-            return ir, compiled.automata[slot], ir.is_int
-        from lmqc.compiler.checker import hole_constraints
+            spec = self.specs.get(slot)
+            if spec is None:
+                spec = self.specs[slot] = HoleSpec.from_ir(ir, compiled.automata[slot])
+            return spec, ir.is_int
         from lmqc.compiler.lower import substitute
 
         q = compiled.query
-        c = substitute(hole_constraints(q)[req.index], dict(req.dyn), source=q.source, filename=q.filename)
-        name = q.holes()[req.index].name
+        c = substitute(compiled.constraint(req.index), dict(req.dyn), source=q.source, filename=q.filename)
+        name = compiled.hole_name(req.index)
         key = (name, c)  # constraints are frozen values: equal constraints share one automaton
         cached = compiled.runtime_cache.get(key)
         if cached is None:
@@ -264,7 +207,10 @@ class _Driver:
                 compiled.runtime_cache.pop(next(iter(compiled.runtime_cache)))
             compiled.runtime_cache[key] = cached
         ir, automaton = cached
-        return ir, automaton, ir.is_int
+        spec = self.specs.get(key)
+        if spec is None:
+            spec = self.specs[key] = HoleSpec.from_ir(ir, automaton)
+        return spec, ir.is_int
 
     def pre_decorate(self, b: _Branch) -> bool:
         """Run a hole's pre-processing decorators; True if one fixed the value (then it is sent, no decoding)."""
@@ -272,7 +218,7 @@ class _Driver:
 
         req = b.request
         assert req is not None
-        name = req.compiled.query.holes()[req.index].name
+        name = req.compiled.hole_name(req.index)
         for d in req.decorators:
             if stage(d) != "pre":
                 continue
@@ -320,7 +266,7 @@ class _Driver:
         probs /= probs.sum()
         best = int(np.argmax(probs))
         value = options[best]
-        name = req.compiled.query.holes()[req.index].name
+        name = req.compiled.hole_name(req.index)
         start = len(b.prompt)
         b.prompt += value
         b.context.extend(self.backend.tokenize(value, bos=False))
@@ -346,21 +292,18 @@ def run_compiled(
     are decoded by the server and everything else runs here, with the same results as in-process.
     """
     query = compiled.query
-    own = query.model if isinstance(query.model, str) else None
-    spec = f"lmqc://{endpoint}" if endpoint else model or compiled.model or own or DEFAULT_MODEL
+    spec = model_spec(model, compiled=compiled, endpoint=endpoint)
     backend = decoder_service(spec)
     if backend.fingerprint != compiled.vocab_fingerprint:
         raise ArtifactError(
             f"the query was compiled for another vocabulary than {spec!r}'s: recompile it for this model"
         )
-    if hasattr(backend, "begin"):
-        backend.begin()
+    backend.begin()
     dec = parse_decoder(decoder) if isinstance(decoder, str) else decoder or query.decoder or nodes.Decoder("argmax")
     scope = dict(inputs or {})
-    params = _decoder_params(dec, scope, query)
+    params = decoder_args(dec, scope, source=query.source, filename=query.filename)
     n = int(params.get("n", 1))
-    name = "beam" if dec.name == "beam_var" else dec.name
-    strategy = decode.parse_strategy(name, **params)
+    strategy = decode.parse_strategy(dec.name, **params)
     rng = np.random.default_rng(params.get("seed"))
     max_len = int(params.get("max_len", DEFAULT_MAX_LEN))
     _check_inputs(compiled, scope)
@@ -392,21 +335,13 @@ def run_compiled(
             fixed = [b for b in live if b.request.decorators and driver.pre_decorate(b)]
             if fixed:
                 continue
-            holes = [driver.hole(b.request) for b in live]
-            completions = backend.decode_hole(
-                [b.context for b in live],
-                [h[1] for h in holes],
-                strategy=strategy,
-                stops=[tuple(h[0].stops) for h in holes],
-                min_tokens=[h[0].min_tokens for h in holes],
-                max_tokens=[h[0].max_tokens for h in holes],
-                max_len=max_len,
-                rng=rng,
-                scores=[0.0 if math.isnan(b.logprob) else b.logprob for b in live],
-                heal=True,  # token healing: "A: [X]" may continue with the model's natural " Paris"
-            )
+            holes = [driver.hole(b.request) for b in live]  # specs heal: "A: [X]" may continue with " Paris"
+            completions = backend.decode(DecodeRequest(
+                tuple(b.context for b in live), tuple(h[0] for h in holes), strategy, max_len, rng,
+                tuple(0.0 if math.isnan(b.logprob) else b.logprob for b in live),
+            ))
             # forks must copy a parent before the parent's own program moves on
-            pending: list[tuple[_Branch, decode.Completion, tuple[Any, Any, bool]]] = []
+            pending: list[tuple[_Branch, decode.Completion, tuple[HoleSpec, bool]]] = []
             seen: dict[int, int] = {}
             for c in completions:
                 parent = live[c.parent]
@@ -414,8 +349,8 @@ def run_compiled(
                 seen[c.parent] = k + 1
                 pending.append((parent if k == 0 else parent.fork(), c, holes[c.parent]))
             new = []
-            for b, c, (_, _, is_int) in pending:
-                name = b.request.compiled.query.holes()[b.request.index].name
+            for b, c, (_, is_int) in pending:
+                name = b.request.compiled.hole_name(b.request.index)
                 text = c.text
                 start = len(b.prompt)
                 before = b.context
@@ -463,32 +398,6 @@ def run_compiled(
     if isinstance(strategy, decode.Beam) or n > 1:
         return results
     return results[0]
-
-
-def _decoder_params(dec: nodes.Decoder, scope: Mapping[str, Any], query: nodes.Query) -> dict[str, Any]:
-    """Decoder arguments; those written as Python expressions (``sample(n=n)``) are evaluated in the inputs."""
-    import builtins
-
-    from lmqc.compiler.parser import decoder_arg
-
-    out: dict[str, Any] = {}
-    for key, value in dec.args:
-        if isinstance(value, nodes.Dyn):
-            try:
-                raw = eval(value.expr, {"__builtins__": builtins, **scope})  # noqa: S307 - queries are Python
-                value = decoder_arg(key, raw)
-            except (ValueError, TypeError) as e:
-                raise QueryTypeError(
-                    f"decoder argument {key}={value.expr}: {e}", source=query.source, filename=query.filename,
-                    line=value.span.line or None, column=value.span.column or None,
-                ) from None
-            except Exception as e:  # noqa: BLE001 - e.g. a NameError for a missing input
-                raise QueryTypeError(
-                    f"decoder argument {key}={value.expr} raised {type(e).__name__}: {e}", source=query.source,
-                    filename=query.filename, line=value.span.line or None, column=value.span.column or None,
-                ) from None
-        out[key] = value
-    return out
 
 
 def _call_decorator(d: Any, *args: Any) -> Any:
