@@ -311,11 +311,12 @@ def step_walk(
     the first decoding steps of a fresh process pay); later passes replay the same walk warm. Returns per-step
     nanoseconds: ``cold`` (pass 1) and ``warm`` (per step, the median over the warm passes).
     """
+    from lmqc.runtime.decode import HoleSpec
     from lmqc.runtime.decode.hole import HoleTables
     from lmqc.runtime.decode.strategies import choose_argmax
 
     V, eos = vocab.size, vocab.eos_id
-    hole = HoleTables(automaton, (), 0, None, V, eos, special_ids(vocab))
+    hole = HoleTables(HoleSpec(automaton), V, eos, special_ids(vocab))
     runs: list[list[int]] = []
     visited: set[int] = set()
     restarts = 0

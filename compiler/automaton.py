@@ -55,6 +55,10 @@ class TokenAutomaton:
         Fewest tokens from each state to a final or stopped state (``UNREACHABLE`` = 2**30 if none).
     forced_token : int32[S]
         The single allowed token of a non-final state with exactly one, else -1.
+    tables : object
+        What the runtime derives from this automaton at decode time (``runtime.decode.masks.MaskTables``: masks,
+        budget and healing tables, bounded in bytes); owned here so they live exactly as long as the automaton.
+        Not serialized.
     """
 
     __slots__ = (
@@ -73,6 +77,7 @@ class TokenAutomaton:
         "forced_token",
         "_mask_cache",
         "_seq_groups",
+        "tables",
     )
 
     def __init__(
@@ -108,6 +113,7 @@ class TokenAutomaton:
         self.forced_token = forced_token
         self._mask_cache: list[np.ndarray | None] = [None] * len(mask_seqs)
         self._seq_groups: tuple[np.ndarray, np.ndarray] | None = None
+        self.tables: object = None  # what the runtime derives from this automaton (runtime.decode.masks.MaskTables)
 
     # -- the runtime interface -----------------------------------------------------------------------------
 

@@ -21,20 +21,20 @@ if TYPE_CHECKING:
     from lmqc.compiler.vocabulary import Vocabulary
 
 DEFAULT_MODEL = "gemma-3-270m"
-_default_model: str | None = None  # set_default_model()
 
 
 def set_default_model(spec: str) -> None:
     """The model used when neither the caller (``model=``) nor the query (``from``) names one (LMQL's
     ``lmql.set_default_model``). Default: ``gemma-3-270m``."""
-    global _default_model
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("set_default_model expects a model spec string, e.g. 'gemma-3-270m'")
-    _default_model = spec
+    from lmqc.runtime.models import set_default_model as _set
+
+    _set(spec)
 
 
 def default_model() -> str:
-    return _default_model or DEFAULT_MODEL
+    from lmqc.runtime.models import default_model as _default
+
+    return _default()
 
 
 def parse(source: str, filename: str = "<query>") -> Query:
@@ -45,23 +45,16 @@ def parse(source: str, filename: str = "<query>") -> Query:
 
 
 def cache_dir() -> Path:
-    """Where lmqc keeps prepared vocabularies and compiled queries (``$LMQC_CACHE_DIR``)."""
-    return Path(os.environ.get("LMQC_CACHE_DIR") or Path.home() / ".cache" / "lmqc")
+    """Where lmqc keeps prepared vocabularies and compiled queries (``$LMQC_CACHE_DIR``; see ``lmqc.cache``)."""
+    from .cache import cache_dir as root
+
+    return root()
 
 
 def _model_spec(query: Query | None, model: str | None) -> str:
-    if model:
-        return model
-    if query is not None and query.model:
-        if not isinstance(query.model, str):
-            from .errors import ModelError
+    from lmqc.runtime.models import model_spec
 
-            raise ModelError(
-                f"the query's from clause is a Python expression ({query.model.expr}): pass the model to use "
-                "(model=... in Python, --model on the command line)"
-            )
-        return query.model
-    return default_model()
+    return model_spec(model, query=query)
 
 
 def vocabulary(model: str | None = None) -> Vocabulary:

@@ -27,16 +27,74 @@ if TYPE_CHECKING:
 
     from .backend import Backend
 
-__all__ = ["DEFAULT_MODEL", "TINY_MODEL", "get_model", "get_vocabulary", "loaded_models", "resolve_model"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "TINY_MODEL",
+    "default_model",
+    "get_model",
+    "get_vocabulary",
+    "loaded_models",
+    "model_spec",
+    "resolve_model",
+    "set_default_model",
+]
 
 DEFAULT_MODEL = "gemma-3-270m"
 TINY_MODEL = "lmqc:tiny"
 REMOTE_PREFIX = "lmqc://"
+VLLM_PREFIX = "vllm:"  # "vllm:MODEL": a vLLM engine (lmqc.integrations.vllm)
 _DEFAULT_ALIASES = {"gemma-3-270m", "gemma3-270m", "gemma-3-270m-q4_k_m", "local:gemma-3-270m"}
 
 _lock = threading.RLock()
 _models: dict[str, Backend] = {}
+_resolved: dict[str, str] = {}  # spec -> what resolve_model found for it (successes only)
+_default: str | None = None  # set_default_model()
 _tiny: Any = None
+
+
+def set_default_model(spec: str) -> None:
+    """The model used when neither the caller nor the query names one (LMQL's ``set_default_model``)."""
+    global _default
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("set_default_model expects a model spec string, e.g. 'gemma-3-270m'")
+    _default = spec
+
+
+def default_model() -> str:
+    """The spec :func:`set_default_model` set, else the embedded ``gemma-3-270m``."""
+    return _default or DEFAULT_MODEL
+
+
+def model_spec(model: str | None = None, *, query: Any = None, compiled: Any = None, endpoint: str | None = None) -> str:
+    """The model spec a query runs (or compiles) with: the one precedence rule.
+
+    ``endpoint`` (``lmqc serve``'s ``HOST:PORT``) first, then the caller's ``model``, the model a compiled query
+    was compiled for, the query's ``from`` clause, and last :func:`default_model`.
+
+    Raises
+    ------
+    ModelError
+        The ``from`` clause is a Python expression and nothing earlier names a model.
+    """
+    if endpoint:
+        from .protocol import parse_endpoint
+
+        return REMOTE_PREFIX + parse_endpoint(endpoint)
+    if model:
+        return model
+    if compiled is not None and compiled.model:
+        return compiled.model
+    if query is None and compiled is not None:
+        query = compiled.query
+    own = getattr(query, "model", None)
+    if own:
+        if not isinstance(own, str):
+            raise ModelError(
+                f"the query's from clause is a Python expression ({own.expr}): pass the model to use "
+                "(model=... in Python, --model on the command line)"
+            )
+        return own
+    return default_model()
 
 
 def _override_hint() -> str:
@@ -74,12 +132,21 @@ def resolve_model(spec: str) -> str:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelError(f"invalid model spec {spec!r}: {_override_hint()}")
     s = spec.strip()
+    hit = _resolved.get(s)
+    if hit is None:
+        hit = _resolved[s] = _resolve(s, spec)
+    return hit
+
+
+def _resolve(s: str, spec: str) -> str:
     if s.lower() in _DEFAULT_ALIASES:
         return _embedded_default_path()
     if s == TINY_MODEL:
         return TINY_MODEL
+    if s.startswith(VLLM_PREFIX) and s[len(VLLM_PREFIX) :].strip():
+        return s
     if s.startswith(REMOTE_PREFIX):
-        from .client import parse_endpoint
+        from .protocol import parse_endpoint
 
         return REMOTE_PREFIX + parse_endpoint(s[len(REMOTE_PREFIX) :])
     path: str | None = None
@@ -116,6 +183,10 @@ def get_vocabulary(spec: str) -> Vocabulary:
     path = resolve_model(spec)
     if path == TINY_MODEL:
         return _tiny_backend().vocabulary
+    if path.startswith(VLLM_PREFIX):
+        from lmqc.integrations.vllm import vllm_vocabulary
+
+        return vllm_vocabulary(path[len(VLLM_PREFIX) :])
     if path.startswith(REMOTE_PREFIX):
         from .client import remote_model
 
@@ -143,6 +214,10 @@ def get_model(spec: str, **options: Any) -> Backend:
     path = resolve_model(spec)
     if path == TINY_MODEL:
         return _tiny_backend()
+    if path.startswith(VLLM_PREFIX):
+        from lmqc.integrations.vllm import vllm_model
+
+        return vllm_model(path[len(VLLM_PREFIX) :], **options)  # type: ignore[return-value]  # a decoder service
     if path.startswith(REMOTE_PREFIX):
         from .client import remote_model
 

@@ -2,44 +2,16 @@
 
 Clients compile locally (for the server model's vocabulary), run the prompt program locally, and send ONE request
 per hole with every branch's context; the server decodes the whole hole with the same arguments and the same
-code as in-process (:class:`runtime.decode.HoleRun`, the engine of :func:`runtime.decode.decode_hole`) and returns
+code as in-process (:class:`runtime.decode.HoleRun`, the engine of :func:`runtime.decode.decode`) and returns
 the completions. Automata are content-addressed and uploaded once; the server keeps an LRU of them (and with
 them the decoder's per-automaton mask caches).
 
-Protocol (version 1, JSON over HTTP/1.1; every JSON request carries ``"protocol": 1``)
----------------------------------------------------------------------------------------
-``GET /health``
-    ``{"status": "ok", "protocol": 1}``.
-``GET /info``
-    ``{"protocol", "lmqc_version", "model", "vocab_fingerprint", "vocab_size", "n_ctx", "limits": {"max_batch",
-    "max_len", "max_context"}, "stats": {...}}``. Stats: requests, batches (busy periods: holes decoded while
-    others overlap them count as one; each hole run alone counts one), merged_batches (busy periods with more
-    than one request), largest_batch (branches of the requests decoding at once), steps (batched model steps
-    of step-level decoding), merged_steps (steps holding sequences of more than one request), largest_step
-    (sequences in one step), most_requests_in_step, branches, tokens, cancelled, errors, queue, uptime_s,
-    backend counters (eval/decode calls, tokens fed).
-``GET /vocab``
-    The vocabulary as ``.npz`` bytes of ``Vocabulary.to_arrays()`` (``buffer``, ``offsets``, ``eos_id``,
-    ``special_ids``; no pickled objects); header ``X-Lmqc-Vocab-Fingerprint``. Clients cache it by fingerprint.
-``POST /tokenize``
-    ``{"texts": [str | {"b64": ...}], "bos": bool}`` -> ``{"ids": [[int]]}`` (the server model's tokenizer).
-``PUT /automata/{hash}``
-    Body: ``.npz`` of ``TokenAutomaton.to_arrays()``. The server recomputes the content hash (sha256 over each
-    array's name, dtype, shape and bytes, sorted by name; first 32 hex digits) and checks the arrays against its
-    vocabulary. -> ``{"hash": ...}``.
-``POST /decode``
-    ``{"vocab_fingerprint", "contexts": [[int]] (B branches), "automata": [hash | null] (per branch),
-    "strategy": {"name": "argmax"} | {"name": "sample", "temperature", "top_k", "top_p"} | {"name": "beam", "n"},
-    "stops": [[[phrase, keep]]] (per branch; phrase a string or {"b64"}), "min_tokens": [int],
-    "max_tokens": [int | null], "max_len": int | null, "rng": numpy bit-generator state | null,
-    "scores": [float] | null, "score": bool | null, "forced_text": bool, "heal": bool}``
-    -> ``{"completions": [{"parent", "tokens", "value" (base64), "context", "logprob", "score", "ending",
-    "state"}], "rng": state after the decode, "batch": {"requests", "branches"}}`` (``batch``: the most requests
-    and branches that were decoding together in one of this hole's steps). Floats: NaN is ``null``,
-    infinities ``"inf"`` / ``"-inf"``. The rng state round-trips, so seeded sampling equals in-process.
-``POST /score``
-    ``{"vocab_fingerprint", "context": [int], "options": [[int]]}`` -> ``{"logprobs": [float]}``
-    (:func:`runtime.decode.score_options`).
+The wire protocol (routes, bodies, the codecs) is ``runtime.protocol``. ``GET /info`` stats: requests, batches
+(busy periods: holes decoded while others overlap them count as one; each hole run alone counts one),
+merged_batches (busy periods with more than one request), largest_batch (branches of the requests decoding at
+once), steps (batched model steps of step-level decoding), merged_steps (steps holding sequences of more than one
+request), largest_step (sequences in one step), most_requests_in_step, branches, tokens, cancelled, errors,
+queue, uptime_s, backend counters (eval/decode calls, tokens fed).
 
 Errors are ``{"error": code, "message": text}``: 400 ``bad_request`` (malformed JSON or fields, wrong protocol),
 404 ``unknown_automata`` (with ``"missing": [hash]``: upload them and retry), 409 ``vocabulary_mismatch``
@@ -51,25 +23,25 @@ within the token budget) or ``over_limit`` (``max_len`` above ``--max-len``), 50
 Scheduling
 ----------
 One worker thread owns the backend (llama.cpp contexts are not thread-safe) and does step-level continuous
-batching. It holds a set of running holes (:class:`runtime.decode.HoleRun`, one per ``argmax`` or ``sample``
-request) and advances ALL of them by one token per step with ONE batched model evaluation
+batching. It holds a set of running holes (:class:`runtime.decode.HoleRun`, one per ``argmax``, ``sample`` or
+``beam`` request) and advances ALL of them by one token per step with ONE batched model evaluation
 (:func:`runtime.decode.eval_seqs` over every running hole's pending sequences; scoring holes get their extra
 forced-tail rows in the same call). Between two steps, queued requests join while their branches fit in
 ``--max-batch`` beside the running ones, and a request whose hole is done is answered at once, while the others
 go on. Each request keeps its own generator and draws in its own branch order, exactly as in-process
-``decode_hole``, so seeded sampling and argmax give the in-process tokens whenever the logits of a sequence do
-not depend on the batch it is evaluated in (true of the tiny test backend). Admission is FIFO: a request that
-does not fit yet holds back the decode requests behind it, so wide requests are not starved.
+``decode``, so seeded sampling, argmax and beam search give the in-process tokens whenever the logits of a sequence
+do not depend on the batch it is evaluated in (true of the tiny test backend). A beam request counts ``max(B, n)``
+sequences against ``--max-batch`` (its width after the first step). Admission is FIFO: a request that does not fit
+yet holds back the decode requests behind it, so wide requests are not starved.
 
-Beam requests are not step-level: each waits until no hole is running and is then decoded whole, alone, as one
-``decode_hole`` call (beam pruning is per request and its width varies); so is every request with
-``--no-merge``. ``/score`` requests (one model call each) run between two steps. llama.cpp's logits depend
+With ``--no-merge`` every request waits until no hole is running and is then decoded whole, alone, as one
+``decode`` call. ``/score`` requests (one model call each) run between two steps. llama.cpp's logits depend
 slightly on the batch a sequence is evaluated in, so under concurrency a near-tie can resolve differently than
 the same hole decoded alone (in-process batching of branches has the same property); ``--no-merge``
 (``merge=False``) decodes every request alone, for results bit-identical to in-process.
 
 A client that disconnects is noticed while its request waits or runs: a waiting request is dropped, a running
-hole is dropped before the next model step (a beam or ``--no-merge`` hole stops at its next step). SIGTERM stops accepting connections and lets
+hole is dropped before the next model step (a ``--no-merge`` hole stops at its next step). SIGTERM stops accepting connections and lets
 in-flight requests finish (uvicorn's graceful shutdown), then stops the worker.
 """
 
@@ -92,17 +64,19 @@ import numpy as np
 from lmqc.errors import ArtifactError, DecodeError, LmqcError, ServeError
 
 from . import decode
-from .client import (
+from .protocol import (
     PROTOCOL,
+    ProtocolError,
     arrays_to_npz,
-    decode_float,
+    decode_request,
     decode_text,
     encode_completion,
     encode_float,
     hash_arrays,
     npz_to_arrays,
-    rng_from_state,
+    request_automata,
     rng_state,
+    token_ids,
 )
 
 __all__ = ["DEFAULT_MAX_BATCH", "Scheduler", "create_app", "load_backend", "serve"]
@@ -130,19 +104,18 @@ class _Cancelled(Exception):
 
 @dataclass(eq=False)
 class Job:
-    """One request for the worker: a whole hole (``decode``) or option scoring (``score``)."""
+    """One request for the worker: a whole hole (``decode``: ``args["request"]``) or option scoring (``score``)."""
 
     kind: str
     args: dict[str, Any]
-    # not None: the hole joins the running ones step by step (argmax/sample); None: decoded alone (beam,
-    # --no-merge, score)
+    # not None: the hole joins the running ones step by step; None: decoded alone (--no-merge, score)
     merge_key: tuple[Any, ...] | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     cancelled: bool = False
 
     @property
     def n_branches(self) -> int:
-        return len(self.args["contexts"]) if self.kind == "decode" else 1
+        return len(self.args["request"].contexts) if self.kind == "decode" else 1
 
 
 class _Guard:
@@ -229,9 +202,9 @@ class Scheduler:
     def _next(self) -> tuple[list[Job], Job | None] | None:
         """Between two steps: the queued jobs that join the running holes now, and one job to run alone.
 
-        Mergeable (argmax/sample) holes join while their branches fit in ``max_batch`` beside the running ones.
-        A score job runs alone between two steps (one model call). Any other decode (beam, or every decode
-        with ``--no-merge``) runs alone once no hole is running. Admission is FIFO: a job that cannot start yet
+        Mergeable holes join while their branches fit in ``max_batch`` beside the running ones.
+        A score job runs alone between two steps (one model call). With ``--no-merge`` a decode runs alone once
+        no hole is running. Admission is FIFO: a job that cannot start yet
         holds back the decode jobs behind it, so a wide or beam request is not starved by later small ones.
         Waits while there is nothing to do; ``None`` when closing and idle.
         """
@@ -309,12 +282,8 @@ class Scheduler:
             self._last_yield = time.perf_counter()
 
     def _admit(self, job: Job) -> None:
-        a = job.args
         try:
-            run = decode.HoleRun(
-                self.backend, a["contexts"], a["automata"],
-                **{k: v for k, v in a.items() if k not in ("contexts", "automata")},
-            )
+            run = decode.HoleRun(self.backend, job.args["request"])
         except Exception as e:  # noqa: BLE001 - e.g. an unsatisfiable constraint: this request's error only
             self.stats["errors"] += 1
             job.future.set_exception(e)
@@ -400,10 +369,10 @@ class Scheduler:
             live.job.future.set_exception(e)
             return
         batch = {"requests": live.requests, "branches": live.branches or live.run.width}
-        self._finish(live.job, {"completions": completions, "rng": live.job.args["rng"], "batch": batch})
+        self._finish(live.job, {"completions": completions, "rng": live.job.args["request"].rng, "batch": batch})
 
     def _run_alone(self, job: Job) -> None:
-        """A score job, a beam hole, or any hole with ``--no-merge``: decoded whole, as one ``decode_hole``."""
+        """A score job, or a hole with ``--no-merge``: decoded whole, as one ``decode``."""
         self.stats["batches"] += 1
         self.stats["largest_batch"] = max(self.stats["largest_batch"], job.n_branches)
         if job.cancelled:
@@ -438,9 +407,8 @@ class Scheduler:
         a = job.args
         if job.kind == "score":
             return {"logprobs": decode.score_options(guard, a["context"], a["options"])}
-        rng = a["rng"]
-        completions = decode.decode_hole(guard, a["contexts"], a["automata"], **{k: v for k, v in a.items() if k not in ("contexts", "automata")})
-        return {"completions": completions, "rng": rng, "batch": {"requests": 1, "branches": job.n_branches}}
+        completions = decode.decode(guard, a["request"])
+        return {"completions": completions, "rng": a["request"].rng, "batch": {"requests": 1, "branches": job.n_branches}}
 
 
 # -- request parsing ---------------------------------------------------------------------------------------
@@ -448,44 +416,6 @@ class Scheduler:
 
 def _bad(message: str) -> HTTPError:
     return HTTPError(400, "bad_request", message)
-
-
-def _ids(x: Any, name: str, V: int, *, nonempty: bool = False) -> list[int]:
-    if not isinstance(x, list) or not all(type(t) is int for t in x):
-        raise _bad(f"{name} must be a list of token ids")
-    if x and (min(x) < 0 or max(x) >= V):
-        raise _bad(f"{name} holds a token id outside the vocabulary (size {V})")
-    if nonempty and not x:
-        raise _bad(f"{name} must not be empty")
-    return x
-
-
-def _opt_int(x: Any, name: str) -> int | None:
-    if x is None:
-        return None
-    if type(x) is not int:
-        raise _bad(f"{name} must be an integer or null")
-    return x
-
-
-def _per_branch_list(body: dict[str, Any], key: str, B: int) -> list[Any]:
-    v = body.get(key)
-    if not isinstance(v, list) or len(v) != B:
-        raise _bad(f"{key} must be a list with one entry per context ({B})")
-    return v
-
-
-def _strategy(x: Any) -> decode.Strategy:
-    if not isinstance(x, dict) or not isinstance(x.get("name"), str):
-        raise _bad('strategy must be {"name": "argmax" | "sample" | "beam", ...}')
-    params = {k: v for k, v in x.items() if k != "name"}
-    for k, v in params.items():
-        if k not in ("temperature", "top_k", "top_p", "n") or isinstance(v, bool) or not isinstance(v, int | float):
-            raise _bad(f"strategy parameter {k!r} is unknown or not a number")
-    try:
-        return decode.parse_strategy(x["name"], **params)
-    except DecodeError as e:
-        raise _bad(str(e)) from None
 
 
 # -- the app -----------------------------------------------------------------------------------------------
@@ -560,20 +490,18 @@ class ServerState:
         if hash_arrays(arrays) != digest:
             raise _bad("automaton upload: the arrays do not match the hash in the URL")
         try:
-            meta = np.asarray(arrays.get("meta", []), dtype=np.int64).reshape(-1)
-        except (TypeError, ValueError):
-            meta = np.zeros(0, np.int64)
-        if len(meta) >= 5 and (int(meta[4]) != self.V or int(meta[2]) != self.vocab.eos_id):
+            automaton = TokenAutomaton.from_arrays(arrays)  # validated, not yet tied to a vocabulary
+        except ArtifactError as e:
+            raise _bad(f"automaton upload: {e}") from None
+        n_vocab = len(automaton.tok_seq)
+        if n_vocab != self.V or automaton.eos_id != self.vocab.eos_id:
             raise HTTPError(
                 409, "vocabulary_mismatch",
-                f"the automaton was built for another vocabulary ({int(meta[4])} tokens, EOS {int(meta[2])}) than "
+                f"the automaton was built for another vocabulary ({n_vocab} tokens, EOS {automaton.eos_id}) than "
                 f"this server's model {self.model!r} ({self.V} tokens, EOS {self.vocab.eos_id}): recompile the "
                 "query for this model",
             )
-        try:
-            automaton = TokenAutomaton.from_arrays(arrays, vocab=self.vocab)
-        except ArtifactError as e:
-            raise _bad(f"automaton upload: {e}") from None
+        automaton = TokenAutomaton.from_arrays(arrays, vocab=self.vocab)
         self.automata[digest] = automaton
         self.automata.move_to_end(digest)
         while len(self.automata) > self.automata_cache:
@@ -596,7 +524,10 @@ class ServerState:
         return body
 
     def _context(self, x: Any, name: str) -> list[int]:
-        ctx = _ids(x, name, self.V, nonempty=True)
+        try:
+            ctx = token_ids(x, name, self.V, nonempty=True)
+        except ProtocolError as e:
+            raise _bad(str(e)) from None
         if len(ctx) > self.n_ctx:
             raise HTTPError(413, "too_large", f"{name} has {len(ctx)} tokens; the model's context holds {self.n_ctx}")
         return ctx
@@ -609,71 +540,29 @@ class ServerState:
         B = len(contexts)
         if B > self.max_batch:
             raise HTTPError(413, "too_large", f"{B} branches in one request; this server takes at most {self.max_batch} (--max-batch)")
-        ctxs = [self._context(c, f"contexts[{i}]") for i, c in enumerate(contexts)]
-        hashes = _per_branch_list(body, "automata", B)
-        missing = sorted({h for h in hashes if isinstance(h, str) and h not in self.automata})
-        if any(h is not None and not isinstance(h, str) for h in hashes):
-            raise _bad("automata must hold one hash (string) or null per context")
-        if missing:
-            raise HTTPError(404, "unknown_automata", "upload these automata (PUT /automata/{hash}) and retry", missing=missing)
-        autos = []
-        for h in hashes:
-            if h is not None:
-                self.automata.move_to_end(h)
-            autos.append(None if h is None else self.automata[h])
-        strategy = _strategy(body.get("strategy"))
+        try:
+            ctxs = [self._context(c, f"contexts[{i}]") for i, c in enumerate(contexts)]
+            missing = sorted({h for h in request_automata(body, B) if h is not None and h not in self.automata})
+            if missing:
+                raise HTTPError(404, "unknown_automata", "upload these automata (PUT /automata/{hash}) and retry", missing=missing)
+            request = decode_request(body, ctxs, self._automaton)
+        except ProtocolError as e:
+            raise _bad(str(e)) from None
+        strategy = request.strategy
         if isinstance(strategy, decode.Beam) and strategy.n > self.max_batch:
             raise HTTPError(413, "too_large", f"beam width {strategy.n} exceeds this server's --max-batch {self.max_batch}")
-        stops = []
-        for i, lst in enumerate(_per_branch_list(body, "stops", B)):
-            if not isinstance(lst, list):
-                raise _bad(f"stops[{i}] must be a list of [phrase, keep] pairs")
-            rules = []
-            for r in lst:
-                if not (isinstance(r, list) and len(r) == 2 and isinstance(r[1], bool)):
-                    raise _bad(f"stops[{i}] must be a list of [phrase, keep] pairs")
-                try:
-                    phrase = decode_text(r[0])
-                except ValueError as e:
-                    raise _bad(f"stops[{i}]: {e}") from None
-                if not phrase:
-                    raise _bad(f"stops[{i}]: a stop phrase cannot be empty")
-                rules.append((phrase, r[1]))
-            stops.append(tuple(rules))
-        mins = [_opt_int(m, "min_tokens") or 0 for m in _per_branch_list(body, "min_tokens", B)]
-        maxs = [_opt_int(m, "max_tokens") for m in _per_branch_list(body, "max_tokens", B)]
-        max_len = _opt_int(body.get("max_len"), "max_len")
-        if max_len is not None and max_len < 1:
-            raise _bad("max_len must be positive")
-        if self.max_len is not None and (max_len is None or max_len > self.max_len):
+        if self.max_len is not None and (request.max_len is None or request.max_len > self.max_len):
             raise HTTPError(
                 422, "over_limit",
-                f"max_len={max_len} exceeds this server's limit of {self.max_len} tokens (--max-len): pass "
+                f"max_len={request.max_len} exceeds this server's limit of {self.max_len} tokens (--max-len): pass "
                 f"max_len <= {self.max_len} in the decoder clause",
             )
-        scores = body.get("scores")
-        if scores is not None:
-            scores = _per_branch_list(body, "scores", B)
-            try:
-                scores = [decode_float(s) for s in scores]
-            except ValueError as e:
-                raise _bad(f"scores: {e}") from None
-        score = body.get("score")
-        if score is not None and not isinstance(score, bool):
-            raise _bad("score must be true, false or null")
-        try:
-            rng = rng_from_state(body["rng"]) if body.get("rng") is not None else np.random.default_rng()
-        except ValueError as e:
-            raise _bad(str(e)) from None
-        args = {
-            "contexts": ctxs, "automata": autos, "strategy": strategy, "stops": stops, "min_tokens": mins,
-            "max_tokens": maxs, "max_len": max_len, "rng": rng, "scores": scores, "score": score,
-            "forced_text": bool(body.get("forced_text", True)), "heal": bool(body.get("heal", False)),
-        }
-        key = None
-        if self.merge and isinstance(strategy, decode.Argmax | decode.Sample):
-            key = ("step",)  # joins the running holes step by step (see Scheduling)
-        return Job("decode", args, key)
+        key = ("step",) if self.merge else None  # joins the running holes step by step (see Scheduling)
+        return Job("decode", {"request": request}, key)
+
+    def _automaton(self, digest: str) -> Any:
+        self.automata.move_to_end(digest)
+        return self.automata[digest]
 
     def score_job(self, body: Any) -> Job:
         body = self._common(body)
@@ -681,7 +570,10 @@ class ServerState:
         options = body.get("options")
         if not isinstance(options, list):
             raise _bad("options must be a list of token-id lists")
-        opts = [_ids(o, f"options[{i}]", self.V) for i, o in enumerate(options)]
+        try:
+            opts = [token_ids(o, f"options[{i}]", self.V) for i, o in enumerate(options)]
+        except ProtocolError as e:
+            raise _bad(str(e)) from None
         if len(opts) > 4 * self.max_batch:
             raise HTTPError(413, "too_large", f"{len(opts)} options in one request; at most {4 * self.max_batch}")
         if any(len(ctx) + len(o) > self.n_ctx for o in opts):
@@ -689,7 +581,7 @@ class ServerState:
         return Job("score", {"context": ctx, "options": opts})
 
 
-def _tokenizer(backend: Any) -> Callable[[str | bytes, bool], list[int]]:
+def _tokenizer(backend: Any) -> Callable[[str | bytes, bool, bool], list[int]]:
     """Tokenization usable on the event-loop thread while the worker decodes.
 
     llama.cpp: a separate vocabulary-only model handle (``LlamaBackend.tokenize`` shares a buffer with the
@@ -697,7 +589,9 @@ def _tokenizer(backend: Any) -> Callable[[str | bytes, bool], list[int]]:
     """
     path = getattr(backend, "model_path", None)
     if path is None:
-        return lambda text, bos: backend.tokenize(text, bos=bos)
+        from .service import LocalDecoder
+
+        return lambda text, bos, special: LocalDecoder(backend).tokenize(text, bos=bos, special=special)
     from .llama import llama_lib, load_llama_model
 
     L = llama_lib()
@@ -705,10 +599,10 @@ def _tokenizer(backend: Any) -> Callable[[str | bytes, bool], list[int]]:
     vocab_p = L.llama_model_get_vocab(handle)
     bos_id = backend.bos_id
 
-    def tokenize(text: str | bytes, bos: bool) -> list[int]:
+    def tokenize(text: str | bytes, bos: bool, special: bool) -> list[int]:
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         buf = (L.llama_token * (len(data) + 8))()
-        n = L.llama_tokenize(vocab_p, data, len(data), buf, len(buf), False, False)
+        n = L.llama_tokenize(vocab_p, data, len(data), buf, len(buf), False, bool(special))
         if n < 0:
             raise DecodeError(f"tokenization of {len(data)} bytes failed")
         ids = list(buf[:n])
@@ -825,8 +719,8 @@ def create_app(state: ServerState) -> Any:
             items = [decode_text(t) for t in texts]
         except ValueError as e:
             raise _bad(str(e)) from None
-        bos = bool(body.get("bos", False))
-        return JSONResponse({"protocol": PROTOCOL, "ids": [state.tokenize(t, bos) for t in items]})
+        bos, special = bool(body.get("bos", False)), bool(body.get("special", False))
+        return JSONResponse({"protocol": PROTOCOL, "ids": [state.tokenize(t, bos, special) for t in items]})
 
     @handler
     async def put_automaton(request: Request) -> Response:

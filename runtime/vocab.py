@@ -13,12 +13,12 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lmqc.cache import atomic_write, cache_dir
 from lmqc.errors import ModelError, VocabularyError
 
 if TYPE_CHECKING:
@@ -30,11 +30,6 @@ _CACHE_VERSION = 1
 _memo: dict[str, Vocabulary] = {}
 
 
-def _cache_root() -> Path:
-    root = os.environ.get("LMQC_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "lmqc") / "vocab"
-
-
 def cache_path(model_path: str | os.PathLike[str]) -> Path:
     """Where the vocabulary of ``model_path`` is cached (depends on path, size and mtime)."""
     p = Path(model_path).resolve()
@@ -43,7 +38,7 @@ def cache_path(model_path: str | os.PathLike[str]) -> Path:
     except OSError as e:
         raise ModelError(f"model file not found: {model_path}") from e
     key = hashlib.sha256(f"v{_CACHE_VERSION}\0{p}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:24]
-    return _cache_root() / f"{p.stem}-{key}.npz"
+    return cache_dir("vocab") / f"{p.stem}-{key}.npz"
 
 
 def read_gguf_vocabulary(model_path: str | os.PathLike[str]) -> Vocabulary:
@@ -129,21 +124,7 @@ def vocabulary_from_gguf(model_path: str | os.PathLike[str], *, cache: bool = Tr
     if vocab is None:
         vocab = read_gguf_vocabulary(model_path)
         if cache:
-            _write_atomic(path, vocab)
+            arrays = vocab.to_arrays()
+            atomic_write(path, lambda f: np.savez(f, **arrays), cache=True)
     _memo[memo_key] = vocab
     return vocab
-
-
-def _write_atomic(path: Path, vocab: Vocabulary) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **vocab.to_arrays())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError:
-        pass  # the cache is an optimization; a read-only home must not break anything

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +28,8 @@ pytest.importorskip("uvicorn")
 
 import lmqc  # noqa: E402
 from lmqc.errors import ArtifactError, DecodeError, ServeError  # noqa: E402
-from lmqc.runtime.client import PROTOCOL, RemoteModel, arrays_to_npz, automaton_hash  # noqa: E402
+from lmqc.runtime.client import RemoteModel  # noqa: E402
+from lmqc.runtime.protocol import PROTOCOL, arrays_to_npz, automaton_hash  # noqa: E402
 
 
 def _free_port() -> int:
@@ -169,38 +171,67 @@ def test_sixteen_concurrent_clients(server: _Server) -> None:
         assert isinstance(v["Y"], int) and v["Z"] in {"yes", "no", "ok"} and "." not in v["X"][:-1]
 
 
-def test_waiting_argmax_requests_are_decoded_as_one_batch() -> None:
-    """Deterministic check of the grouping: requests queued while the worker is busy go out as one call."""
-    from lmqc.runtime import decode
+def _run_queued(strategies: list[dict], max_tokens: int) -> tuple[Any, list[list[int]], Any, list[dict]]:
+    """Requests (one per strategy) queued while the worker is held, so they start together on a tiny-model state.
+
+    Returns the state (closed), the prompts, the hole's automaton and the results.
+    """
     from lmqc.runtime.backend import TinyBackend
     from lmqc.runtime.server import ServerState
 
     backend = TinyBackend(n_seq=16)
     state = ServerState(backend, model="lmqc:tiny", max_batch=16)
-    compiled = lmqc.compile(TWO_HOLES.format(decoder="argmax"))
-    auto = compiled.automaton("X")
+    auto = lmqc.compile(TWO_HOLES.format(decoder="argmax")).automaton("X")
     digest, arrays = automaton_hash(auto)
     state.put_automaton(digest, arrays_to_npz(arrays))
-    prompts = [backend.tokenize(f"Q: person{i} says", bos=True) for i in range(5)]
+    prompts = [backend.tokenize(f"Q: person{i} says", bos=True) for i in range(len(strategies))]
     bodies = [
         {
             "protocol": PROTOCOL, "vocab_fingerprint": state.fingerprint, "contexts": [p], "automata": [digest],
-            "strategy": {"name": "argmax"}, "stops": [[[".", True]]], "min_tokens": [0], "max_tokens": [5],
+            "strategy": st, "stops": [[[".", True]]], "min_tokens": [0], "max_tokens": [max_tokens],
             "max_len": 100, "rng": None, "scores": None, "score": None, "forced_text": True, "heal": True,
         }
-        for p in prompts
+        for p, st in zip(prompts, strategies, strict=True)
     ]
     try:
-        with state.scheduler._cv:  # hold the worker while all five requests arrive
+        with state.scheduler._cv:  # hold the worker while all requests arrive
             futures = [state.scheduler.submit(state.decode_job(b)) for b in bodies]
         results = [f.result(30) for f in futures]
     finally:
         state.scheduler.close()
+    return state, prompts, auto, results
+
+
+def test_waiting_argmax_requests_are_decoded_as_one_batch() -> None:
+    """Deterministic check of the grouping: requests queued while the worker is busy go out as one call."""
+    from lmqc.runtime import decode
+    from lmqc.runtime.backend import TinyBackend
+
+    state, prompts, auto, results = _run_queued([{"name": "argmax"}] * 5, 5)
     assert state.scheduler.stats["batches"] == 1 and state.scheduler.stats["merged_batches"] == 1
     for p, res in zip(prompts, results, strict=True):
         (c,) = res["completions"]
         (ref,) = decode.decode_hole(TinyBackend(), [p], auto, stops=[(".", True)], max_tokens=5, max_len=100, heal=True)
         assert (c.parent, c.tokens, c.value, c.context, c.ending) == (0, ref.tokens, ref.value, ref.context, ref.ending)
+
+
+def test_beam_holes_join_the_step_batches() -> None:
+    """A beam request is decoded step by step with the others: one busy period, merged steps, in-process results."""
+    from lmqc.runtime import decode
+    from lmqc.runtime.backend import TinyBackend
+
+    strategies = [{"name": "beam", "n": 3}, {"name": "argmax"}, {"name": "beam", "n": 2}]
+    state, prompts, auto, results = _run_queued(strategies, 6)
+    stats = state.scheduler.stats
+    assert stats["batches"] == 1 and stats["merged_steps"] > 0 and stats["most_requests_in_step"] == 3
+    for p, st, res in zip(prompts, strategies, results, strict=True):
+        strategy = decode.Beam(st["n"]) if st["name"] == "beam" else decode.Argmax()
+        ref = decode.decode_hole(TinyBackend(), [p], auto, strategy=strategy, stops=[(".", True)], max_tokens=6,
+                                 max_len=100, heal=True)
+        got = [(c.parent, c.tokens, c.value, c.context, c.ending) for c in res["completions"]]
+        assert got == [(c.parent, c.tokens, c.value, c.context, c.ending) for c in ref]
+        if st["name"] == "beam":
+            assert [c.score for c in res["completions"]] == pytest.approx([c.score for c in ref])
 
 
 def test_bad_requests_leave_the_server_serving(server: _Server) -> None:
@@ -351,7 +382,7 @@ def test_limits_are_refused_with_a_message() -> None:
         with pytest.raises(HTTPError, match="beam width 5") as e:
             state.decode_job({**body, "max_len": 64, "strategy": {"name": "beam", "n": 5}})
         assert e.value.status == 413
-        assert state.decode_job({**body, "max_len": 64}).merge_key is None  # beam requests are never merged
+        assert state.decode_job({**body, "max_len": 64}).merge_key is not None  # beam holes are merged step by step too
         argmax = {**body, "max_len": 64, "strategy": {"name": "argmax"}}
         assert state.decode_job(argmax).merge_key is not None
     finally:
@@ -437,7 +468,7 @@ def test_short_request_joins_a_running_hole_and_finishes_first(server: _Server) 
 def test_concurrent_seeded_samples_equal_in_process(server: _Server) -> None:
     from lmqc.runtime import decode
     from lmqc.runtime.backend import TinyBackend
-    from lmqc.runtime.client import rng_state
+    from lmqc.runtime.protocol import rng_state
 
     fp = server.get("/info")["vocab_fingerprint"]
     cases = {  # name: (contexts, tokens, strategy, seed); "a" takes ~0.7 s, "b" arrives 0.1 s in

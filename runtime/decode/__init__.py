@@ -2,10 +2,11 @@
 
 Entry points
 ------------
-:func:`decode_hole` fills one hole for B branches (contexts) at once with ``argmax``, ``sample`` or ``beam``.
+:func:`decode` fills one hole (:class:`DecodeRequest`: B contexts, a :class:`HoleSpec` each) at once with
+``argmax``, ``sample`` or ``beam``; :func:`decode_hole` is its keyword form.
 All live sequences advance together: one batched :meth:`Backend.eval` call per step, never one per sequence.
 :func:`score_options` gives the log-probability of each option of a ``distribution`` clause in one call.
-:class:`HoleRun` is the step-wise engine under :func:`decode_hole` (argmax and sample): ``pending()`` /
+:class:`HoleRun` is the step-wise engine under :func:`decode` (every strategy): ``pending()`` /
 :func:`eval_seqs` / ``apply()`` per step, so ``lmqc serve`` can advance the holes of many requests with one
 batched evaluation per step through the same code.
 
@@ -37,34 +38,40 @@ step (and logit rows for forced runs), so it is on by default only for beam sear
 
 Layout (one module per job)
 ---------------------------
-``request``     the seam's types: :class:`Completion`
+``request``     the seam's types: :class:`HoleSpec`, :class:`DecodeRequest`, :class:`Completion`, :class:`DecoderService`
 ``strategies``  :class:`Argmax`, :class:`Sample`, :class:`Beam` and their token choice
 ``masks``       allowed-token sets (:class:`~.masks.Mask`, :class:`~.masks.Dense`) and per-automaton tables
 ``stops``       stop rules, the stop search, the stop-only automaton test
 ``hole``        :class:`~.hole.HoleTables`: a hole's allowed set per state under its token window, healing, forced runs
 ``sequences``   :class:`~.sequences.Seq` and :class:`~.sequences.Sequencer`: appending tokens, ends, completions
-``engine``      :class:`HoleRun` (step-wise) and :func:`decode_hole`
-``beam``        beam search
+``engine``      :class:`HoleRun` (step-wise, every strategy), :func:`decode`, :func:`decode_hole`
+``beam``        beam search, step by step (:class:`~.beam.BeamSearch`)
 ``scoring``     log-sum-exp, :func:`eval_seqs` (scores forced tails), :func:`score_options`
 """
 
 from __future__ import annotations
 
-from .engine import HoleRun, decode_hole, hole_limits
-from .request import Completion
+from .engine import HoleRun, decode, decode_hole, hole_limits, request_for
+from .request import Completion, DecodeRequest, DecoderService, HoleSpec
 from .scoring import eval_seqs, score_options
-from .strategies import Argmax, Beam, Sample, Strategy, parse_strategy
+from .strategies import Argmax, Beam, Sample, Strategy, parse_strategy, strategy_name
 
 __all__ = [
     "Argmax",
     "Beam",
     "Completion",
+    "DecodeRequest",
+    "DecoderService",
     "HoleRun",
+    "HoleSpec",
     "Sample",
     "Strategy",
+    "decode",
     "decode_hole",
     "eval_seqs",
     "hole_limits",
     "parse_strategy",
+    "request_for",
     "score_options",
+    "strategy_name",
 ]

@@ -1,4 +1,9 @@
-"""Beam search over one hole: the n best sequences by total log-probability, finished ones competing too."""
+"""Beam search over one hole, step by step: the n best sequences by total log-probability, finished ones
+competing too.
+
+:class:`BeamSearch` has the engine's step interface (``pending()`` / ``apply(logits)``), so a beam hole advances
+in the same batched evaluations as argmax and sample holes (``lmqc serve`` merges them step by step).
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,40 @@ import numpy as np
 from lmqc.errors import DecodeError
 
 from .request import Completion
-from .scoring import eval_seqs, lse
+from .scoring import lse
 from .sequences import Seq, Sequencer
 from .strategies import top_n
 
+__all__ = ["BeamSearch"]
 
-def beam_search(dec: Sequencer, seqs: list[Seq], n: int) -> list[Completion]:
-    ends = dec.ends
-    live = [s for s in seqs if s.ending is None]
-    finished: list[Seq] = [s for s in seqs if s.ending is not None]
-    while True:
-        for s in live:
-            dec.advance_forced(s)
-        # Sequences that ended on a forced token still need their forced tail scored by this step's batch.
-        todo = [s for s in live if s.ending != "dead"]
+
+class BeamSearch:
+    """The beam of one hole: ``live`` sequences (at most ``n`` after the first step) and ``finished`` ones."""
+
+    def __init__(self, dec: Sequencer, seqs: list[Seq], n: int) -> None:
+        self.dec = dec
+        self.n = n
+        self.live = [s for s in seqs if s.ending is None]
+        self.finished: list[Seq] = [s for s in seqs if s.ending is not None]
+        self.over = False
+
+    def pending(self) -> list[Seq]:
+        """Forced tokens appended; the sequences that need a model row now (none when the search is over).
+
+        Sequences that ended on a forced token are included: their forced tail is scored by this step's batch.
+        """
+        if self.over:
+            return []
+        for s in self.live:
+            self.dec.advance_forced(s)
+        todo = [s for s in self.live if s.ending != "dead"]
         if not todo:
-            break
-        logits = eval_seqs(dec.b, todo)
+            self.over = True
+        return todo
+
+    def apply(self, todo: list[Seq], logits: np.ndarray) -> None:
+        """Extend the beam by one token from the next-token logits of ``todo`` (forced tails already scored)."""
+        dec, n, finished = self.dec, self.n, self.finished
         norm = lse(logits)
         cand_score: list[np.ndarray] = []
         cand_tok: list[np.ndarray] = []
@@ -42,7 +64,8 @@ def beam_search(dec: Sequencer, seqs: list[Seq], n: int) -> list[Completion]:
         finished.sort(key=lambda f: -f.score)
         del finished[n:]
         if not cand_score:
-            break
+            self.over = True
+            return
         sc = np.concatenate(cand_score)
         tk = np.concatenate(cand_tok)
         sq = np.concatenate(cand_seq)
@@ -51,23 +74,26 @@ def beam_search(dec: Sequencer, seqs: list[Seq], n: int) -> list[Completion]:
         entries: list[tuple[float, int, int]] = [(f.score, 0, k) for k, f in enumerate(finished)]
         entries += [(float(sc[j]), 1, int(j)) for j in order]
         entries.sort(key=lambda e: (-e[0], e[1]))
-        live = []
+        live: list[Seq] = []
         for _, kind, j in entries[:n]:
             if kind == 0:
                 continue
-            parent = todo[int(sq[j])]
-            child = parent.fork()
+            child = todo[int(sq[j])].fork()
             tok = int(tk[j])
             child.logprob = float(sc[j]) - child.score0
-            if tok in ends:
+            if tok in dec.ends:
                 child.ending = "eos"
             else:
                 dec.push(child, tok)
             (live if child.ending is None else finished).append(child)
         finished.sort(key=lambda f: -f.score)
         del finished[n:]
+        self.live = live
         if not live:
-            break
-    if not finished:
-        raise DecodeError("beam search found no sequence that satisfies the constraint")
-    return [dec.complete(s) for s in finished[:n]]
+            self.over = True
+
+    def completions(self) -> list[Completion]:
+        """The ``n`` best finished sequences, best first."""
+        if not self.finished:
+            raise DecodeError("beam search found no sequence that satisfies the constraint")
+        return [self.dec.complete(s) for s in self.finished[: self.n]]

@@ -9,15 +9,17 @@ the automaton forces.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lmqc.errors import DecodeError
 
-from .masks import INF_TOKENS, UNCONSTRAINED_TABLES, Dense, Mask, piece_index, tables_of
-from .stops import can_stop, stop_pair, without_stops
+from .masks import INF_TOKENS, Dense, Mask, array_bytes, piece_index, tables_of, unconstrained_tables
+from .stops import can_stop, without_stops
+
+if TYPE_CHECKING:
+    from .request import HoleSpec
 
 __all__ = ["HoleTables"]
 
@@ -26,29 +28,23 @@ class HoleTables:
     """What one branch's hole needs at every step: automaton, cached masks, stops, token window."""
 
     def __init__(
-        self,
-        automaton: Any,
-        stops: Sequence[Any],
-        min_tokens: int,
-        max_tokens: int | None,
-        n_vocab: int,
-        eos: int,
-        special: np.ndarray,
-        eog: np.ndarray | None = None,
+        self, spec: HoleSpec, n_vocab: int, eos: int, special: np.ndarray, eog: np.ndarray | None = None
     ) -> None:
         eog = np.zeros(0, np.int32) if eog is None else eog
-        self.unconstrained = automaton is None or bool(getattr(automaton, "unconstrained", False))
+        automaton = spec.automaton
+        self.spec = spec
+        self.unconstrained = spec.unconstrained
         self.eos = eos
         self.V = n_vocab
-        self.min_tokens = int(min_tokens or 0)
-        self.max_tokens = None if max_tokens is None else int(max_tokens)
-        self.stops = [stop_pair(s) for s in stops]
+        self.min_tokens = spec.min_tokens
+        self.max_tokens = spec.max_tokens
+        self.stops = spec.stops
         self.maxphr = max((len(p) for p, _ in self.stops), default=0)
         # Stop phrases are ignored until the min_tokens-th value token (module docstring). The runtime's own stop
         # search simply starts then (Sequencer.check_end). A compiled automaton contains the stops too: a phrase
         # takes it to its absorbing stopped state, after which no token is accepted, and it cannot say which
         # state the text would be in had the phrase not counted. So, with a token minimum:
-        # * an automaton that constrains nothing but these stop phrases (the compiler's, see _without_stops) is
+        # * an automaton that constrains nothing but these stop phrases (the compiler's, see without_stops) is
         #   replaced by the compiler's automaton of any text (valid UTF-8, no stops): the runtime's stop search
         #   then implements the stops exactly;
         # * any other automaton that can stop keeps its stops blocked before the minimum instead (``block_stops``:
@@ -70,7 +66,7 @@ class HoleTables:
         self.uncon_noeos = Dense(n_vocab, comp=np.union1d(uncon, np.union1d(eog, [eos])).astype(np.int32))
         if self.unconstrained:
             self.masks: dict[tuple[int, bool], Mask] = {}
-            self.cache = UNCONSTRAINED_TABLES
+            self.cache = None  # heal tables come from unconstrained_tables(vocabulary)
             self.mte = None
             self.mte_max = 0
         else:
@@ -105,7 +101,7 @@ class HoleTables:
         m = self.masks.get(key)
         if m is None:
             m = Mask(np.asarray(self.a.allowed(state), dtype=np.int32), self.V, self.eos)
-            self.masks[key] = m
+            self.cache.put(self.masks, key, m, m.nbytes)
         return m
 
     def forced_run(self, state: int, info: tuple[np.ndarray, np.ndarray], backend: Any) -> tuple[list[int], int] | None:
@@ -148,7 +144,7 @@ class HoleTables:
                         break
                 if cur >= 0:
                     result = (toks, cur)
-        runs[state] = result
+        self.cache.put(runs, state, result, 64 + 8 * len(result[0]) if result else 64)
         return result
 
     def heal_table(self, h: bytes, backend: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -158,8 +154,8 @@ class HoleTables:
         Returns ``(ids int32[K] sorted, next_state int64[K], carries int64[K])``: ``carries`` is 1 for a piece
         with bytes past ``h`` (a value token) and 0 for a piece equal to ``h`` (see :meth:`.sequences.Sequencer.push`).
         """
-        key = h if not self.unconstrained else h + b"\0" + str(id(backend.vocabulary)).encode()
-        hit = self.cache.heals.get(key)
+        cache = unconstrained_tables(backend.vocabulary) if self.unconstrained else self.cache
+        hit = cache.heals.get(h)
         if hit is not None:
             return hit
         v = backend.vocabulary
@@ -194,8 +190,7 @@ class HoleTables:
         ids = ids[order]
         carries = (lengths[ids] > len(h)).astype(np.int64)
         hit = (ids, nxt[order], carries)
-        self.cache.heals[key] = hit
-        return hit
+        return cache.put(cache.heals, h, hit, array_bytes(*hit))
 
     def allowed(self, state: int, n: int) -> tuple[np.ndarray | None, Dense | None]:
         """Allowed set after ``n`` value tokens: ``(ids, None)`` (sparse, sorted) or ``(None, dense)``."""
@@ -212,7 +207,7 @@ class HoleTables:
                 else:
                     base = dense.all_ids() if ids is None else ids
                     hit = (base[~np.isin(base, stopping)], None)
-                self.cache.premin[key] = hit
+                self.cache.put(self.cache.premin, key, hit, array_bytes(*hit))
             return hit
         return ids, dense
 
@@ -224,7 +219,7 @@ class HoleTables:
             body = m.ids[m.ids != self.eos]
             nxt = np.asarray(self.a.step_many(np.full(len(body), state, np.int64), body))
             hit = np.sort(body[self.stopped(nxt)]).astype(np.int32)
-            self.cache.stopping[state] = hit
+            self.cache.put(self.cache.stopping, state, hit, hit.nbytes)
         return hit
 
     def stopped(self, states: np.ndarray) -> np.ndarray:
@@ -264,7 +259,7 @@ class HoleTables:
                 if m.has_eos:
                     body = np.sort(np.concatenate([body, np.array([self.eos], np.int32)]))
                 ids = body.astype(np.int32, copy=False)
-                self.cache.budget[key] = ids
+                self.cache.put(self.cache.budget, key, ids, ids.nbytes)
             return ids, None
         if m.dense is not None:
             return None, m.dense

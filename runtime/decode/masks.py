@@ -3,21 +3,35 @@
 A :class:`Mask` is one distinct allowed set of an automaton: sparse sorted ids, or a :class:`Dense` set (membership
 by binary search, the complement and a -inf bias row built only when first needed) when it covers more than a
 quarter of the vocabulary. :class:`MaskTables` holds everything the decoder derives from one automaton (masks by
-mask id, forced-text runs, token-budget and healing tables), so a state's allowed set is a table lookup.
+mask id, forced-text runs, token-budget and healing tables), so a state's allowed set is a table lookup; the
+automaton owns them (``automaton.tables``) and they are bounded in bytes (:data:`TABLE_BYTES`).
 Vocabulary-wide tables (first byte and length of every token, the piece -> id index) are cached per vocabulary.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["INF_TOKENS", "UNCONSTRAINED_TABLES", "Dense", "Mask", "MaskTables", "piece_index", "tables_of", "token_info"]
+__all__ = [
+    "INF_TOKENS",
+    "TABLE_BYTES",
+    "Dense",
+    "Mask",
+    "MaskTables",
+    "PerObject",
+    "array_bytes",
+    "piece_index",
+    "tables_of",
+    "token_info",
+    "unconstrained_tables",
+]
 
 INF_TOKENS = 1 << 30  # min_tokens_to_end at or above this (or negative) means "cannot end"
+
 
 class Dense:
     """A large allowed set: membership by binary search, its complement built only when first needed."""
@@ -83,18 +97,36 @@ class Mask:
         self.only_eos = self.has_eos and len(ids) == 1
         self._noeos: Mask | None = None
 
+    @property
+    def nbytes(self) -> int:
+        """What this set may come to hold: its ids (twice if it has EOS: the set without it), and a dense set's
+        bias row and complement."""
+        return self.ids.nbytes * (2 if self.has_eos else 1) + (8 * self.dense.V if self.dense is not None else 0)
+
     def without_eos(self, V: int, eos: int) -> Mask:
         if self._noeos is None:
             self._noeos = Mask(self.ids[self.ids != eos], V, eos)
         return self._noeos
 
 
+#: Memory bound of the tables derived from one automaton (masks, budget, healing and stop tables): past it they
+#: are dropped and rebuilt on demand. One compiled query's automaton tables stay under 64 MB (DESIGN §4).
+TABLE_BYTES = 64 << 20
+
+
 class MaskTables:
-    """Per-automaton caches: allowed sets by (mask id, final), forced-text runs by state."""
+    """Everything the decoder derives from one automaton: allowed sets by (mask id, final), forced-text runs,
+    token-budget, healing and stop tables.
 
-    __slots__ = ("masks", "runs", "budget", "heals", "warm", "stopping", "premin", "stops_only")
+    Owned by the automaton (its ``tables`` attribute, see :func:`tables_of`), so they live exactly as long as it
+    does. ``nbytes`` counts what they hold; :meth:`put` drops everything when a new entry would pass ``limit``.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("masks", "runs", "budget", "heals", "warm", "stopping", "premin", "stops_only", "nbytes", "limit")
+
+    def __init__(self, limit: int = TABLE_BYTES) -> None:
+        self.limit = limit
+        self.nbytes = 0
         self.masks: dict[tuple[int, bool], Mask] = {}
         self.runs: dict[int, tuple[list[int], int] | None] = {}
         # (state, tokens left after this one (capped), EOS excluded) -> allowed ids under the token budget
@@ -106,75 +138,100 @@ class MaskTables:
         self.stopping: dict[int, np.ndarray] = {}  # state -> sorted ids of the tokens that enter a stopped state
         # (state, tokens left after this one (capped) or None) -> allowed set before min_tokens, stops blocked
         self.premin: dict[tuple[int, int | None], tuple[np.ndarray | None, Dense | None]] = {}
-        self.stops_only: dict[tuple[tuple[bytes, bool], ...], Any] = {}  # see _without_stops
+        self.stops_only: dict[tuple[tuple[bytes, bool], ...], Any] = {}  # see stops.without_stops
+
+    def put(self, table: dict, key: Any, value: Any, nbytes: int) -> Any:
+        """``table[key] = value``, counting ``nbytes``; everything is dropped first if the bound would be passed."""
+        if self.nbytes + nbytes > self.limit:
+            self.clear()
+        table[key] = value
+        self.nbytes += nbytes
+        return value
+
+    def clear(self) -> None:
+        """Drop every derived table (they are rebuilt on demand)."""
+        for table in (self.masks, self.runs, self.budget, self.heals, self.stopping, self.premin, self.stops_only):
+            table.clear()
+        self.warm = False
+        self.nbytes = 0
 
 
-UNCONSTRAINED_TABLES = MaskTables()  # heal tables of unconstrained holes (keyed by prefix; vocabulary-specific below)
-_AUTO_CACHE: weakref.WeakKeyDictionary[Any, MaskTables] = weakref.WeakKeyDictionary()
-_AUTO_LRU: OrderedDict[int, tuple[Any, MaskTables]] = OrderedDict()
-_AUTO_LRU_SIZE = 64
+def array_bytes(*values: Any) -> int:
+    """Bytes held by the arrays among ``values`` (others count 64)."""
+    return sum(v.nbytes if isinstance(v, np.ndarray) else 64 for v in values)
+
+
+class PerObject:
+    """A small LRU of values derived from objects (vocabularies), keyed by the object itself: an entry keeps its
+    object alive and is found only for that very object."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[int, Any], tuple[Any, Any]] = OrderedDict()
+
+    def get(self, obj: Any, key: Any, build: Callable[[], Any]) -> Any:
+        k = (id(obj), key)
+        entry = self._entries.get(k)
+        if entry is not None and entry[0] is obj:
+            self._entries.move_to_end(k)
+            return entry[1]
+        value = build()
+        self._entries[k] = (obj, value)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+
+_UNOWNED = PerObject(64)  # tables of automata that cannot hold them (no ``tables`` attribute)
+_UNCONSTRAINED = PerObject(4)  # tables of unconstrained holes (healing), per vocabulary
 
 
 def tables_of(automaton: Any) -> MaskTables:
+    """The :class:`MaskTables` of an automaton, created on first use and kept on the automaton (``tables``)."""
+    tables = getattr(automaton, "tables", None)
+    if isinstance(tables, MaskTables):
+        return tables
+    tables = MaskTables()
     try:
-        cache = _AUTO_CACHE.get(automaton)
-        if cache is None:
-            cache = MaskTables()
-            _AUTO_CACHE[automaton] = cache
-        return cache
-    except TypeError:  # not weak-referenceable (e.g. a __slots__ class)
-        pass
-    entry = _AUTO_LRU.get(id(automaton))
-    if entry is not None and entry[0] is automaton:
-        _AUTO_LRU.move_to_end(id(automaton))
-        return entry[1]
-    cache = MaskTables()
-    _AUTO_LRU[id(automaton)] = (automaton, cache)
-    while len(_AUTO_LRU) > _AUTO_LRU_SIZE:
-        _AUTO_LRU.popitem(last=False)
-    return cache
+        automaton.tables = tables
+    except AttributeError:  # an automaton without the attribute: the identity-keyed LRU keeps its tables
+        return _UNOWNED.get(automaton, None, lambda: tables)
+    return tables
 
 
-# First byte (-1 if empty) and byte length of every token, per vocabulary (by identity; a few entries).
-_TOKEN_INFO: OrderedDict[int, tuple[Any, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+def unconstrained_tables(vocabulary: Any) -> MaskTables:
+    """The tables of unconstrained holes over a vocabulary (their healed first-token tables)."""
+    return _UNCONSTRAINED.get(vocabulary, None, MaskTables)
+
+
+_VOCAB_TABLES = PerObject(8)
 
 
 def token_info(backend: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """First byte (-1 if empty) and byte length of every token of the backend's vocabulary (cached per vocabulary)."""
     try:
         v = backend.vocabulary
         offsets, buffer = v.offsets, v.buffer
     except (ImportError, AttributeError):
         return None  # no vocabulary arrays: forced-text runs are simply not used
-    entry = _TOKEN_INFO.get(id(v))
-    if entry is not None and entry[0] is v:
-        return entry[1]
-    lengths = np.diff(offsets)
-    first = np.full(len(lengths), -1, np.int16)
-    nz = lengths > 0
-    first[nz] = buffer[offsets[:-1][nz]]
-    _TOKEN_INFO[id(v)] = (v, (first, lengths))
-    while len(_TOKEN_INFO) > 4:
-        _TOKEN_INFO.popitem(last=False)
-    return first, lengths
 
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        lengths = np.diff(offsets)
+        first = np.full(len(lengths), -1, np.int16)
+        nz = lengths > 0
+        first[nz] = buffer[offsets[:-1][nz]]
+        return first, lengths
 
-_PIECE_INDEX: OrderedDict[int, tuple[Any, tuple[bytes, dict[bytes, int]]]] = OrderedDict()
+    return _VOCAB_TABLES.get(v, "token_info", build)
 
 
 def piece_index(v: Any) -> tuple[bytes, dict[bytes, int]]:
     """The vocabulary's byte buffer and a ``piece bytes -> token id`` map (built once per vocabulary)."""
-    entry = _PIECE_INDEX.get(id(v))
-    if entry is not None and entry[0] is v:
-        return entry[1]
-    raw = v.buffer.tobytes()
-    offs = v.offsets.tolist()
-    never = v.never.tolist()
-    index: dict[bytes, int] = {}
-    for t in range(len(offs) - 2, -1, -1):  # descending, so the lowest id wins among equal pieces
-        if not never[t]:
-            index[raw[offs[t] : offs[t + 1]]] = t
-    _PIECE_INDEX[id(v)] = (v, (raw, index))
-    while len(_PIECE_INDEX) > 4:
-        _PIECE_INDEX.popitem(last=False)
-    return raw, index
 
+    def build() -> tuple[bytes, dict[bytes, int]]:
+        raw = v.buffer.tobytes()
+        offs = v.offsets.tolist()
+        ids = np.flatnonzero(~np.asarray(v.never))[::-1].tolist()  # descending: the lowest id wins among equals
+        return raw, dict(zip([raw[offs[t] : offs[t + 1]] for t in ids], ids, strict=True))
+
+    return _VOCAB_TABLES.get(v, "piece_index", build)

@@ -7,14 +7,14 @@ a ``len(TOKENS(X)) > N`` minimum it is ignored (see ``sequences.Sequencer.check_
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from lmqc.errors import DecodeError
 
-from .masks import tables_of
+from .masks import PerObject, tables_of
 
 __all__ = ["StopRule", "can_stop", "find_stop", "is_stop_rule", "stop_pair", "without_stops"]
 
@@ -43,23 +43,20 @@ def can_stop(automaton: Any) -> bool:
     return not isinstance(stopped, np.ndarray) or bool(stopped.any())
 
 
-_ANY_TEXT: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # vocabulary id -> (vocabulary, automaton)
-_STOPS_ONLY: OrderedDict[tuple[int, tuple[tuple[bytes, bool], ...]], tuple[Any, Any]] = OrderedDict()
+_ANY_TEXT = PerObject(4)  # vocabulary -> the compiler's automaton of any text
+_STOPS_ONLY = PerObject(16)  # (vocabulary, stop list) -> the compiler's automaton of those stops alone
 
 
-def _compiled(cache: OrderedDict, key: Any, vocab: Any, build: Any) -> Any:
-    """A small per-vocabulary cache of compiler-built automata (False when the build failed)."""
-    entry = cache.get(key)
-    if entry is not None and entry[0] is vocab:
-        return entry[1]
-    try:
-        value = build()
-    except Exception:  # noqa: BLE001 - e.g. a stop phrase that is not UTF-8: no compiled hole has it
-        value = False
-    cache[key] = (vocab, value)
-    while len(cache) > 16:
-        cache.popitem(last=False)
-    return value
+def _compiled(cache: PerObject, vocab: Any, key: Any, build: Callable[[], Any]) -> Any:
+    """A compiler-built automaton over ``vocab``, cached per vocabulary (False when the build failed)."""
+
+    def attempt() -> Any:
+        try:
+            return build()
+        except Exception:  # noqa: BLE001 - e.g. a stop phrase that is not UTF-8: no compiled hole has it
+            return False
+
+    return cache.get(vocab, key, attempt)
 
 
 def without_stops(automaton: Any, stops: list[tuple[bytes, bool]]) -> Any | None:
@@ -83,14 +80,14 @@ def without_stops(automaton: Any, stops: list[tuple[bytes, bool]]) -> Any | None
         from lmqc.compiler.ir import HoleIR, Stop
 
         ir = lambda: HoleIR("X", stops=tuple(Stop(p.decode("utf-8"), keep) for p, keep in stops))  # noqa: E731
-        ref = _compiled(_STOPS_ONLY, (id(vocab), key), vocab, lambda: TokenAutomaton.build(ByteDFA.from_ir(ir()), vocab))
+        ref = _compiled(_STOPS_ONLY, vocab, key, lambda: TokenAutomaton.build(ByteDFA.from_ir(ir()), vocab))
         if ref is not False and int(ref.initial) == int(automaton.initial) and all(
             np.array_equal(getattr(ref, f), getattr(automaton, f)) for f in fields
         ):
-            out = _compiled(_ANY_TEXT, id(vocab), vocab, lambda: TokenAutomaton.build(ByteDFA.from_regex(r"(.|\n)*"), vocab))
+            out = _compiled(_ANY_TEXT, vocab, None, lambda: TokenAutomaton.build(ByteDFA.from_regex(r"(.|\n)*"), vocab))
             out = out or None
-    cache.stops_only[key] = out
-    return out
+    return cache.put(cache.stops_only, key, out, 64)
+
 
 def find_stop(value: bytearray, old: int, stops: Any) -> int | None:
     """Where the value is cut for the earliest-starting stop occurrence that ends in ``value[old:]`` (None if none).

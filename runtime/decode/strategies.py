@@ -2,22 +2,34 @@
 
 A strategy is a frozen dataclass of its token-choice parameters; the function that picks a token from one logits
 row under an allowed set (sparse ids, or a :class:`~.masks.Dense` set) lives beside it. Parameters about the run
-rather than the choice (``n`` for sample, ``seed``, ``max_len``) belong to the caller.
+rather than the choice (``n`` for sample, ``seed``, ``max_len``) belong to the caller. Every field is a setting of
+the decoder settings table (``compiler.decoders.SETTINGS``) and is checked there; the wire codec sends the fields.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from lmqc.compiler.decoders import RUNS_AS, check_setting
 from lmqc.errors import DecodeError
 
 from .masks import Dense
 
-__all__ = ["Argmax", "Beam", "Sample", "Strategy", "choose_argmax", "choose_sample", "parse_strategy", "top_n"]
+__all__ = [
+    "Argmax",
+    "Beam",
+    "Sample",
+    "Strategy",
+    "choose_argmax",
+    "choose_sample",
+    "parse_strategy",
+    "strategy_name",
+    "top_n",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +49,7 @@ class Sample:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise DecodeError(f"sample temperature must be a finite number >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise DecodeError(f"sample top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise DecodeError(f"sample top_p must be in (0, 1], got {self.top_p}")
+        _check(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,30 +59,51 @@ class Beam:
     n: int = 2
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise DecodeError(f"beam width must be >= 1, got {self.n}")
+        _check(self)
+
+
+def _check(strategy: Any) -> None:
+    """Check a strategy's fields with the decoder settings table (``compiler.decoders.SETTINGS``)."""
+    for f in dataclasses.fields(strategy):
+        try:
+            check_setting(f.name, getattr(strategy, f.name))
+        except ValueError as e:
+            raise DecodeError(f"{type(strategy).__name__.lower()}: {e}") from None
 
 
 Strategy = Argmax | Sample | Beam
 
+_CLASSES: dict[str, type] = {"argmax": Argmax, "sample": Sample, "beam": Beam, "beam_search": Beam}
+_NAMES = {Argmax: "argmax", Sample: "sample", Beam: "beam"}
 
-def parse_strategy(name: str, **params: Any) -> Strategy:
+
+def strategy_name(strategy: Strategy) -> str:
+    """``"argmax"``, ``"sample"`` or ``"beam"``."""
+    return _NAMES[type(strategy)]
+
+
+def parse_strategy(name: str, *, strict: bool = False, **params: Any) -> Strategy:
     """Build a strategy from a decoder name and its keyword arguments (``n``, ``temperature``, ...).
 
-    Parameters not about token choice (``n`` for sample, ``seed``, ``max_len``) are ignored here; the caller
-    replicates contexts for ``sample(n=...)`` and creates the generator from ``seed``.
+    A strategy's parameters are its dataclass fields. Other decoder arguments (``n`` for sample, ``seed``,
+    ``max_len``) are ignored here (the caller replicates contexts for ``sample(n=...)`` and creates the generator
+    from ``seed``), unless ``strict``, where they are an error (the wire form carries only the fields).
     """
-    if name == "argmax":
-        return Argmax()
-    if name == "sample":
-        return Sample(
-            temperature=float(params.get("temperature", 1.0)),
-            top_k=int(params.get("top_k", 0) or 0),
-            top_p=float(params.get("top_p", 1.0)),
-        )
-    if name in ("beam", "beam_search"):
-        return Beam(n=int(params.get("n", 2)))
-    raise DecodeError(f"unknown decoder {name!r}: use argmax, sample or beam")
+    cls = _CLASSES.get(RUNS_AS.get(name, name))
+    if cls is None:
+        raise DecodeError(f"unknown decoder {name!r}: use argmax, sample or beam")
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    if strict and set(params) - set(fields):
+        raise DecodeError(f"unknown {name} parameter(s): {', '.join(sorted(set(params) - set(fields)))}")
+    kwargs = {}
+    for key, kind in fields.items():
+        if params.get(key) is None:
+            continue
+        try:
+            kwargs[key] = int(params[key]) if kind == "int" else float(params[key])
+        except (TypeError, ValueError, OverflowError):
+            raise DecodeError(f"{name} parameter {key} must be a number, got {params[key]!r}") from None
+    return cls(**kwargs)
 
 
 # -- token choice --------------------------------------------------------------------------------------------
