@@ -453,51 +453,41 @@ class TokenAutomaton:
 
 
 def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
-    """All DFA states over all candidate tokens, through a trie of class prefixes.
+    """All DFA states over all candidate tokens, through the vocabulary's byte trie.
+
+    Every trie node (a distinct token prefix) gets a *class node*: the behaviour of its prefix, i.e. the state
+    it leads each DFA state to. Prefixes with the same behaviour share a class node (the trie becomes a DAG
+    as wide as the number of distinct behaviours), and a node whose prefix every state rejects is dead, with
+    all its descendants. Each depth is one vectorized step over the trie nodes of that depth (a shared prefix
+    is looked at once, not once per token).
 
     Returns ``(next_table int32[S, U], tok_seq int32[V])``: the state after each distinct live class sequence
     from each state, and each token's sequence (-1: never allowed, or rejected from every state).
     """
     lv = vocab.levels
+    trie = lv.trie
     s_n, c_n = dfa.n_states, dfa.n_classes
     trans_ext = np.vstack([dfa.trans, np.full((1, c_n), -1, np.int32)])  # row -1 rejects
     classes = dfa.classes.astype(np.int32)
     tok_seq = np.full(vocab.size, -1, dtype=np.int32)
     columns: list[np.ndarray] = []
     n_seq = 0
-    n_tok = int(lv.count[0]) if len(lv.count) else 0
-    # ``pos``: positions (in the length-sorted order) of the tokens still alive; None while that is every
-    # token, so the common dense case slices instead of gathering.
-    pos: np.ndarray | None = None
-    node = np.ones(n_tok, dtype=np.int32)  # trie node (DAG after merging) per token; 0 = dead, 1 = root
-    states_col = np.full((s_n, 2), -1, dtype=np.int32)  # column per node: the state after its prefix
+    cn = np.ones(1, dtype=np.int32)  # class node of the empty prefix: 1 (0 = dead)
+    states_col = np.full((s_n, 2), -1, dtype=np.int32)  # column per class node: the state after its prefix
     states_col[:, 1] = np.arange(s_n)
-    max_len = len(lv.level_bytes)
-    for d in range(max_len + 1):
-        n_alive = len(node)
-        if d == max_len:
-            k = 0
-        elif pos is None:
-            k = int(lv.count[d])
-        else:
-            k = int(np.searchsorted(pos, lv.count[d]))
-        if k < n_alive:  # tokens with exactly d bytes end at this level's node
-            ended_node = node[k:]
-            ended_tok = lv.tokens[k:n_alive] if pos is None else lv.tokens[pos[k:]]
-            seen = np.zeros(states_col.shape[1], dtype=bool)
-            seen[ended_node] = True
-            u_nodes = np.flatnonzero(seen)
-            rank = np.cumsum(seen, dtype=np.int32) - 1
-            columns.append(states_col[:, u_nodes])
-            tok_seq[ended_tok] = n_seq + rank[ended_node]
-            n_seq += len(u_nodes)
-            node = node[:k]
-            if pos is not None:
-                pos = pos[:k]
-        if k == 0:
-            break
-        cls = classes[lv.level_bytes[d][:k]] if pos is None else classes[lv.level_bytes[d][pos]]
-        key = node * c_n + cls
+    for d in range(len(trie.parent)):
+        par = trie.parent[d]
+        pc = cn[par]
+        alive: np.ndarray | None = None
+        if pc.all():
+            byt = trie.byte[d]
+        else:  # some prefixes died: only their live siblings go on
+            alive = np.flatnonzero(pc)
+            if not len(alive):
+                break
+            pc = pc[alive]
+            byt = trie.byte[d][alive]
+        key = pc * c_n + classes[byt]
         n_keys = states_col.shape[1] * c_n
         present = np.zeros(n_keys, dtype=bool)
         present[key] = True
@@ -505,18 +495,32 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
         parent, ucls = uniq // c_n, uniq % c_n
         nxt = trans_ext[states_col[:, parent], ucls[None, :]]
         live = np.flatnonzero((nxt >= 0).any(axis=0))
-        # Prefixes that lead every state to the same place behave the same from now on: merge them, so the
-        # trie becomes a DAG whose width is the number of distinct behaviours, not of distinct prefixes.
         cols = nxt[:, live]
+        # Prefixes that lead every state to the same place behave the same from now on: one class node.
         first, inv = unique_rows(cols.T)
         new_local = np.zeros(n_keys, dtype=np.int32)
         new_local[uniq[live]] = 1 + inv
-        node = new_local[key]
-        if len(live) < len(uniq):  # some prefixes died: drop their tokens for good
-            alive = node > 0
-            node = node[alive]
-            pos = np.flatnonzero(alive) if pos is None else pos[alive]
+        if alive is None:
+            cn = new_local[key]
+        else:
+            cn = np.zeros(len(par), dtype=np.int32)
+            cn[alive] = new_local[key]
         states_col = np.concatenate([np.full((s_n, 1), -1, np.int32), cols[:, first]], axis=1)
+        ends = trie.end[d]  # tokens with exactly d + 1 bytes end at these nodes
+        if len(ends):
+            ce = cn[ends]
+            toks = lv.tokens[int(lv.count[d + 1]) : int(lv.count[d])]
+            ok = ce > 0
+            if not ok.all():
+                ce, toks = ce[ok], toks[ok]
+            if len(ce):
+                seen = np.zeros(states_col.shape[1], dtype=bool)
+                seen[ce] = True
+                u_nodes = np.flatnonzero(seen)
+                rank = np.cumsum(seen, dtype=np.int32) - 1
+                columns.append(states_col[:, u_nodes])
+                tok_seq[toks] = n_seq + rank[ce]
+                n_seq += len(u_nodes)
     if not columns:
         return np.zeros((s_n, 0), np.int32), tok_seq
     table = np.concatenate(columns, axis=1)

@@ -298,6 +298,19 @@ def minimize(a: CharDFA) -> CharDFA:
     trans = _complete(a.trans)  # sink = s
     n = s + 1
     labels = np.append(a.final.astype(np.int64) + 2 * a.stopped, 4)
+    # Moore rounds in NumPy first (each splits blocks by their successors' blocks); most DFAs settle in a few
+    # dozen rounds. Long chains (counters) that do not settle continue with Hopcroft from that partition.
+    labels = np.unique(labels, return_inverse=True)[1].reshape(-1)
+    n_blocks = int(labels.max()) + 1
+    for _ in range(_MOORE_ROUNDS):
+        _, new = unique_rows(np.concatenate([labels[:, None], labels[trans]], axis=1))
+        nb = int(new.max()) + 1
+        labels = new
+        if nb == n_blocks:
+            return _renumber(a, trans, labels.astype(np.int64), n_blocks)
+        n_blocks = nb
+    if s > _HOPCROFT_MAX:
+        return a  # long chains in a large DFA: left unminimized (correct, only larger) rather than slow
     # inverse transitions per class, as CSR
     inv_ptr: list[list[int]] = []
     inv_src: list[list[int]] = []
@@ -306,7 +319,7 @@ def minimize(a: CharDFA) -> CharDFA:
         order = np.argsort(dst, kind="stable")
         inv_src.append(order.tolist())
         inv_ptr.append(np.searchsorted(dst[order], np.arange(n + 1)).tolist())
-    block_of = np.unique(labels, return_inverse=True)[1].reshape(-1).tolist()
+    block_of = labels.tolist()
     blocks: list[set[int]] = [set() for _ in range(max(block_of) + 1)]
     for st, b in enumerate(block_of):
         blocks[b].add(st)
@@ -332,24 +345,39 @@ def minimize(a: CharDFA) -> CharDFA:
                     work.add((nid, cc))
                 else:
                     work.add((nid, cc) if len(moved) <= len(blocks[y]) else (y, cc))
-    block = np.asarray(block_of, dtype=np.int64)
+    return _renumber(a, trans, np.asarray(block_of, dtype=np.int64), len(blocks))
+
+
+_MOORE_ROUNDS = 48
+_HOPCROFT_MAX = 4000
+
+
+def _renumber(a: CharDFA, trans: np.ndarray, block: np.ndarray, n_blocks: int) -> CharDFA:
+    """The quotient DFA of a stable partition (``trans`` completed with the sink as its last row)."""
+    n = trans.shape[0]
+    s = n - 1
     sink_block = block[s]
     # Renumber blocks in order of first appearance from the initial state (stable, readable goldens).
-    rep = np.full(len(blocks), n, dtype=np.int64)
+    rep = np.full(n_blocks, n, dtype=np.int64)
     np.minimum.at(rep, block, np.arange(n))  # smallest state of each block
-    order = []
-    seen = {int(sink_block)}
-    queue = [int(block[a.initial])]
-    seen.add(queue[0])
-    while queue:
-        bb = queue.pop(0)
-        order.append(bb)
-        for t in trans[rep[bb]].tolist():
-            tb = int(block[t])
-            if tb not in seen:
-                seen.add(tb)
-                queue.append(tb)
-    new_of_block = np.full(len(blocks), -1, dtype=np.int32)
+    # breadth-first, each block's successors in class order (level by level: the same order as a FIFO queue)
+    btrans = block[trans[rep]]  # block -> successor blocks
+    seen = np.zeros(n_blocks, dtype=bool)
+    seen[sink_block] = True
+    frontier = np.asarray([block[a.initial]], dtype=np.int64)
+    seen[frontier] = True
+    levels = [frontier]
+    while len(frontier):
+        cand = btrans[frontier].reshape(-1)
+        cand = cand[~seen[cand]]
+        if not len(cand):
+            break
+        uniq, first = np.unique(cand, return_index=True)
+        frontier = uniq[np.argsort(first, kind="stable")]
+        seen[frontier] = True
+        levels.append(frontier)
+    order = np.concatenate(levels)
+    new_of_block = np.full(n_blocks, -1, dtype=np.int32)
     new_of_block[order] = np.arange(len(order), dtype=np.int32)
     reps = rep[order]
     new_trans = new_of_block[block[trans[reps]]]
