@@ -1,6 +1,6 @@
 """Client side of two-process mode: a query runs here, its holes are decoded by ``lmqc serve``.
 
-:class:`RemoteModel` is the decoder service of a server (the same ``tokenize`` / ``decode_hole`` /
+:class:`RemoteModel` is the decoder service of a server (the same ``tokenize`` / ``decode`` /
 ``score_options`` interface as ``runtime.service.LocalDecoder``: ``runtime.decode.DecoderService``), so
 ``run_compiled`` drives a remote query exactly like an in-process one: the prompt program, branches and results
 stay here; per hole, ONE request carries the :class:`~runtime.decode.DecodeRequest` of every branch and the

@@ -3,8 +3,9 @@
 Clients compile locally (for the server model's vocabulary), run the prompt program locally, and send ONE request
 per hole with every branch's context; the server decodes the whole hole with the same arguments and the same
 code as in-process (:class:`runtime.decode.HoleRun`, the engine of :func:`runtime.decode.decode`) and returns
-the completions. Automata are content-addressed and uploaded once; the server keeps an LRU of them (and with
-them the decoder's per-automaton mask caches).
+the completions. Automata are content-addressed and uploaded once; the server keeps an LRU of them, with the mask
+tables each one owns, bounded by count (256) and by bytes (``DEFAULT_AUTOMATA_BYTES``, 1 GiB: arrays plus tables;
+the tables of one automaton are themselves bounded by ``runtime.decode.masks.TABLE_BYTES``).
 
 The wire protocol (routes, bodies, the codecs) is ``runtime.protocol``. ``GET /info`` stats: requests, batches
 (busy periods: holes decoded while others overlap them count as one; each hole run alone counts one),
@@ -64,6 +65,7 @@ import numpy as np
 from lmqc.errors import ArtifactError, DecodeError, LmqcError, ServeError
 
 from . import decode
+from .decode.masks import tables_of
 from .protocol import (
     PROTOCOL,
     ProtocolError,
@@ -82,6 +84,7 @@ from .protocol import (
 __all__ = ["DEFAULT_MAX_BATCH", "Scheduler", "create_app", "load_backend", "serve"]
 
 DEFAULT_MAX_BATCH = 16
+DEFAULT_AUTOMATA_BYTES = 1 << 30  # automata and their decode tables kept between requests (LRU beyond)
 MAX_BODY = 256 << 20
 _YIELD_EVERY = 0.005  # the worker hands the GIL to the event loop at least this often (see Scheduler._yield_gil)
 _YIELD_SLEEP = 0.0001
@@ -432,6 +435,7 @@ class ServerState:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_len: int | None = None,
         automata_cache: int = 256,
+        automata_bytes: int = DEFAULT_AUTOMATA_BYTES,
         merge: bool = True,
     ) -> None:
         from lmqc import __version__
@@ -450,6 +454,7 @@ class ServerState:
         self._vocab_npz: bytes | None = None
         self.automata: OrderedDict[str, Any] = OrderedDict()
         self.automata_cache = automata_cache
+        self.automata_bytes = automata_bytes
         self.tokenize = _tokenizer(backend)
         self.scheduler = Scheduler(backend, self.max_batch)
 
@@ -475,6 +480,7 @@ class ServerState:
             "limits": {"max_batch": self.max_batch, "max_len": self.max_len, "max_context": self.n_ctx},
             "merge": self.merge,
             "automata_cached": len(self.automata),
+            "automata_bytes": self.automata_nbytes(),
             "stats": stats,
         }
 
@@ -504,7 +510,18 @@ class ServerState:
         automaton = TokenAutomaton.from_arrays(arrays, vocab=self.vocab)
         self.automata[digest] = automaton
         self.automata.move_to_end(digest)
-        while len(self.automata) > self.automata_cache:
+        self._trim()
+
+    def automata_nbytes(self) -> int:
+        """Memory of the cached automata: their arrays and the tables decoding derived from them."""
+        return sum(a.nbytes + tables_of(a).nbytes for a in self.automata.values())
+
+    def _trim(self) -> None:
+        """Evict least recently used automata past ``automata_cache`` entries or ``automata_bytes`` bytes (the
+        newest stays; a running hole keeps its automaton until it is done)."""
+        while len(self.automata) > 1 and (
+            len(self.automata) > self.automata_cache or self.automata_nbytes() > self.automata_bytes
+        ):
             self.automata.popitem(last=False)
 
     # -- request bodies ------------------------------------------------------------------------------------
@@ -557,6 +574,7 @@ class ServerState:
                 f"max_len={request.max_len} exceeds this server's limit of {self.max_len} tokens (--max-len): pass "
                 f"max_len <= {self.max_len} in the decoder clause",
             )
+        self._trim()  # tables grow while holes decode
         key = ("step",) if self.merge else None  # joins the running holes step by step (see Scheduling)
         return Job("decode", {"request": request}, key)
 

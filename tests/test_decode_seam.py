@@ -118,3 +118,38 @@ def test_mask_tables_are_owned_by_the_automaton_and_bounded(hole, monkeypatch: p
     got = decode(tb, DecodeRequest.of([ctx], spec))
     assert [c.tokens for c in got] == [c.tokens for c in ref]
     assert small.nbytes <= max(small.limit, max((m.nbytes for m in small.masks.values()), default=0))
+
+
+def test_server_keeps_automata_within_a_byte_bound() -> None:
+    from lmqc.runtime.server import ServerState
+
+    state = ServerState(TinyBackend(), model="lmqc:tiny", automata_bytes=1)
+    try:
+        digests = []
+        for k in (3, 4, 5):
+            auto = lmqc.compile(f'"A: [X]" where len(X) < {k}', model="lmqc:tiny", cache=False).automaton("X")
+            digest, arrays = protocol.automaton_hash(auto)
+            state.put_automaton(digest, protocol.arrays_to_npz(arrays))
+            digests.append(digest)
+        assert list(state.automata) == digests[-1:]  # over the bound: only the newest stays
+        assert state.info()["automata_bytes"] == state.automata_nbytes() > 1
+    finally:
+        state.scheduler.close()
+
+
+def test_piece_ids_match_a_dictionary_of_pieces() -> None:
+    from lmqc.runtime.decode.masks import piece_ids
+
+    v = TinyBackend().vocabulary
+    offs = v.offsets.astype(np.int64)
+    raw = v.buffer.tobytes()
+    index: dict[bytes, int] = {}
+    for t in range(v.size - 1, -1, -1):  # the reference: lowest id wins, never-tokens excluded
+        if not v.never[t]:
+            index[raw[offs[t] : offs[t + 1]]] = t
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, len(raw) - 8, 2000)
+    lengths = rng.integers(0, 5, 2000)
+    ref = [index.get(raw[a : a + n], -2) for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
+    assert piece_ids(v, starts, lengths).tolist() == ref
+    assert (np.asarray(ref) >= 0).sum() > 100  # the probe set hits real pieces too

@@ -15,7 +15,7 @@ import numpy as np
 
 from lmqc.errors import DecodeError
 
-from .masks import INF_TOKENS, Dense, Mask, array_bytes, piece_index, tables_of, unconstrained_tables
+from .masks import INF_TOKENS, Dense, Mask, array_bytes, piece_ids, tables_of, unconstrained_tables
 from .stops import can_stop, without_stops
 
 if TYPE_CHECKING:
@@ -168,12 +168,8 @@ class HoleTables:
             nxt = np.full(len(ids), -1, np.int64)
         else:
             start = int(self.a.initial)
-            raw, index = piece_index(v)
-            offs = v.offsets
-            rest_id = np.fromiter(
-                (index.get(raw[a + len(h) : b], -2) for a, b in zip(offs[cand].tolist(), offs[cand + 1].tolist(), strict=True)),
-                dtype=np.int64, count=len(cand),
-            )
+            offs = np.asarray(v.offsets, np.int64)
+            rest_id = piece_ids(v, offs[cand] + len(h), lengths[cand] - len(h))
             empty = lengths[cand] == len(h)
             rest_id[empty] = -1
             ok_first = np.zeros(self.V, bool)

@@ -5,7 +5,7 @@ by binary search, the complement and a -inf bias row built only when first neede
 quarter of the vocabulary. :class:`MaskTables` holds everything the decoder derives from one automaton (masks by
 mask id, forced-text runs, token-budget and healing tables), so a state's allowed set is a table lookup; the
 automaton owns them (``automaton.tables``) and they are bounded in bytes (:data:`TABLE_BYTES`).
-Vocabulary-wide tables (first byte and length of every token, the piece -> id index) are cached per vocabulary.
+Vocabulary-wide tables (first byte and length of every token, the sorted pieces) are cached per vocabulary.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = [
     "MaskTables",
     "PerObject",
     "array_bytes",
-    "piece_index",
+    "piece_ids",
     "tables_of",
     "token_info",
     "unconstrained_tables",
@@ -69,17 +69,20 @@ class Dense:
     def comp(self) -> np.ndarray:
         """Sorted disallowed ids (int32)."""
         if self._comp is None:
-            keep = np.ones(self.V, bool)
-            keep[self.ids] = False
-            self._comp = np.flatnonzero(keep).astype(np.int32)
+            self._comp = _complement(self.V, self.ids)
         return self._comp
 
     def all_ids(self) -> np.ndarray:
         if self.ids is None:
-            keep = np.ones(self.V, bool)
-            keep[self._comp] = False
-            self.ids = np.flatnonzero(keep).astype(np.int32)
+            self.ids = _complement(self.V, self._comp)
         return self.ids
+
+
+def _complement(V: int, ids: np.ndarray) -> np.ndarray:
+    """Sorted int32 ids of ``range(V)`` not in ``ids``."""
+    keep = np.ones(V, bool)
+    keep[ids] = False
+    return np.flatnonzero(keep).astype(np.int32)
 
 
 class Mask:
@@ -225,13 +228,74 @@ def token_info(backend: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return _VOCAB_TABLES.get(v, "token_info", build)
 
 
-def piece_index(v: Any) -> tuple[bytes, dict[bytes, int]]:
-    """The vocabulary's byte buffer and a ``piece bytes -> token id`` map (built once per vocabulary)."""
+def _ragged(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The strings ``[start, start + length)`` laid end to end: (buffer index of each byte, its position in its
+    string, where each string begins in the layout)."""
+    first = np.cumsum(lengths) - lengths
+    pos = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(first, lengths)
+    return np.repeat(starts, lengths) + pos, pos, first
 
-    def build() -> tuple[bytes, dict[bytes, int]]:
-        raw = v.buffer.tobytes()
-        offs = v.offsets.tolist()
-        ids = np.flatnonzero(~np.asarray(v.never))[::-1].tolist()  # descending: the lowest id wins among equals
-        return raw, dict(zip([raw[offs[t] : offs[t + 1]] for t in ids], ids, strict=True))
 
-    return _VOCAB_TABLES.get(v, "piece_index", build)
+def _string_hashes(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, salt: int) -> np.ndarray:
+    """A 64-bit polynomial hash of each string ``buffer[start : start + length]`` (vectorized over all bytes)."""
+    out = np.full(len(starts), np.uint64(salt), np.uint64)
+    if len(starts) and int(lengths.max()):
+        at, pos, first = _ragged(starts, lengths)
+        powers = np.cumprod(np.full(int(lengths.max()), np.uint64(0x100000001B3), np.uint64))
+        with np.errstate(over="ignore"):
+            terms = (buffer[at].astype(np.uint64) + np.uint64(1)) * powers[pos]
+            nz = lengths > 0
+            out[nz] += np.add.reduceat(terms, first[nz])
+    with np.errstate(over="ignore"):
+        out ^= lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return out
+
+
+def _same_strings(buffer: np.ndarray, a: np.ndarray, b: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Whether ``buffer[a : a + n] == buffer[b : b + n]`` for each pair (same length ``n``)."""
+    out = np.ones(len(a), bool)
+    nz = lengths > 0
+    if nz.any():
+        at, pos, first = _ragged(a[nz], lengths[nz])
+        equal = buffer[at] == buffer[np.repeat(b[nz], lengths[nz]) + pos]
+        out[nz] = np.logical_and.reduceat(equal, first)
+    return out
+
+
+def piece_ids(v: Any, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The token id whose piece is ``v.buffer[start : start + length]``, for each (start, length); -2 if none.
+
+    Among tokens with equal pieces the lowest id wins; ``never`` tokens are not candidates. Vectorized: the
+    pieces are hashed and sorted once per vocabulary (with a salt under which different pieces never share a
+    hash), looked up with ``searchsorted`` and confirmed byte by byte.
+    """
+    buffer = v.buffer
+    offs = np.asarray(v.offsets, np.int64)
+
+    def build() -> tuple[np.ndarray, np.ndarray, int]:
+        ids = np.flatnonzero(~np.asarray(v.never))
+        starts_all, lengths_all = offs[ids], np.diff(offs)[ids]
+        for salt in range(1, 64):
+            h = _string_hashes(buffer, starts_all, lengths_all, salt)
+            order = np.lexsort((ids, h))  # by hash, then id: the lowest id of equal pieces comes first
+            h, sid = h[order], ids[order]
+            same = np.flatnonzero(h[1:] == h[:-1])
+            la, lb = np.diff(offs)[sid[same]], np.diff(offs)[sid[same + 1]]
+            if np.all(la == lb) and _same_strings(buffer, offs[sid[same]], offs[sid[same + 1]], la).all():
+                return h, sid, salt
+        raise AssertionError("no collision-free salt")  # pragma: no cover - 2**-40 per salt on 262k pieces
+
+    keys, ids, salt = _VOCAB_TABLES.get(v, "piece_ids", build)
+    starts = np.asarray(starts, np.int64)
+    lengths = np.asarray(lengths, np.int64)
+    out = np.full(len(starts), -2, np.int64)
+    if not len(keys) or not len(starts):
+        return out
+    probe = _string_hashes(buffer, starts, lengths, salt)
+    pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
+    hit = np.flatnonzero(keys[pos] == probe)
+    tok = ids[pos[hit]]
+    ok = np.diff(offs)[tok] == lengths[hit]
+    ok[ok] = _same_strings(buffer, offs[tok[ok]], starts[hit[ok]], lengths[hit[ok]])
+    out[hit[ok]] = tok[ok]
+    return out
