@@ -120,6 +120,11 @@ class Job:
     def n_branches(self) -> int:
         return len(self.args["request"].contexts) if self.kind == "decode" else 1
 
+    @property
+    def width(self) -> int:
+        """Most sequences the job evaluates in one step (a beam: its width after the first step)."""
+        return self.args["request"].width if self.kind == "decode" else 1
+
 
 class _Guard:
     """The backend as a hole decoded alone sees it: stops at the next step if its request is gone."""
@@ -235,9 +240,9 @@ class Scheduler:
                         else:
                             rest.append(job)
                         blocked = True
-                    elif width + job.n_branches <= self.max_batch or (not self._active and not admitted):
+                    elif width + job.width <= self.max_batch or (not self._active and not admitted):
                         admitted.append(job)
-                        width += job.n_branches
+                        width += job.width
                     else:
                         rest.append(job)
                         blocked = True

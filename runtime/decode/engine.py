@@ -171,8 +171,7 @@ class HoleRun:
     @property
     def width(self) -> int:
         """Most sequences this run evaluates in one step (branches; at most ``n`` after a beam's first step)."""
-        n = len(self.seqs)
-        return max(n, self.strategy.n) if isinstance(self.strategy, Beam) else n
+        return self.request.width
 
     def run(self) -> list[Completion]:
         """Decode the whole hole alone."""

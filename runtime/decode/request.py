@@ -139,6 +139,12 @@ class DecodeRequest:
         return cls(tuple(contexts), specs, **kwargs)
 
     @property
+    def width(self) -> int:
+        """Most sequences one step of this request evaluates (a beam: its width after the first step)."""
+        n = len(self.contexts)
+        return max(n, self.strategy.n) if isinstance(self.strategy, Beam) else n
+
+    @property
     def scoring(self) -> bool:
         """Whether log-probabilities are computed (beam search always needs them)."""
         return isinstance(self.strategy, Beam) if self.score is None else bool(self.score)
