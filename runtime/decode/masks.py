@@ -91,11 +91,15 @@ class Mask:
     __slots__ = ("ids", "dense", "has_eos", "only_eos", "_noeos")
 
     def __init__(self, ids: np.ndarray, V: int, eos: int) -> None:
-        # intp ids: NumPy converts int32 indices on every gather (65 µs vs 33 µs for 33k ids on 262k logits)
-        ids = np.asarray(ids, dtype=np.intp)
-        self.ids = ids
         # above a quarter of the vocabulary, a gather costs more than the argmax-first check plus a bias pass
-        self.dense = Dense(V, ids) if len(ids) > V // 4 else None
+        if len(ids) > V // 4:
+            ids = np.asarray(ids, dtype=np.int32)  # looked up by binary search only: half the memory of intp
+            self.dense: Dense | None = Dense(V, ids)
+        else:
+            # intp ids: NumPy converts int32 indices on every gather (65 µs vs 33 µs for 33k ids on 262k logits)
+            ids = np.asarray(ids, dtype=np.intp)
+            self.dense = None
+        self.ids = ids
         self.has_eos = bool(np.any(ids == eos))
         self.only_eos = self.has_eos and len(ids) == 1
         self._noeos: Mask | None = None
@@ -103,8 +107,9 @@ class Mask:
     @property
     def nbytes(self) -> int:
         """What this set may come to hold: its ids (twice if it has EOS: the set without it), and a dense set's
-        bias row and complement."""
-        return self.ids.nbytes * (2 if self.has_eos else 1) + (8 * self.dense.V if self.dense is not None else 0)
+        bias row and complement (both built on demand)."""
+        extra = 4 * self.dense.V + 4 * (self.dense.V - len(self.ids)) if self.dense is not None else 0
+        return (self.ids.nbytes + extra) * (2 if self.has_eos else 1)
 
     def without_eos(self, V: int, eos: int) -> Mask:
         if self._noeos is None:
@@ -112,9 +117,11 @@ class Mask:
         return self._noeos
 
 
-#: Memory bound of the tables derived from one automaton (masks, budget, healing and stop tables): past it they
-#: are dropped and rebuilt on demand. One compiled query's automaton tables stay under 64 MB (DESIGN §4).
-TABLE_BYTES = 64 << 20
+#: Memory bound of the tables derived from one automaton (masks, budget, healing and stop tables): past it the
+#: derived tables are dropped, then the masks too, and rebuilt on demand. A dense mask on a 262k vocabulary holds
+#: up to ~2 MB (ids, a -inf bias row, the complement), so an automaton with ~40 distinct dense masks
+#: (``len(X) < N``) needs ~80-160 MB to keep all of them.
+TABLE_BYTES = 256 << 20
 
 
 class MaskTables:
@@ -125,11 +132,14 @@ class MaskTables:
     does. ``nbytes`` counts what they hold; :meth:`put` drops everything when a new entry would pass ``limit``.
     """
 
-    __slots__ = ("masks", "runs", "budget", "heals", "warm", "stopping", "premin", "stops_only", "nbytes", "limit")
+    __slots__ = (
+        "masks", "runs", "budget", "heals", "warm", "stopping", "premin", "stops_only", "nbytes", "mask_bytes", "limit"
+    )
 
     def __init__(self, limit: int = TABLE_BYTES) -> None:
         self.limit = limit
-        self.nbytes = 0
+        self.nbytes = 0  # everything counted, masks included
+        self.mask_bytes = 0
         self.masks: dict[tuple[int, bool], Mask] = {}
         self.runs: dict[int, tuple[list[int], int] | None] = {}
         # (state, tokens left after this one (capped), EOS excluded) -> allowed ids under the token budget
@@ -144,19 +154,27 @@ class MaskTables:
         self.stops_only: dict[tuple[tuple[bytes, bool], ...], Any] = {}  # see stops.without_stops
 
     def put(self, table: dict, key: Any, value: Any, nbytes: int) -> Any:
-        """``table[key] = value``, counting ``nbytes``; everything is dropped first if the bound would be passed."""
+        """``table[key] = value``, counting ``nbytes``. Past the bound the derived tables are dropped first (cheap
+        to rebuild), then the masks as well."""
         if self.nbytes + nbytes > self.limit:
-            self.clear()
+            self.clear(masks=False)
+            if self.nbytes + nbytes > self.limit:
+                self.clear()
         table[key] = value
         self.nbytes += nbytes
+        if table is self.masks:
+            self.mask_bytes += nbytes
         return value
 
-    def clear(self) -> None:
-        """Drop every derived table (they are rebuilt on demand)."""
-        for table in (self.masks, self.runs, self.budget, self.heals, self.stopping, self.premin, self.stops_only):
+    def clear(self, *, masks: bool = True) -> None:
+        """Drop the derived tables, and the masks too unless ``masks=False`` (all are rebuilt on demand)."""
+        for table in (self.runs, self.budget, self.heals, self.stopping, self.premin, self.stops_only):
             table.clear()
-        self.warm = False
-        self.nbytes = 0
+        if masks:
+            self.masks.clear()
+            self.warm = False
+            self.mask_bytes = 0
+        self.nbytes = self.mask_bytes
 
 
 def array_bytes(*values: Any) -> int:
