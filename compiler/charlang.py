@@ -17,9 +17,26 @@ import numpy as np
 
 from lmqc.errors import ConstraintError
 
-from .nodes import NOWHERE, And, Constraint, Contains, IsInt, LenCmp, Not, OneOf, Or, Regex, Span, StartsWith
+from .nodes import (
+    NOWHERE,
+    And,
+    Constraint,
+    Contains,
+    IsBool,
+    IsFloat,
+    IsInt,
+    JsonSchema,
+    LenCmp,
+    Not,
+    OneOf,
+    Or,
+    Regex,
+    Span,
+    StartsWith,
+)
 
 MAX_CP = 0x110000
+FLOAT_PATTERN = r" ?-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?"  # FLOAT / [X: float]: what Python's float() reads
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -665,6 +682,17 @@ def compile_language(c: Constraint | None, error: ErrorFactory = _default_error)
         return literal_set_dfa(c.options)
     if isinstance(c, IsInt):
         return int_dfa()
+    if isinstance(c, IsFloat | IsBool | JsonSchema):
+        from . import jsonschema, regular
+
+        if isinstance(c, IsFloat):
+            return regular.compile_node(regular.from_pattern(FLOAT_PATTERN, search=False))
+        if isinstance(c, IsBool):
+            return literal_set_dfa(tuple(p + w for p in ("", " ") for w in ("true", "false", "True", "False")))
+        try:
+            return jsonschema.compile_schema(c.schema).dfa
+        except jsonschema.SchemaError as e:
+            raise error(str(e), c.span) from None
     if isinstance(c, Regex):
         problem = regex_feature_problem(c.pattern)
         if problem:

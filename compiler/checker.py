@@ -229,6 +229,8 @@ def format_prompt_string(ps: nodes.PromptString) -> str:
             name = "".join(f"@{_quote(d)} " for d in part.decorators) + part.name
             if isinstance(ann, nodes.IsInt):
                 out.append(f"[{name}: int]")
+            elif isinstance(ann, nodes.IsFloat | nodes.IsBool):
+                out.append(f"[{name}: {'float' if isinstance(ann, nodes.IsFloat) else 'bool'}]")
             elif isinstance(ann, nodes.Regex):
                 out.append(f"[{name}: {_quote(repr(ann.pattern))}]")
             elif part.tactic is not None:

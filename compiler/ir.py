@@ -35,6 +35,7 @@ class HoleIR:
     max_tokens: int | None = None
     is_int: bool = False  # the value is returned as a Python int
     span: Span = field(default=NOWHERE, compare=False)
+    parse: str | None = None  # "float", "bool" or "json": how the runtime turns the text into the value
 
     def __str__(self) -> str:
         parts = [f"hole {self.var}:", f"  language: {self.language if self.language is not None else '.*'}"]
@@ -44,5 +45,7 @@ class HoleIR:
             parts.append(f"  tokens: {self.min_tokens}..{'' if self.max_tokens is None else self.max_tokens}")
         if self.is_int:
             parts.append("  value: int")
+        elif self.parse:
+            parts.append(f"  value: {self.parse}")
 
         return "\n".join(parts)

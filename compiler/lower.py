@@ -19,7 +19,10 @@ from .nodes import (
     Constraint,
     Contains,
     Dyn,
+    IsBool,
+    IsFloat,
     IsInt,
+    JsonSchema,
     LenCmp,
     Not,
     OneOf,
@@ -56,6 +59,7 @@ def lower_hole(
     stops: list[Stop] = []
     min_tokens, max_tokens = 0, None
     is_int = False
+    parse: str | None = None
     for c in conjuncts:
         if isinstance(c, StopsAt | StopsBefore):
             if not c.phrase:
@@ -71,6 +75,8 @@ def lower_hole(
             _check_nested(c, error, top=True)
             if isinstance(c, IsInt):
                 is_int = True
+            elif parse is None and isinstance(c, IsFloat | IsBool | JsonSchema):
+                parse = {IsFloat: "float", IsBool: "bool", JsonSchema: "json"}[type(c)]
             language.append(c)
     lang: Constraint | None
     if not language:
@@ -87,6 +93,7 @@ def lower_hole(
         max_tokens=max_tokens,
         is_int=is_int,
         span=getattr(constraint, "span", NOWHERE),
+        parse=None if is_int else parse,
     )
 
 
@@ -175,7 +182,15 @@ def _check_nested(c: Constraint, error, *, top: bool) -> None:
         problem = regex_feature_problem(c.pattern)
         if problem:
             raise error(problem, c.span)
-    elif not isinstance(c, LenCmp | OneOf | IsInt | StartsWith | Contains):
+    elif isinstance(c, JsonSchema):
+        if isinstance(c.schema, str):  # a schema lmqc cannot express is an error here already (lmqc check)
+            from .jsonschema import SchemaError, compile_schema
+
+            try:
+                compile_schema(c.schema)
+            except SchemaError as e:
+                raise error(str(e), c.span) from None
+    elif not isinstance(c, LenCmp | OneOf | IsInt | IsFloat | IsBool | StartsWith | Contains):
         raise error(f"unsupported constraint {c}", getattr(c, "span", NOWHERE))
 
 
@@ -183,7 +198,7 @@ def _check_nested(c: Constraint, error, *, top: bool) -> None:
 # Constraints with Python arguments (``X in options``, ``len(TOKENS(X)) < n``): lowered when the hole starts.
 
 
-_DYN_FIELDS = ("bound", "options", "pattern", "phrase", "prefix")
+_DYN_FIELDS = ("bound", "options", "pattern", "phrase", "prefix", "schema")
 
 
 def is_dynamic(c: Constraint | None) -> bool:
@@ -230,6 +245,16 @@ def substitute(
             if not items or any(x is None for x in items):
                 raise error(f"{d.expr} must be a non-empty list of strings here, got {v!r}", d.span)
             return tuple(dict.fromkeys(items))
+        if kind == "schema":
+            from .jsonschema import SchemaError, canonical, compile_schema
+            from .pytypes import schema_for
+
+            try:
+                text = canonical(schema_for(v))
+                compile_schema(text)
+            except (SchemaError, TypeError) as e:
+                raise error(f"{d.expr}: {e}", d.span) from None
+            return text
         if not isinstance(v, str):
             raise error(f"{d.expr} must be a string here, got {type(v).__name__}", d.span)
         if any("\ud800" <= ch <= "\udfff" for ch in v):

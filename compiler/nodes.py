@@ -101,6 +101,44 @@ class IsInt:
 
 
 @dataclass(frozen=True, slots=True)
+class IsFloat:
+    """``FLOAT(VAR)`` / ``[VAR: float]``: a (possibly space-led) decimal number; the runtime returns a float."""
+
+    var: str
+    span: Span = field(default=NOWHERE, compare=False)
+
+    def __str__(self) -> str:
+        return f"FLOAT({self.var})"
+
+
+@dataclass(frozen=True, slots=True)
+class IsBool:
+    """``BOOL(VAR)`` / ``[VAR: bool]``: ``true``/``false`` (or ``True``/``False``), space-led or not; a bool."""
+
+    var: str
+    span: Span = field(default=NOWHERE, compare=False)
+
+    def __str__(self) -> str:
+        return f"BOOL({self.var})"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonSchema:
+    """``JSON(VAR, schema)``: a JSON text valid for the JSON Schema; the runtime returns the parsed value.
+
+    ``schema`` is the schema's canonical JSON text (property order kept), or a ``Dyn`` evaluated when the hole
+    starts (a schema dict, a dataclass, a Pydantic model or another Python type; see ``compiler.pytypes``).
+    """
+
+    var: str
+    schema: str | Dyn
+    span: Span = field(default=NOWHERE, compare=False)
+
+    def __str__(self) -> str:
+        return f"JSON({self.var}, {self.schema})"
+
+
+@dataclass(frozen=True, slots=True)
 class Regex:
     """``REGEX(VAR, pattern)``: the whole value matches the Python ``re`` pattern."""
 
@@ -163,7 +201,7 @@ def _show(value: Any) -> str:
     return str(value) if isinstance(value, Dyn) else repr(value)
 
 
-Atom = LenCmp | OneOf | IsInt | Regex | StopsAt | StopsBefore | StartsWith | Contains
+Atom = LenCmp | OneOf | IsInt | IsFloat | IsBool | JsonSchema | Regex | StopsAt | StopsBefore | StartsWith | Contains
 Constraint = And | Or | Not | Atom
 
 
@@ -230,7 +268,7 @@ class Hole:
     """
 
     name: str
-    annotation: IsInt | Regex | None = None
+    annotation: IsInt | IsFloat | IsBool | Regex | None = None
     tactic: str | None = None
     index: int = 0
     decorators: tuple[str, ...] = ()  # [@fn X]: Python expressions of LMQL variable decorators, left to right

@@ -38,8 +38,9 @@ from .qstrings import Errors, Lit, Pos, PromptScanner, check_regex, closest, dec
 
 __all__ = ["DECODERS", "IGNORED_DECODER_ARGS", "decoder_arg", "parse"]
 
-CONSTRAINT_FUNCTIONS = ("INT", "REGEX", "STOPS_AT", "STOPS_BEFORE", "STARTS_WITH", "len", "TOKENS")
-_ALIASES = {"int": "INT", "regex": "REGEX", "stops_at": "STOPS_AT", "stops_before": "STOPS_BEFORE",
+CONSTRAINT_FUNCTIONS = ("INT", "FLOAT", "BOOL", "JSON", "REGEX", "STOPS_AT", "STOPS_BEFORE", "STARTS_WITH", "len",
+                        "TOKENS")
+_ALIASES = {"int": "INT", "float": "FLOAT", "bool": "BOOL", "json": "JSON", "regex": "REGEX", "stops_at": "STOPS_AT", "stops_before": "STOPS_BEFORE",
             "starts_with": "STARTS_WITH", "tokens": "TOKENS"}
 
 _SKIP = {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING, tokenize.ENDMARKER}
@@ -571,6 +572,35 @@ class _Builder:
             self.err.type_at(f"lone surrogate {bad!r} in a constraint string cannot be encoded as UTF-8", self._span(node, base))
         return value
 
+    def _schema_arg(self, e: ast.expr, base: tuple[int, int]) -> str | nodes.Dyn:
+        """A JSON schema written in the query (a dict literal or JSON text): its canonical JSON text; any other
+        expression (a name, a type, a call) is a ``Dyn`` evaluated when the hole starts."""
+        span = self._span(e, base)
+        if isinstance(e, ast.Dict | ast.Constant):
+            try:
+                value = ast.literal_eval(e)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                value = None
+            else:
+                import json
+
+                from .jsonschema import SchemaError, canonical
+
+                if isinstance(value, str):
+                    try:
+                        value = json.loads(value)
+                    except json.JSONDecodeError as exc:
+                        self.err.type_at(f"JSON expects a schema; this string is not JSON ({exc})", span)
+                if not isinstance(value, dict | bool):
+                    self.err.type_at("JSON expects a schema (a dict, JSON text or a Python type)", span)
+                try:
+                    return canonical(value)
+                except SchemaError as exc:
+                    self.err.type_at(str(exc), span)
+            if isinstance(e, ast.Constant):
+                self.err.type_at("JSON expects a schema (a dict, JSON text or a Python type)", span)
+        return nodes.Dyn(self._source(e, base), span=span)
+
     def _arity(self, e: ast.Call, func: str, n: int, usage: str, base: tuple[int, int]) -> None:
         if len(e.args) != n or e.keywords:
             plural = "s" if n != 1 else ""
@@ -586,6 +616,14 @@ class _Builder:
         if func == "INT":
             self._arity(e, func, 1, "INT(VAR)", base)
             return self._atom(nodes.IsInt(self._var(e.args[0], func, base), span=span), e.args[0], base)
+        if func in ("FLOAT", "BOOL"):
+            self._arity(e, func, 1, f"{func}(VAR)", base)
+            kind = nodes.IsFloat if func == "FLOAT" else nodes.IsBool
+            return self._atom(kind(self._var(e.args[0], func, base), span=span), e.args[0], base)
+        if func == "JSON":
+            self._arity(e, func, 2, "JSON(VAR, schema)", base)
+            var = self._var(e.args[0], func, base)
+            return self._atom(nodes.JsonSchema(var, self._schema_arg(e.args[1], base), span=span), e.args[0], base)
         if func == "REGEX":
             self._arity(e, func, 2, 'REGEX(VAR, r"...")', base)
             var = self._var(e.args[0], func, base)

@@ -88,7 +88,7 @@ def dyn_args(query: nodes.Query, constraint: nodes.Constraint | None) -> list[no
         elif isinstance(c, nodes.Not):
             walk(c.operand)
         elif c is not None:
-            for name in ("bound", "options", "pattern", "phrase", "prefix"):
+            for name in ("bound", "options", "pattern", "phrase", "prefix", "schema"):
                 value = getattr(c, name, None)
                 if isinstance(value, nodes.Dyn):
                     out.setdefault(value.expr, value)

@@ -306,7 +306,7 @@ class PromptScanner:
         if keyword.iskeyword(name):
             self.err.syntax_at(f"hole name '{name}' is a Python keyword", self.at(j))
         j = self.skip_spaces(k)
-        annotation: nodes.IsInt | nodes.Regex | None = None
+        annotation: nodes.IsInt | nodes.IsFloat | nodes.IsBool | nodes.Regex | None = None
         tactic: str | None = None
         if j < n and chars[j] == ":":
             start = self.skip_spaces(j + 1)
@@ -329,13 +329,20 @@ class PromptScanner:
                 annotation = nodes.Regex(name, lit.value, span=ann_span)
             elif isinstance(tree, ast.Name) and tree.id == "int":
                 annotation = nodes.IsInt(name, span=ann_span)
+            elif isinstance(tree, ast.Name) and tree.id == "float":
+                annotation = nodes.IsFloat(name, span=ann_span)
+            elif isinstance(tree, ast.Name) and tree.id == "bool":
+                annotation = nodes.IsBool(name, span=ann_span)
             elif isinstance(tree, ast.Name) and tree.id == "str":
                 pass  # the default type
-            elif isinstance(tree, ast.Name | ast.Attribute | ast.Call):
-                tactic = raw
+            elif isinstance(tree, ast.Name | ast.Attribute | ast.Call | ast.Subscript) or (
+                isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.BitOr)
+            ):
+                tactic = raw  # a query function (nested query) or a type (JSON), resolved when the hole starts
             else:
                 self.err.type_at(
-                    f"unsupported hole annotation '{raw}': expected int, str, a regex string or a query function",
+                    f"unsupported hole annotation '{raw}': expected int, float, bool, str, a regex string, a type "
+                    "or a query function",
                     self.at(start),
                 )
             j = end

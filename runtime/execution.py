@@ -48,7 +48,9 @@ class Request:
     """The program waits for a hole (``kind="hole"``) or a distribution (``kind="dist"``).
 
     ``compiled`` is the (possibly nested) query the hole belongs to, ``index`` its ``Hole.index`` there,
-    ``dyn`` the values of its constraint's Python arguments (``dist``: the options).
+    ``dyn`` the values of its constraint's Python arguments (``dist``: the options). ``typed`` is the value of
+    a type annotation (``[X: Person]``: a dataclass, a Pydantic model, ``list[int]``, a schema dict ...): the
+    hole is written as JSON for it and its value is parsed back.
     """
 
     kind: str
@@ -56,6 +58,7 @@ class Request:
     index: int
     dyn: Any = None
     decorators: tuple[Any, ...] = ()
+    typed: Any = None
 
 
 @dataclass(slots=True)
@@ -151,13 +154,20 @@ class Execution:
                 self.trace.append(send)
             elif kind == EV_HOLE:
                 _, index, dyn, tactic, decorators = event
+                typed = None
                 if tactic is not None:
                     callee, args, kwargs = tactic
                     nested = self.resolve_nested(callee, args, kwargs)
                     if nested is None:
-                        raise _located(
-                            TypeError(f"hole annotation {callee!r} is not a query function"), frame.compiled
-                        )
+                        from lmqc.compiler.pytypes import is_type_annotation
+
+                        if args is None and kwargs is None and is_type_annotation(callee):
+                            typed = callee  # [X: Person]: a JSON-constrained hole, decoded below
+                        else:
+                            raise _located(TypeError(
+                                f"hole annotation {callee!r} is neither a query function nor a type lmqc can write "
+                                "as JSON"), frame.compiled)
+                if tactic is not None and typed is None:
                     sub, scope = nested
                     effects.append(Effect("enter", _hole_name(frame.compiled, index)))
                     self.frames.append(_Frame(new_generator(sub, scope), sub, var=_hole_name(frame.compiled, index)))
@@ -166,7 +176,7 @@ class Execution:
                     send = self._replay.popleft()
                     frame.last_value = send
                     continue
-                return Request("hole", frame.compiled, index, dyn, tuple(decorators))
+                return Request("hole", frame.compiled, index, dyn, tuple(decorators), typed)
             elif kind == EV_DIST:
                 if self._replay:
                     send = self._replay.popleft()

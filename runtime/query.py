@@ -182,21 +182,25 @@ class _Driver:
 
     # ---- holes ---------------------------------------------------------------------------------------------
 
-    def hole(self, req: Request) -> tuple[HoleSpec, bool]:
-        """(spec, is_int) of a requested hole; constraints with Python arguments are lowered now."""
+    def hole(self, req: Request) -> tuple[HoleSpec, Any]:
+        """(spec, converter) of a requested hole; constraints with Python arguments, and the JSON schemas of typed
+        holes (``[X: Person]``), are lowered now."""
         compiled = req.compiled
         slot = compiled.slot(req.index)
-        if slot in compiled.holes:
+        if slot in compiled.holes and req.typed is None:
             ir = compiled.holes[slot]
             spec = self.specs.get(slot)
             if spec is None:
                 spec = self.specs[slot] = HoleSpec.from_ir(ir, compiled.automata[slot])
-            return spec, ir.is_int
+            return spec, _converter(ir)
         from lmqc.compiler.lower import substitute
 
         q = compiled.query
-        c = substitute(compiled.constraint(req.index), dict(req.dyn), source=q.source, filename=q.filename)
+        c = compiled.constraint(req.index)
+        c = substitute(c, dict(req.dyn), source=q.source, filename=q.filename) if c is not None else None
         name = compiled.hole_name(req.index)
+        if req.typed is not None:
+            c = _typed_constraint(q.holes()[req.index], req.typed, c, q)
         key = (name, c)  # constraints are frozen values: equal constraints share one automaton
         cached = compiled.runtime_cache.get(key)
         if cached is None:
@@ -210,7 +214,7 @@ class _Driver:
         spec = self.specs.get(key)
         if spec is None:
             spec = self.specs[key] = HoleSpec.from_ir(ir, automaton)
-        return spec, ir.is_int
+        return spec, _converter(ir, req.typed if req.typed is not None else _schema_type(compiled, req))
 
     def pre_decorate(self, b: _Branch) -> bool:
         """Run a hole's pre-processing decorators; True if one fixed the value (then it is sent, no decoding)."""
@@ -341,7 +345,7 @@ def run_compiled(
                 tuple(0.0 if math.isnan(b.logprob) else b.logprob for b in live),
             ))
             # forks must copy a parent before the parent's own program moves on
-            pending: list[tuple[_Branch, decode.Completion, tuple[HoleSpec, bool]]] = []
+            pending: list[tuple[_Branch, decode.Completion, tuple[HoleSpec, Any]]] = []
             seen: dict[int, int] = {}
             for c in completions:
                 parent = live[c.parent]
@@ -349,7 +353,7 @@ def run_compiled(
                 seen[c.parent] = k + 1
                 pending.append((parent if k == 0 else parent.fork(), c, holes[c.parent]))
             new = []
-            for b, c, (_, is_int) in pending:
+            for b, c, (_, convert) in pending:
                 name = b.request.compiled.hole_name(b.request.index)
                 text = c.text
                 start = len(b.prompt)
@@ -367,7 +371,7 @@ def run_compiled(
                         "(raise max_len in the decoder clause)",
                         partial=_result(b),
                     )
-                value = _convert(text, is_int)
+                value = convert(text)
                 if b.request.decorators:
                     value, shown = driver.post_decorate(b, name, value, text)
                     if shown != text:
@@ -429,13 +433,70 @@ def _check_utf8(text: str) -> None:
         ) from None
 
 
-def _convert(value: str, is_int: bool) -> Any:
-    if not is_int:
-        return value
+def _converter(ir: Any, typed: Any = None) -> Any:
+    """text -> the program's value: ``int`` for INT, ``float``/``bool``, parsed JSON (as ``typed`` when it is a
+    type), else the text itself."""
+    kind = "int" if ir.is_int else getattr(ir, "parse", None)
+    if kind is None:
+        return _identity
+
+    def convert(value: str) -> Any:
+        try:
+            if kind == "int":
+                return int(value.strip())
+            if kind == "float":
+                return float(value.strip())
+            if kind == "bool":
+                return value.strip().lower() == "true"
+            import json
+
+            data = json.loads(value)
+        except ValueError:
+            raise DecodeError(f"{kind.upper()} value {value!r} does not parse") from None
+        if typed is None:
+            return data
+        from lmqc.compiler.pytypes import convert as to_python
+
+        try:
+            return to_python(typed, data)
+        except Exception as exc:  # noqa: BLE001 - a model class's own validation
+            raise DecodeError(f"JSON value {value!r} does not convert to {typed!r}: {exc}") from exc
+
+    return convert
+
+
+def _identity(value: str) -> str:
+    return value
+
+
+def _typed_constraint(hole: nodes.Hole, typed: Any, c: Any, q: nodes.Query) -> Any:
+    """``[X: T]``: JSON(X, schema of T), and the hole's other constraints."""
+    from lmqc.compiler.jsonschema import SchemaError, canonical, compile_schema
+    from lmqc.compiler.pytypes import schema_for
+    from lmqc.errors import ConstraintError
+
+    name = hole.name
     try:
-        return int(value.strip())
-    except ValueError:
-        raise DecodeError(f"INT value {value!r} is not an integer") from None
+        text = canonical(schema_for(typed))
+        compile_schema(text)
+    except (SchemaError, TypeError) as e:
+        raise ConstraintError(f"[{name}: {hole.tactic}]: {e}", source=q.source, filename=q.filename,
+                              line=hole.span.line or None, column=hole.span.column or None) from None
+    atom = nodes.JsonSchema(name, text, span=hole.span)
+    return atom if c is None else nodes.And((atom, c), span=hole.span)
+
+
+def _schema_type(compiled: Any, req: Request) -> Any:
+    """For ``JSON(X, T)`` with a Python type ``T``: ``T`` (its value is converted to it), else None."""
+    from lmqc.compiler.checker import iter_atoms
+
+    c = compiled.constraint(req.index)
+    for atom in iter_atoms(c) if c is not None and req.dyn else ():
+        if isinstance(atom, nodes.JsonSchema) and isinstance(atom.schema, nodes.Dyn):
+            value = req.dyn.get(atom.schema.expr)
+            if value is not None and not isinstance(value, dict | str | bool):
+                return value
+    return None
 
 
 def _result(b: _Branch) -> LMQLResult:

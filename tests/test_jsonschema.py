@@ -1,0 +1,339 @@
+"""JSON Schema -> language (compiler/jsonschema.py, compiler/regular.py): every text the language accepts is a
+valid instance (checked with the ``jsonschema`` validator, format checks on), keywords lmqc cannot express are
+errors that name them, and a representative set of texts is accepted/rejected as documented."""
+
+from __future__ import annotations
+
+import json
+import random
+from decimal import Decimal
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lmqc.compiler import jsonschema as J
+from lmqc.compiler import regular as R
+
+jsonschema = pytest.importorskip("jsonschema")
+
+
+def _validator(schema):
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)  # the draft's own format checks
+
+
+def _dist(d) -> np.ndarray:
+    dist = np.where(d.final, 0, 10**9)
+    while True:
+        nd = np.where(d.trans >= 0, dist[np.maximum(d.trans, 0)] + 1, 10**9).min(axis=1)
+        new = np.minimum(dist, nd)
+        if (new == dist).all():
+            return dist
+        dist = new
+
+
+def sample(d, rng: random.Random, soft: int = 40) -> str:
+    """A random string of a char DFA's language (short: after ``soft`` chars, the shortest way to an end)."""
+    dist = _dist(d)
+    ranges = [d.class_ranges(k) for k in range(d.n_classes)]
+    s, out = d.initial, []
+    while True:
+        if d.final[s] and (rng.random() < 0.2 or len(out) > soft):
+            return "".join(out)
+        ks = [k for k in range(d.n_classes) if d.trans[s, k] >= 0]
+        if not ks:
+            return "".join(out)
+        if len(out) > soft:
+            best = min(dist[d.trans[s, k]] for k in ks)
+            ks = [k for k in ks if dist[d.trans[s, k]] == best]
+        k = rng.choice(ks)
+        printable = [(max(a, 32), min(b, 126)) for a, b in ranges[k] if max(a, 32) <= min(b, 126)]
+        a, b = rng.choice(printable) if printable and rng.random() < 0.9 else rng.choice(ranges[k])
+        cp = rng.randint(a, min(b, a + 500))
+        if 0xD800 <= cp <= 0xDFFF:
+            cp = a
+        out.append(chr(cp))
+        s = int(d.trans[s, k])
+
+
+def accepts(schema, text: str) -> bool:
+    return J.compile_schema(schema).dfa.accepts(text)
+
+
+def assert_sound(schema, n: int = 25, seed: int = 0) -> None:
+    lang = J.compile_schema(schema)
+    v = _validator(schema)
+    rng = random.Random(seed)
+    for _ in range(n):
+        text = sample(lang.dfa, rng)
+        value = json.loads(text)
+        errors = [e.message for e in v.iter_errors(value)]
+        assert not errors, (schema, text, errors)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Documented behaviour, keyword by keyword
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "email": {"type": "string", "format": "email"},
+        "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}, "maxItems": 3},
+    },
+    "required": ["name", "age"],
+}
+
+
+def test_object_properties_in_order_required_and_optional() -> None:
+    assert accepts(PERSON, '{"name": "Bob", "age": 42}')
+    assert accepts(PERSON, '{"name":"Bob","age":42,"tags":["a", "b"]}')
+    assert accepts(PERSON, '{"name": "Bob", "age": 42, "email": "bob@example.com", "tags": []}')
+    assert not accepts(PERSON, '{"age": 42, "name": "Bob"}')  # schema order
+    assert not accepts(PERSON, '{"name": "Bob"}')  # required
+    assert not accepts(PERSON, '{"name": "Bob", "age": 151}')
+    assert not accepts(PERSON, '{"name": "", "age": 1}')
+    assert not accepts(PERSON, '{"name": "Bob", "age": 4, "extra": 1}')  # never extra keys
+    assert not accepts(PERSON, '{"name": "Bob", "age": 4, "tags": ["a", "b", "a", "b"]}')
+    assert_sound(PERSON)
+
+
+def test_whitespace_is_bounded() -> None:
+    assert accepts(PERSON, '{"name": "A", "age": 1}')
+    assert not accepts(PERSON, '{"name":  "A", "age": 1}')
+    assert not accepts(PERSON, '{ "name": "A", "age": 1}')
+    assert not accepts(PERSON, '{"name": "A",\n"age": 1}')
+
+
+@pytest.mark.parametrize(
+    ("schema", "good", "bad"),
+    [
+        ({"type": "integer", "minimum": -5, "exclusiveMaximum": 17}, ["-5", "0", "16"], ["-6", "17", "1.0", "01"]),
+        ({"type": "number", "minimum": 0.5, "maximum": 2.25}, ["0.5", "1", "2.25", "2.2"], ["0.49", "2.251", "3"]),
+        ({"type": "number", "exclusiveMinimum": 0}, ["0.001", "7"], ["0", "0.0", "-1"]),
+        ({"type": "number", "minimum": 1, "exclusiveMinimum": True}, ["1.5"], ["1", "1.0"]),  # draft 4 form
+        ({"type": "integer", "multipleOf": 3}, ["0", "-3", "33"], ["1", "4"]),
+        ({"type": "number", "multipleOf": 0.25}, ["0.5", "1.75", "2"], ["0.1", "1.3"]),
+        ({"type": "integer", "format": "int8"}, ["127", "-128"], ["128"]),
+        ({"type": "string", "minLength": 2, "maxLength": 3}, ['"ab"', '"a\\nc"'], ['"a"', '"abcd"']),
+        ({"type": "string", "pattern": "^[a-z]+$"}, ['"abc"'], ['"ab1"', '""']),
+        ({"type": "string", "pattern": "[0-9]"}, ['"a1b"', '"9"'], ['"ab"']),  # a search, not a full match
+        ({"type": "string", "format": "date"}, ['"2024-02-28"'], ['"2024-02-30"', '"2024-13-01"']),
+        ({"type": "string", "format": "uuid"}, ['"123e4567-e89b-12d3-a456-426614174000"'], ['"123"']),
+        ({"type": "string", "format": "ipv4"}, ['"10.0.0.255"'], ['"256.1.1.1"', '"01.1.1.1"']),
+        ({"type": "string", "format": "date-time"}, ['"2024-01-01T10:20:30Z"', '"2024-01-01T10:20:30.5+02:00"'],
+         ['"2024-01-01 10:20:30"']),
+        ({"enum": ["red", 1, None, {"a": [1]}]}, ['"red"', "1", "null", '{"a":[1]}'], ['"blue"', "2"]),
+        ({"const": "x"}, ['"x"'], ['"y"']),
+        ({"type": ["string", "null"]}, ['"s"', "null"], ["1"]),
+        ({"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "boolean"}}, ["[true, false]"],
+         ["[true]", "[true,false,true]"]),
+        ({"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}], "items": False},
+         ['[1, "a"]', "[1]", "[]"], ['[1, "a", 2]', '["a"]']),
+        ({"$schema": "http://json-schema.org/draft-04/schema#", "type": "array", "items": [{"type": "integer"}],
+          "additionalItems": {"type": "string"}},  # draft 4 tuple
+         ['[1, "a", "b"]'], ['[1, 2]']),
+        ({"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 1}]}, ["1", '"a"'], ['"ab"']),
+        ({"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                    {"properties": {"b": {"type": "string"}}, "required": ["b"]}]},
+         ['{"a": 1, "b": "x"}'], ['{"a": 1}']),
+        ({"type": "object", "additionalProperties": {"type": "integer"}, "maxProperties": 2},
+         ["{}", '{"x": 1, "y": 2}'], ['{"x": "s"}', '{"a": 1, "b": 2, "c": 3}']),
+        ({"type": "object", "properties": {"a": {}, "b": {}}, "minProperties": 1}, ['{"a": 1}', '{"b": [1]}'],
+         ["{}"]),
+        ({"not": {"type": "string"}}, ["1", "null", "[]"], ['"s"']),
+        ({"type": "string", "not": {"enum": ["no"]}}, ['"yes"', '"nope"'], ['"no"']),
+        ({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+          "not": {"required": ["a", "b"]}}, ['{"a": 1}'], ['{"a": 1, "b": 2}']),
+    ],
+)
+def test_keywords(schema, good, bad) -> None:
+    for text in good:
+        assert accepts(schema, text), (schema, text)
+    for text in bad:
+        assert not accepts(schema, text), (schema, text)
+    assert_sound(schema, n=15)
+
+
+def test_strings_escape_and_no_unicode_escapes() -> None:
+    s = {"type": "string"}
+    assert accepts(s, '"a\\"b\\\\c\\n"')
+    assert accepts(s, '"é ✓"')
+    assert not accepts(s, '"a\nb"')  # raw control characters are not JSON
+    assert not accepts(s, '"\\u0041"')  # \uXXXX is never written (documented)
+
+
+def test_refs_defs_and_recursion() -> None:
+    tree = {
+        "$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"},
+                                                             "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+                           "required": ["v"]}},
+        "$ref": "#/$defs/node",
+    }
+    lang = J.compile_schema(tree)
+    assert lang.dfa.accepts('{"v": 1, "kids": [{"v": 2, "kids": [{"v": 3}]}]}')
+    deep = '{"v": 1, "kids": [{"v": 2, "kids": [{"v": 3, "kids": [{"v": 4}]}]}]}'
+    assert not lang.dfa.accepts(deep)  # unrolled REF_DEPTH = 3 times
+    assert any("recursive" in n for n in lang.notes)
+    assert_sound(tree)
+    # a recursion that cannot stop is an error
+    with pytest.raises(J.SchemaError, match="no value"):
+        J.compile_schema({"$defs": {"a": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}},
+                                          "required": ["a"]}}, "$ref": "#/$defs/a"})
+
+
+def test_oneof_exclusive_branches() -> None:
+    # overlapping object branches are restricted so that exactly one matches
+    schema = {"oneOf": [{"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+                         "required": ["a"]},
+                        {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+                         "required": ["b"]}]}
+    assert accepts(schema, '{"a": "x"}') and accepts(schema, '{"b": "y"}')
+    assert not accepts(schema, '{"a": "x", "b": "y"}')
+    assert_sound(schema)
+    num = {"oneOf": [{"type": "number"}, {"type": "integer"}]}  # integers match both: only non-integers
+    assert accepts(num, "1.5") and not accepts(num, "2")
+    assert_sound(num)
+    with pytest.raises(J.SchemaError, match="oneOf") as e:
+        J.compile_schema({"oneOf": [{"properties": {"cat": {"type": "string"}}},
+                                    {"properties": {"dog": {"type": "string"}}}]})
+    assert e.value.keyword == "oneOf"
+
+
+@pytest.mark.parametrize(
+    ("schema", "keyword"),
+    [
+        ({"if": {"type": "string"}, "then": {"maxLength": 2}}, "if"),
+        ({"type": "array", "contains": {"type": "integer"}}, "contains"),
+        ({"$ref": "http://example.com/schema.json"}, "$ref"),
+        ({"type": "array", "uniqueItems": True, "minItems": 2}, "uniqueItems"),
+        ({"type": "string", "pattern": "(a)\\1"}, "pattern"),
+        ({"type": "string", "pattern": "(?=a)b"}, "pattern"),
+        ({"not": {"minimum": 3}}, "not"),
+        ({"allOf": [{"format": "date"}, {"format": "email"}]}, "format"),
+    ],
+)
+def test_refused_keywords_are_named(schema, keyword) -> None:
+    with pytest.raises(J.SchemaError) as e:
+        J.compile_schema(schema)
+    assert e.value.keyword == keyword, str(e.value)
+    assert keyword.strip("$") in str(e.value)
+
+
+def test_unknown_formats_are_annotations_and_noted() -> None:
+    lang = J.compile_schema({"type": "string", "format": "color-hex"})
+    assert lang.dfa.accepts('"anything"')
+    assert any("color-hex" in n for n in lang.notes)
+
+
+def test_unique_items_at_most_one() -> None:
+    schema = {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}
+    assert accepts(schema, "[1]") and accepts(schema, "[]") and not accepts(schema, "[1, 2]")
+
+
+def test_any_value_depth() -> None:
+    lang = J.compile_schema({})
+    assert lang.dfa.accepts('[1, "a", null]') and lang.dfa.accepts('{"k": true}')
+    assert not lang.dfa.accepts("[[1]]")  # ANY_DEPTH = 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Numbers: the range constructions are exact
+
+_DECIMALS = st.builds(
+    lambda sign, i, f: f"{sign}{i}" + (f".{f}" if f else ""),
+    st.sampled_from(["", "-"]),
+    st.integers(0, 250),
+    st.sampled_from(["", "0", "5", "25", "05", "99", "1", "50"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_DECIMALS, st.booleans(), st.lists(_DECIMALS, min_size=5, max_size=20))
+def test_number_bounds_exact(bound: str, strict: bool, values: list[str]) -> None:
+    b = Decimal(bound)
+    ge = R.compile_node(J._num_ge(b, strict))
+    le = R.compile_node(J._num_le(b, strict))
+    for v in values:
+        x = Decimal(v)
+        assert ge.accepts(v) == (x > b if strict else x >= b), (bound, strict, v)
+        assert le.accepts(v) == (x < b if strict else x <= b), (bound, strict, v)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(-300, 300), st.integers(0, 300), st.lists(st.integers(-1000, 1000), min_size=5, max_size=30))
+def test_integer_ranges_exact(lo: int, width: int, values: list[int]) -> None:
+    d = J.compile_schema({"type": "integer", "minimum": lo, "maximum": lo + width}).dfa
+    for v in values:
+        assert d.accepts(str(v)) == (lo <= v <= lo + width)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Property: random schemas; every sampled text validates, random JSON the language accepts validates too
+
+_leaf = st.one_of(
+    st.just({"type": "boolean"}),
+    st.just({"type": "null"}),
+    st.builds(lambda lo, w: {"type": "integer", "minimum": lo, "maximum": lo + w}, st.integers(-50, 50),
+              st.integers(0, 100)),
+    st.builds(lambda lo: {"type": "number", "exclusiveMinimum": lo}, st.sampled_from([-1.5, 0, 2, 0.25])),
+    st.builds(lambda lo, w: {"type": "string", "minLength": lo, "maxLength": lo + w}, st.integers(0, 3),
+              st.integers(0, 5)),
+    st.builds(lambda p: {"type": "string", "pattern": p}, st.sampled_from(["^[a-c]+$", "x", "^a|b$", r"^\d{2}$"])),
+    st.builds(lambda f: {"type": "string", "format": f}, st.sampled_from(sorted(J.FORMATS))),
+    st.builds(lambda vs: {"enum": vs}, st.lists(st.one_of(st.integers(-3, 3), st.text(max_size=3), st.none()),
+                                                 min_size=1, max_size=4)),
+)
+
+
+def _extend(inner):
+    return st.one_of(
+        st.builds(lambda it, lo, w: {"type": "array", "items": it, "minItems": lo, "maxItems": lo + w}, inner,
+                  st.integers(0, 2), st.integers(0, 2)),
+        st.builds(
+            lambda props, req: {"type": "object", "properties": props,
+                                "required": [k for k, r in zip(props, req, strict=False) if r]},
+            st.dictionaries(st.sampled_from(["a", "b", "ab", "c d"]), inner, min_size=1, max_size=3),
+            st.lists(st.booleans(), min_size=3, max_size=3),
+        ),
+        st.builds(lambda xs: {"anyOf": xs}, st.lists(inner, min_size=1, max_size=3)),
+    )
+
+
+schemas = st.recursive(_leaf, _extend, max_leaves=6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(schemas, st.randoms(use_true_random=False))
+def test_sampled_texts_validate(schema, rng) -> None:
+    try:
+        lang = J.compile_schema(schema)
+    except J.SchemaError as e:
+        assert "no value" in str(e)  # e.g. an enum none of whose values fits
+        return
+    v = _validator(schema)
+    for _ in range(5):
+        text = sample(lang.dfa, rng)
+        assert not list(v.iter_errors(json.loads(text))), (schema, text)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(schemas, st.lists(st.recursive(st.none() | st.booleans() | st.integers(-60, 200) | st.text(max_size=4),
+                                      lambda c: st.lists(c, max_size=3) | st.dictionaries(
+                                          st.sampled_from(["a", "b", "ab"]), c, max_size=3), max_leaves=5),
+                         min_size=1, max_size=8))
+def test_accepted_values_validate_and_invalid_are_rejected(schema, values) -> None:
+    try:
+        lang = J.compile_schema(schema)
+    except J.SchemaError:
+        return
+    v = _validator(schema)
+    for value in values:
+        for text in (json.dumps(value, ensure_ascii=False), json.dumps(value, separators=(",", ":"))):
+            if lang.dfa.accepts(text):
+                assert v.is_valid(json.loads(text)), (schema, text)
+            elif not v.is_valid(value):
+                pass  # invalid and rejected, as it must be
