@@ -37,7 +37,7 @@ class Shape:
     color: Color
     center: Point
     tags: list[str] = dataclasses.field(default_factory=list)
-    size: Optional[float] = None
+    size: Optional[float] = None  # noqa: UP045 - typing.Optional is what is tested
 
 
 @dataclass
@@ -62,7 +62,7 @@ def test_schema_for_builtins_and_typing() -> None:
     assert schema_for(dict[str, bool]) == {"type": "object", "additionalProperties": {"type": "boolean"}}
     assert schema_for(tuple[int, str]) == {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}],
                                            "minItems": 2, "maxItems": 2}
-    assert schema_for(Optional[int]) == {"anyOf": [{"type": "integer"}, {"type": "null"}]}
+    assert schema_for(Optional[int]) == {"anyOf": [{"type": "integer"}, {"type": "null"}]}  # noqa: UP045
     assert schema_for(Literal["a", 1]) == {"enum": ["a", 1]}
     assert schema_for(Color) == {"enum": ["red", "blue"]}
     assert schema_for({"type": "string"}) == {"type": "string"}
@@ -96,9 +96,9 @@ def test_recursive_dataclass_and_typeddict() -> None:
 
 
 def test_union_values_convert_to_the_member_that_fits() -> None:
-    assert convert(typing.Union[Point, int], {"x": 1, "y": 2}) == Point(1, 2)
-    assert convert(typing.Union[Point, int], 3) == 3
-    assert convert(Optional[Point], None) is None
+    assert convert(typing.Union[Point, int], {"x": 1, "y": 2}) == Point(1, 2)  # noqa: UP007
+    assert convert(typing.Union[Point, int], 3) == 3  # noqa: UP007
+    assert convert(Optional[Point], None) is None  # noqa: UP045
     assert convert(tuple[int, ...], [1, 2]) == (1, 2)
     assert convert(set[int], [1, 1]) == {1}
 
