@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import LmqcError, SourceError
 
@@ -144,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_results(results: list, args: argparse.Namespace) -> None:
     if args.json:
         for r in results:
-            print(json.dumps(r.to_json(), ensure_ascii=False))
+            print(json.dumps(r.to_json(), ensure_ascii=False, default=_plain))
         return
     color = sys.stdout.isatty()
     for k, r in enumerate(results):
@@ -352,3 +353,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the values typed holes return (dataclasses, Pydantic models, enums, sets, dates)."""
+    import dataclasses
+    import enum
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)

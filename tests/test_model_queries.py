@@ -28,11 +28,22 @@ def _inputs(source: str) -> dict[str, str]:
 def _check_values(source: str, result) -> None:
     """Every hole value (the last one, for loops) is in its hole's byte language."""
     query = lmqc.parse(source)
-    for var, constraint in hole_constraints(query).items():
+    constraints = hole_constraints(query)
+    last = {h.name: h for h in query.holes()}  # the variable holds its last occurrence's value
+    for var, hole in last.items():
+        constraint = constraints[hole.index]
         if var not in result.variables or (query.distribution and var == query.distribution.var):
             continue
+        if hole.decorators or hole.tactic:  # decorators rewrite values; nested queries return theirs
+            continue
         ir = lower_hole(var, constraint)
-        value = str(result.variables[var]) if not ir.is_int else None
+        if ir.parse is not None:  # typed holes: the text the model wrote is in the prompt
+            spans = [s for s in result.spans if s[2] == var]
+            if not spans:
+                continue
+            value = result.prompt[spans[-1][0] : spans[-1][1]]
+        else:
+            value = str(result.variables[var]) if not ir.is_int else None
         if value is None:
             assert isinstance(result.variables[var], int)
             continue

@@ -1,0 +1,49 @@
+"""Typed holes on the real Gemma 3 270M model: short JSON values that validate against their schema."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+import lmqc
+
+pytestmark = pytest.mark.model
+jsonschema = pytest.importorskip("jsonschema")
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["student", "teacher", "engineer"]},
+        "email": {"type": "string", "format": "email"},
+    },
+    "required": ["name", "age", "role"],
+}
+
+
+def test_json_schema_value_validates_on_gemma() -> None:
+    r = lmqc.run('"Q: Give a person record as JSON.\\nA: [P]" where JSON(P, schema) and len(TOKENS(P)) < 48',
+                 schema=PERSON)
+    value = r.variables["P"]
+    cls = jsonschema.validators.validator_for(PERSON)
+    assert not list(cls(PERSON, format_checker=cls.FORMAT_CHECKER).iter_errors(value))
+    assert json.loads(r.prompt.split("A: ", 1)[1]) == value
+    assert r.n_tokens < 48
+
+
+@dataclass
+class Planet:
+    name: str
+    kind: Literal["rocky", "gas giant", "ice giant"]
+    moons: int
+
+
+def test_dataclass_hole_on_gemma() -> None:
+    r = lmqc.run('"Q: Describe the planet Jupiter as JSON.\\nA: [P: Planet]" where len(TOKENS(P)) < 32',
+                 Planet=Planet)
+    p = r.variables["P"]
+    assert isinstance(p, Planet) and p.kind in ("rocky", "gas giant", "ice giant") and isinstance(p.moons, int)
