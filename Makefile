@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-vllm demo bench bench-quick bench-anchors lint clean
+.PHONY: install test test-vllm demo bench bench-quick bench-anchors bench-jsonschema lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-quick: $(STAMP)
 bench-anchors: $(STAMP)
 	$(BIN)/pip install -q -e '.[model,test,anchors]'
 	$(BIN)/python benchmarks/anchors.py
+
+bench-jsonschema: $(STAMP)
+	$(BIN)/pip install -q -e '.[model,test,anchors]'
+	$(BIN)/python benchmarks/jsonschemabench.py --limit 100 --engine-limit outlines-core=10 --generate 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check lmqc compiler runtime tests benchmarks
