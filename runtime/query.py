@@ -228,12 +228,7 @@ class _Driver:
                 continue
             result = _call_decorator(d, Variable(name), DecoratorContext(b.prompt, dict(b.variables)))
             if isinstance(result, str):
-                start = len(b.prompt)
-                b.prompt += result
-                b.context.extend(self.backend.tokenize(result, bos=False))
-                b.spans.append((start, start + len(result), name))
-                if not b.marks:
-                    b.variables[name] = result
+                self.put_value(b, name, result)
                 self.apply(b, *b.ex.send(result))
                 return True
         return False
@@ -270,15 +265,19 @@ class _Driver:
         probs /= probs.sum()
         best = int(np.argmax(probs))
         value = options[best]
-        name = req.compiled.hole_name(req.index)
+        self.put_value(b, req.compiled.hole_name(req.index), value)
+        if not b.marks:
+            b.distribution = {o: float(p) for o, p in zip(options, probs, strict=True)}
+        return value
+
+    def put_value(self, b: _Branch, name: str, value: str) -> None:
+        """A value the model did not generate (a pre-decorator's, a distribution's) joins prompt and context."""
         start = len(b.prompt)
         b.prompt += value
         b.context.extend(self.backend.tokenize(value, bos=False))
         b.spans.append((start, start + len(value), name))
         if not b.marks:
             b.variables[name] = value
-            b.distribution = {o: float(p) for o, p in zip(options, probs, strict=True)}
-        return value
 
 
 def run_compiled(
