@@ -40,7 +40,7 @@ def _bounded(c: nodes.Constraint | None) -> bool:
         return c.op in ("<", "<=", "==")
     if isinstance(c, nodes.Regex):
         return isinstance(c.pattern, str) and re.search(r"[*+]|\{\d*,\}", c.pattern) is None
-    return isinstance(c, nodes.OneOf | nodes.StopsAt | nodes.StopsBefore)
+    return isinstance(c, nodes.OneOf | nodes.StopsAt | nodes.StopsBefore | nodes.IsBool)  # BOOL: true/false
 
 
 def test_bounded() -> None:
