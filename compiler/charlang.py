@@ -319,7 +319,7 @@ def minimize(a: CharDFA) -> CharDFA:
     # dozen rounds. Long chains (counters) that do not settle continue with Hopcroft from that partition.
     labels = np.unique(labels, return_inverse=True)[1].reshape(-1)
     n_blocks = int(labels.max()) + 1
-    for _ in range(_MOORE_ROUNDS):
+    for _ in range(_MOORE_ROUNDS if s <= _HOPCROFT_MAX else _MOORE_ROUNDS // 4):
         _, new = unique_rows(np.concatenate([labels[:, None], labels[trans]], axis=1))
         nb = int(new.max()) + 1
         labels = new

@@ -14,27 +14,35 @@ validates), chosen to be regular and small:
   ``dependencies``: a required trigger makes its dependents required (or merges its schema); an optional
   trigger is left out.
 * **Strings**: characters written as themselves or with JSON's short escapes (``\\"``, ``\\\\``, ``\\n`` ...);
-  ``\\uXXXX`` escapes are not generated. ``minLength``/``maxLength`` count characters exactly; ``pattern``
+  ``\\uXXXX`` escapes are not generated. ``minLength``/``maxLength`` count characters exactly (a ``maxLength``
+  over ``LENGTH_CAP`` = 256 is written as at most 256 characters: a counter of 100,000 states for
+  ``maxLength: 100000`` buys nothing); ``pattern``
   is a search (anchors ``^``/``$`` at its edges) in Python ``re`` syntax with ECMA-262 classes; ``format``:
   see ``FORMATS`` (each a regular subset of the format; unknown formats are annotations, as the JSON Schema
   specification says, and are listed in :attr:`SchemaLanguage.notes`).
 * **Numbers**: canonical JSON numbers; bounds (``minimum``, ``exclusiveMaximum`` ..., draft 4's boolean form
   too) are exact for integers and decimals, and a bounded ``number`` is written without exponent;
   ``multipleOf`` is exact (its value's decimal digits up to ``MAX_MODULUS``).
-* **Combinators**: ``anyOf``; ``oneOf`` (exact when the branches are provably disjoint — different types,
-  different required keys, different constants — else written as ``anyOf`` and noted); ``allOf`` merged
-  keyword by keyword (a conflict it cannot merge is an error naming the keyword); ``enum``/``const`` as
-  literal JSON (intersected with the rest of the schema); ``$ref`` to ``#...`` JSON pointers (``$defs``,
-  ``definitions``, the root); a recursive reference is expanded at most ``ref_depth`` times on a path, and the
+* **Combinators**: ``anyOf``; ``oneOf`` exactly: each branch is restricted so that whatever lmqc writes for it
+  fails every other branch (an optional property another branch requires is left out, a property another branch
+  forbids is always written, values or types another branch accepts are dropped, numbers against integers are
+  written with a fraction); a branch that cannot be restricted is left out and noted, and when none is left
+  the schema is an error. ``allOf`` merged keyword by keyword (a conflict it cannot merge is an error naming
+  the keyword); ``not`` of ``{}``, of required keys (one of them is left out), of types, of a string
+  ``pattern`` (its complement) or of string/boolean/null values; ``enum``/``const`` as literal JSON
+  (intersected with the rest of the schema); ``$ref`` to ``#...`` JSON pointers (``$defs``, ``definitions``,
+  the root) and ``$anchor`` names; a recursive reference is expanded at most ``ref_depth`` times on a path, and the
   branches that would go deeper are left out (an optional property, an ``anyOf`` branch, further array
   items); a schema that cannot avoid going deeper is an error.
 * **Any value** (``{}``, ``true``, a property without a schema): null, booleans, numbers, strings, and arrays
   and objects nested at most ``any_depth`` levels.
+* **Arrays**: ``items`` / ``prefixItems`` (and draft 4 tuples with ``additionalItems``), ``minItems`` exact, a
+  ``maxItems`` over ``ITEMS_CAP`` = 64 written as at most 64 items.
 * ``uniqueItems: true``: arrays of at most one item (uniqueness is not regular in general); an error when
   ``minItems`` asks for more.
 
-Anything else that constrains instances (``not``, ``if``, ``contains``, ``$dynamicRef``, non-local ``$ref``,
-several ``patternProperties`` of a map, inline regex flags, lookaround in patterns ...) raises
+Anything else that constrains instances (other ``not`` forms, ``if``, ``contains``, ``$dynamicRef``, non-local
+``$ref``, several ``patternProperties`` of a map, inline regex flags, lookaround in patterns ...) raises
 :class:`SchemaError` naming the keyword and where it is. Unknown keywords are annotations and are ignored, as
 validators do.
 """
@@ -75,6 +83,8 @@ REF_DEPTH = 3  # how many times one $ref may be expanded on a path (recursive sc
 ANY_DEPTH = 1  # nesting of arrays/objects inside an unconstrained value (1: arrays/objects of scalars)
 MAX_MODULUS = 10_000  # multipleOf: largest modulus (digits of the value) handled exactly
 MAX_STATES = 60_000  # subset-construction budget per schema
+LENGTH_CAP = 256  # maxLength above this is written as at most LENGTH_CAP characters (minLength stays exact)
+ITEMS_CAP = 64  # maxItems above this (and above minItems) is written as at most ITEMS_CAP items
 
 JSON_TYPES = ("null", "boolean", "object", "array", "number", "string", "integer")
 
@@ -496,6 +506,9 @@ class _Compiler:
         hi = _count(s, "maxLength", path, None)
         if hi is not None and hi < lo:
             return EMPTY
+        if hi is not None and hi > max(LENGTH_CAP, lo):
+            self.notes.append(f"maxLength {hi} at {path} written as at most {max(LENGTH_CAP, lo)} characters")
+            hi = max(LENGTH_CAP, lo)
         langs: list[CharDFA] = []
         fmt = s.get("format")
         if fmt is not None:
@@ -536,6 +549,9 @@ class _Compiler:
     def array(self, s: dict, path: str) -> Node:
         lo = _count(s, "minItems", path, 0)
         hi = _count(s, "maxItems", path, None)
+        if hi is not None and hi > max(ITEMS_CAP, lo):
+            self.notes.append(f"maxItems {hi} at {path} written as at most {max(ITEMS_CAP, lo)} items")
+            hi = max(ITEMS_CAP, lo)
         items = s.get("items")
         prefix: list[Any] = []
         if isinstance(items, list):  # draft 4-2019 tuples
