@@ -337,10 +337,18 @@ class _Compiler:
             items = s["allOf"]
             if not isinstance(items, list) or not items:
                 raise SchemaError("allOf must be a non-empty array", path, "allOf")
+            refs = [it["$ref"] for it in items if isinstance(it, dict) and isinstance(it.get("$ref"), str)]
+            if any(self.stack.count(r) >= self.ref_depth for r in refs):
+                self.notes.append(f"recursive $ref in allOf at {path} expanded {self.ref_depth} times")
+                return EMPTY
             merged = {k: v for k, v in s.items() if k != "allOf"}
             for i, item in enumerate(items):
                 merged = self.merge(merged, self.inline(item, f"{path}/allOf/{i}"), f"{path}/allOf/{i}")
-            return self.node(merged, path)
+            self.stack.extend(refs)  # references merged here count as expanded (recursion through allOf)
+            try:
+                return self.node(merged, path)
+            finally:
+                del self.stack[len(self.stack) - len(refs):]
         for key in ("anyOf", "oneOf"):
             if key in s:
                 branches = s[key]
@@ -353,7 +361,20 @@ class _Compiler:
                     merged.append(self.merge(base, self.inline(b, sub), sub) if _assertions(base) else b)
                 if key == "oneOf" and len(merged) > 1:
                     merged = self.exclusive(merged, path)
-                return alt(*(self.node(b, f"{path}/{key}/{i}") for i, b in enumerate(merged)))
+                parts = []
+                for i, (orig, b) in enumerate(zip(branches, merged, strict=True)):
+                    ref = orig.get("$ref") if isinstance(orig, dict) else None
+                    if not isinstance(ref, str) or b is orig:
+                        parts.append(self.node(b, f"{path}/{key}/{i}"))
+                    elif self.stack.count(ref) >= self.ref_depth:  # inlined above: count it as expanded here
+                        self.notes.append(f"recursive $ref {ref!r} expanded {self.ref_depth} times")
+                    else:
+                        self.stack.append(ref)
+                        try:
+                            parts.append(self.node(b, f"{path}/{key}/{i}"))
+                        finally:
+                            self.stack.pop()
+                return alt(*parts)
         return self.typed(s, path)
 
     def inline(self, s: Any, path: str, depth: int = 0) -> Any:
@@ -757,10 +778,12 @@ class _Compiler:
                               "overlap)", path, "oneOf")
         return out
 
-    def make_reject(self, a: Any, b: Any, path: str) -> Any:
+    def make_reject(self, a: Any, b: Any, path: str, depth: int = 0) -> Any:
         """``a`` restricted so that no text lmqc writes for it validates against ``b``; None if it cannot."""
         if a is False or b is False:
             return a
+        if depth > 3:
+            return None
         if b is True or b == {}:
             return None
         if a is True:
@@ -770,8 +793,8 @@ class _Compiler:
         b = self.inline(b, path)
         if b is False:
             return a
-        ta, tb = _types_generated(a, self), _types_generated(b, self)
-        overlap = ta & tb
+        ta = _types_generated(a, self)
+        overlap = ta & _types_accepted(b)
         if not overlap:
             return a
         if _literal_values(a) is not None and _literal_values(b) is not None:
@@ -786,7 +809,7 @@ class _Compiler:
         ):
             return {**a, "_not_values": [*a.get("_not_values", []), *vb]}
         if overlap <= {"object"}:
-            got = self._object_reject(a, b, path)
+            got = self._object_reject(a, b, path, depth)
             if got is not None:
                 return got
         if overlap <= {"integer", "number"}:
@@ -798,7 +821,7 @@ class _Compiler:
             return {**a, "_not_types": [*a.get("_not_types", []), *sorted(overlap)]}
         return None
 
-    def _object_reject(self, a: dict, b: dict, path: str) -> Any:
+    def _object_reject(self, a: dict, b: dict, path: str, depth: int) -> Any:
         pa = a.get("properties", {}) if isinstance(a.get("properties"), dict) else {}
         pb = b.get("properties", {}) if isinstance(b.get("properties"), dict) else {}
         ra = [k for k in a.get("required", []) if isinstance(k, str)] if isinstance(a.get("required"), list) else []
@@ -815,12 +838,12 @@ class _Compiler:
             return a  # a always writes a key b forbids
         for key in set(ra) & set(rb):
             sa, sb = self.inline(pa.get(key, True), path), self.inline(pb.get(key, True), path)
-            if isinstance(sa, dict) and isinstance(sb, dict) and _disjoint(sa, sb, self):
+            if isinstance(sa, dict) and isinstance(sb, dict) and _disjoint(sa, sb, self, depth + 1):
                 return a
         for key in pa:  # a property both describe with values that exclude each other: a always writes it
             if key in pb and key not in omitted:
                 sa, sb = self.inline(pa[key], path), self.inline(pb[key], path)
-                if isinstance(sa, dict) and isinstance(sb, dict) and _disjoint(sa, sb, self):
+                if isinstance(sa, dict) and isinstance(sb, dict) and _disjoint(sa, sb, self, depth + 1):
                     return a if key in ra else {**a, "required": [*ra, key]}
         optional_in_a = [k for k in rb if k not in ra and k in writable]
         if optional_in_a:
@@ -832,7 +855,7 @@ class _Compiler:
         for key in set(ra) & set(rb):  # make a shared required value fail b
             sa, sb = self.inline(pa.get(key, True), path), self.inline(pb.get(key, True), path)
             if isinstance(sb, dict) and isinstance(sa, dict | bool):
-                got = self.make_reject(sa if sa is not True else {}, sb, path)
+                got = self.make_reject(sa if sa is not True else {}, sb, path, depth + 1)
                 if got is not None and got is not False:
                     return {**a, "properties": {**pa, key: got}}
         return None
@@ -1344,14 +1367,35 @@ def _types_generated(s: Any, c: _Compiler) -> set[str]:
     return out
 
 
-def _disjoint(a: Any, b: Any, c: _Compiler) -> bool:
+def _types_accepted(s: Any) -> set[str]:
+    """The JSON types ``s`` may accept (a superset): a schema without ``type`` accepts every type."""
+    if s is False:
+        return set()
+    if not isinstance(s, dict) or any(k in s for k in ("anyOf", "oneOf", "allOf", "$ref", "not", "if")):
+        return set(JSON_TYPES)
+    values = _literal_values(s)
+    if values is not None:
+        out = set()
+        for v in values:
+            out |= {t for t in JSON_TYPES if _json_type_ok(v, [t])}
+    elif "type" in s:
+        t = s["type"]
+        out = {x for x in ([t] if isinstance(t, str) else t if isinstance(t, list) else []) if x in JSON_TYPES}
+    else:
+        return set(JSON_TYPES)
+    if out & {"integer", "number"}:
+        out |= {"integer", "number"}  # 1.0 is an integer, 1 a number
+    return out
+
+
+def _disjoint(a: Any, b: Any, c: _Compiler, depth: int = 0) -> bool:
     """Provably: no text lmqc writes for ``a`` validates against ``b``, and vice versa."""
     if a is False or b is False:
         return True
-    if not isinstance(a, dict) or not isinstance(b, dict):
+    if not isinstance(a, dict) or not isinstance(b, dict) or depth > 3:
         return False
     ta, tb = _types_generated(a, c), _types_generated(b, c)
-    if not ta & tb:
+    if not (ta & _types_accepted(b)) and not (tb & _types_accepted(a)):
         return True
     if ("const" in a or "enum" in a) and ("const" in b or "enum" in b):
         va = [a["const"]] if "const" in a else a.get("enum", [])
@@ -1359,11 +1403,11 @@ def _disjoint(a: Any, b: Any, c: _Compiler) -> bool:
         if not any(_json_equal(x, y) for x in va for y in vb):
             return True
     if ta <= {"object"} and tb <= {"object"}:
-        return _rejects(a, b, c) and _rejects(b, a, c)
+        return _rejects(a, b, c, depth) and _rejects(b, a, c, depth)
     return False
 
 
-def _rejects(a: dict, b: dict, c: _Compiler) -> bool:
+def _rejects(a: dict, b: dict, c: _Compiler, depth: int) -> bool:
     """Every object lmqc writes for ``a`` fails ``b``."""
     pa = a.get("properties", {}) if isinstance(a.get("properties"), dict) else {}
     pb = b.get("properties", {}) if isinstance(b.get("properties"), dict) else {}
@@ -1375,7 +1419,7 @@ def _rejects(a: dict, b: dict, c: _Compiler) -> bool:
         return True  # a always writes a key b forbids
     for key in ra & rb:
         sa, sb = c.inline(pa.get(key, True), "#"), c.inline(pb.get(key, True), "#")
-        if isinstance(sa, dict) and isinstance(sb, dict) and _disjoint(sa, sb, c):
+        if isinstance(sa, dict) and isinstance(sb, dict) and _disjoint(sa, sb, c, depth + 1):
             return True
     return False
 

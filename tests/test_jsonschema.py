@@ -179,6 +179,14 @@ def test_refs_defs_and_recursion() -> None:
     assert not lang.dfa.accepts(deep)  # unrolled REF_DEPTH = 3 times
     assert any("recursive" in n for n in lang.notes)
     assert_sound(tree)
+    # recursion through oneOf and allOf references is unrolled too
+    element = {"$ref": "#/definitions/e", "definitions": {"e": {
+        "type": "object", "additionalProperties": False, "required": ["tag"],
+        "properties": {"tag": {"type": "string"},
+                       "children": {"oneOf": [{"type": "string"}, {"$ref": "#/definitions/e"},
+                                              {"type": "array", "items": {"$ref": "#/definitions/e"}}]}}}}}
+    assert J.compile_schema(element).dfa.accepts('{"tag": "a", "children": [{"tag": "b", "children": "x"}]}')
+    assert_sound(element)
     # a recursion that cannot stop is an error
     with pytest.raises(J.SchemaError, match="no value"):
         J.compile_schema({"$defs": {"a": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}},
