@@ -191,7 +191,12 @@ class _Driver:
             ir = compiled.holes[slot]
             spec = self.specs.get(slot)
             if spec is None:
-                spec = self.specs[slot] = HoleSpec.from_ir(ir, compiled.automata[slot])
+                automaton = compiled.automata[slot]
+                if getattr(automaton, "vocab", None) is None and compiled.vocab_fingerprint == self.backend.fingerprint:
+                    # an automaton loaded from an artifact (or the compile cache) meets its vocabulary here, so a
+                    # first run and a cached run decide the same (e.g. stops before a token minimum)
+                    automaton.vocab = self.backend.vocabulary
+                spec = self.specs[slot] = HoleSpec.from_ir(ir, automaton)
             return spec, _converter(ir)
         from lmqc.compiler.lower import substitute
 
