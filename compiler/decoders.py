@@ -28,6 +28,7 @@ from .qstrings import Errors
 __all__ = [
     "DECODERS",
     "IGNORED_DECODER_ARGS",
+    "MAX_BRANCHES",
     "RUNS_AS",
     "SETTINGS",
     "Setting",
@@ -49,6 +50,7 @@ class Setting:
     high: float | None = None
     low_open: bool = False  # the range excludes ``low`` (top_p > 0)
     doc: str = ""
+    high_why: str = ""  # said with a value above ``high``
 
     def check(self, value: Any) -> int | float:
         """The value, normalized (floats for float settings); ``ValueError`` says what is wrong."""
@@ -65,15 +67,22 @@ class Setting:
         if number < low or (self.low_open and number == low):
             raise ValueError(f"decoder argument {key} must be {'>' if self.low_open else '>='} {low}, not {value}")
         if self.high is not None and number > self.high:
-            raise ValueError(f"decoder argument {key} must be <= {self.high}, not {value}")
+            why = f" ({self.high_why})" if self.high_why else ""
+            raise ValueError(f"decoder argument {key} must be <= {self.high}, not {value}{why}")
         return number
 
+
+#: Most branches a decoder may run (``n`` of beam, sample and argmax). Every decoding step evaluates each live
+#: branch and holds its float32 logits row: 256 rows of a 262,144-token vocabulary (Gemma 3) are 256 MiB per
+#: step, and a beam step ranks up to n * n candidates. A typo such as ``beam(n=100000)`` would ask for ~100 GiB.
+MAX_BRANCHES = 256
 
 #: Every decoder argument lmqc understands.
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in (
-        Setting("n", True, 1, doc="branches: samples, beams, or copies of the greedy result"),
+        Setting("n", True, 1, MAX_BRANCHES, doc="branches: samples, beams, or copies of the greedy result",
+                high_why="lmqc's limit: every step evaluates and keeps a logits row per branch"),
         Setting("max_len", True, 1, doc="total tokens of a sequence (prompt and generated)"),
         Setting("seed", True, 0, doc="seed of the sampling generator"),
         Setting("temperature", False, 0, doc="softmax temperature (0: greedy)"),
