@@ -198,6 +198,28 @@ def _nucleus(w: np.ndarray, top_p: float) -> np.ndarray:
     return cand[: int(np.searchsorted(cum, top_p * total)) + 1]
 
 
+def _weights(z: np.ndarray, temperature: float) -> None:
+    """``z`` (float32 logits minus their maximum; masked tokens -inf) becomes ``exp(z / T)`` in place.
+
+    The maximum weight is 1 and masked tokens weigh 0 for every positive finite ``T``. A scale ``1/T`` that
+    float32 cannot hold is replaced by the exact limit of the softmax: when it underflows to 0 (``T`` above
+    ~1e45) every allowed token weighs 1 (uniform), and when it overflows (``T`` below ~3e-39) only the tokens at
+    the maximum do (argmax, ties uniform). Multiplying anyway would give ``-inf * 0`` or ``0 * inf``: NaN
+    weights, which the draw turns into "always the last token" or a token the mask forbids.
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        scale = np.float32(1.0 / temperature)
+    if scale == 0:
+        np.copyto(z, np.isfinite(z))
+    elif not np.isfinite(scale):
+        np.copyto(z, z == 0)
+    else:
+        with np.errstate(over="ignore", under="ignore"):
+            # a large finite scale may push very negative logits past float32: -inf, weight 0, as intended
+            z *= scale
+            np.exp(z, out=z)
+
+
 def choose_sample(
     row: np.ndarray, ids: np.ndarray | None, dense: Dense | None, cfg: Sample, rng: np.random.Generator
 ) -> int:
@@ -219,10 +241,8 @@ def choose_sample(
     m = z.max()
     if not np.isfinite(m):
         return -1
-    # weights exp((z - max) / T) in place: max weight 1, masked tokens 0
     z -= m
-    z *= np.float32(1.0 / cfg.temperature)
-    np.exp(z, out=z)
+    _weights(z, cfg.temperature)
     if cfg.top_p < 1.0:
         keep = _nucleus(z, cfg.top_p)
         z = z[keep]
