@@ -315,10 +315,15 @@ class KVCacheBackend:
             pos.extend(range(keep[i], len(c)))
             seq.extend([slot_of[i]] * n)
             want.extend([False] * (n - rows[i]) + [True] * rows[i])
-            self._slots[slot_of[i]] = list(c)
-        return self._feed(
-            np.asarray(toks, np.int32), np.asarray(pos, np.int32), np.asarray(seq, np.int32), np.asarray(want)
+        out = self._feed_or_undo(
+            np.asarray(toks, np.int32), np.asarray(pos, np.int32), np.asarray(seq, np.int32), np.asarray(want),
+            {slot_of[i]: keep[i] for i in range(B)},
         )
+        # Recorded only now: a feed that fails part-way must not leave a slot claiming tokens the cache lacks
+        # (the next call, perhaps another client's, would reuse them and read a truncated context).
+        for i, c in enumerate(contexts):
+            self._slots[slot_of[i]] = list(c)
+        return out
 
     def _share_prefix(self, contexts: Sequence[Sequence[int]], limit: list[int]) -> None:
         """Evaluate a prefix shared by several contexts once, if no slot holds it yet."""
@@ -341,13 +346,35 @@ class KVCacheBackend:
             self._seq_rm(s, have)
             del self._slots[s][have:]
         n = shared - have
-        self._feed(
+        self._feed_or_undo(
             np.asarray(first[have:shared], np.int32),
             np.arange(have, shared, dtype=np.int32),
             np.full(n, s, np.int32),
             np.zeros(n, bool),
+            {s: have},
         )
         self._slots[s] = list(first[:shared])
+
+    def _feed_or_undo(
+        self, toks: np.ndarray, pos: np.ndarray, seq: np.ndarray, want: np.ndarray, kept: dict[int, int]
+    ) -> np.ndarray:
+        """``_feed``; if it fails, the slots it wrote (``kept``: slot -> cached length before the feed) are rolled
+        back to what they held, so the cache and ``_slots`` agree again.
+
+        A long feed goes to the model in chunks: the chunks before a failing one (a full cache) are in the cache.
+        Rolling them back makes the failure leave nothing behind, so a caller may retry (alone, or after freeing
+        cells) on a consistent cache. If even the rollback fails, everything is forgotten.
+        """
+        try:
+            return self._feed(toks, pos, seq, want)
+        except BaseException:
+            try:
+                for s, k in kept.items():
+                    self._seq_rm(s, k)
+                    del self._slots[s][k:]
+            except BaseException:  # noqa: BLE001 - the original error is the one to report
+                self.reset()
+            raise
 
     def _feed(self, toks: np.ndarray, pos: np.ndarray, seq: np.ndarray, want: np.ndarray) -> np.ndarray:
         n = len(toks)
