@@ -24,9 +24,9 @@ within the token budget) or ``over_limit`` (``max_len`` above ``--max-len``), 50
 Scheduling
 ----------
 One worker thread owns the backend (llama.cpp contexts are not thread-safe) and does step-level continuous
-batching. It holds a set of running holes (:class:`runtime.decode.HoleRun`, one per ``argmax``, ``sample`` or
-``beam`` request) and advances ALL of them by one token per step with ONE batched model evaluation
-(:func:`runtime.decode.eval_seqs` over every running hole's pending sequences; scoring holes get their extra
+batching (``runtime.scheduler.Scheduler``, shared with the library's async API). It holds a set of running holes
+(:class:`runtime.decode.HoleRun`, one per ``argmax``, ``sample`` or ``beam`` request) and advances ALL of them by
+one token per step with ONE batched model evaluation (:func:`runtime.decode.eval_seqs` over every running hole's pending sequences; scoring holes get their extra
 forced-tail rows in the same call). Between two steps, queued requests join while their branches fit in
 ``--max-batch`` beside the running ones, and a request whose hole is done is answered at once, while the others
 go on. Each request keeps its own generator and draws in its own branch order, exactly as in-process
@@ -49,24 +49,21 @@ in-flight requests finish (uvicorn's graceful shutdown), then stops the worker.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import signal
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from lmqc.errors import ArtifactError, DecodeError, LmqcError, ServeError
 
 from . import decode
 from .decode.masks import tables_of
 from .protocol import (
+    MAX_NPZ_BYTES,
     PROTOCOL,
     ProtocolError,
     arrays_to_npz,
@@ -80,343 +77,20 @@ from .protocol import (
     rng_state,
     token_ids,
 )
+from .scheduler import DEFAULT_MAX_BATCH, HTTPError, Job, Scheduler
 
 __all__ = ["DEFAULT_MAX_BATCH", "Scheduler", "create_app", "load_backend", "serve"]
 
-DEFAULT_MAX_BATCH = 16
 DEFAULT_AUTOMATA_BYTES = 1 << 30  # automata and their decode tables kept between requests (LRU beyond)
-MAX_BODY = 256 << 20
-_YIELD_EVERY = 0.005  # the worker hands the GIL to the event loop at least this often (see Scheduler._yield_gil)
-_YIELD_SLEEP = 0.0001
-
-
-class HTTPError(Exception):
-    """A request the server refuses: HTTP status, error code, message."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-
-class _Cancelled(Exception):
-    """The request of a hole decoded alone is gone: stop decoding it."""
-
-
-# -- the worker --------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Job:
-    """One request for the worker: a whole hole (``decode``: ``args["request"]``) or option scoring (``score``)."""
-
-    kind: str
-    args: dict[str, Any]
-    # not None: the hole joins the running ones step by step; None: decoded alone (--no-merge, score)
-    merge_key: tuple[Any, ...] | None = None
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    cancelled: bool = False
-
-    @property
-    def n_branches(self) -> int:
-        return len(self.args["request"].contexts) if self.kind == "decode" else 1
-
-    @property
-    def width(self) -> int:
-        """Most sequences the job evaluates in one step (a beam: its width after the first step)."""
-        return self.args["request"].width if self.kind == "decode" else 1
-
-
-class _Guard:
-    """The backend as a hole decoded alone sees it: stops at the next step if its request is gone."""
-
-    def __init__(self, backend: Any, jobs: list[Job], stopping: Callable[[], bool]) -> None:
-        self._b = backend
-        self._jobs = jobs
-        self._stopping = stopping
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._b, name)
-
-    def _check(self) -> None:
-        if all(j.cancelled for j in self._jobs) or self._stopping():
-            raise _Cancelled
-
-    def eval(self, contexts: Any) -> np.ndarray:
-        self._check()
-        return self._b.eval(contexts)
-
-    def eval_rows(self, contexts: Any, rows: Any) -> list[np.ndarray]:
-        self._check()
-        return self._b.eval_rows(contexts, rows)
-
-
-@dataclass(eq=False)
-class _Live:
-    """A request whose hole the worker is decoding step by step, with what its response reports."""
-
-    job: Job
-    run: decode.HoleRun
-    requests: int = 1  # most requests that shared one model step with it
-    branches: int = 0  # most sequences (of all requests) in one step with it
-
-
-class Scheduler:
-    """The worker thread that owns the backend; see the module docstring (Scheduling)."""
-
-    def __init__(self, backend: Any, max_batch: int = DEFAULT_MAX_BATCH) -> None:
-        self.backend = backend
-        self.max_batch = max_batch
-        self._cv = threading.Condition()
-        self._queue: deque[Job] = deque()
-        self._active: list[_Live] = []  # only the worker thread touches it
-        self._period_requests = 0
-        self._last_yield = 0.0
-        self._closing = False
-        self._abort = False
-        self.stats: dict[str, int] = {
-            "requests": 0, "batches": 0, "merged_batches": 0, "largest_batch": 0, "branches": 0, "tokens": 0,
-            "cancelled": 0, "errors": 0, "steps": 0, "merged_steps": 0, "largest_step": 0, "most_requests_in_step": 0,
-        }
-        self._thread = threading.Thread(target=self._loop, name="lmqc-serve-worker", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: Job) -> concurrent.futures.Future:
-        with self._cv:
-            if self._closing:
-                raise HTTPError(503, "shutting_down", "the server is shutting down")
-            self._queue.append(job)
-            self.stats["requests"] += 1
-            self._cv.notify()
-        return job.future
-
-    def queued(self) -> int:
-        with self._cv:
-            return len(self._queue)
-
-    def close(self, *, abort: bool = False, timeout: float = 30.0) -> None:
-        """Stop taking jobs; finish the queued and running ones (or cancel them with ``abort``); join the worker."""
-        with self._cv:
-            self._closing = True
-            self._abort = abort
-            if abort:
-                for job in self._queue:
-                    job.future.set_exception(HTTPError(503, "shutting_down", "the server is shutting down"))
-                self._queue.clear()
-            self._cv.notify_all()
-        self._thread.join(timeout)
-
-    # -- loop ---------------------------------------------------------------------------------------------
-
-    def _next(self) -> tuple[list[Job], Job | None] | None:
-        """Between two steps: the queued jobs that join the running holes now, and one job to run alone.
-
-        Mergeable holes join while their branches fit in ``max_batch`` beside the running ones.
-        A score job runs alone between two steps (one model call). With ``--no-merge`` a decode runs alone once
-        no hole is running. Admission is FIFO: a job that cannot start yet
-        holds back the decode jobs behind it, so a wide or beam request is not starved by later small ones.
-        Waits while there is nothing to do; ``None`` when closing and idle.
-        """
-        with self._cv:
-            while True:
-                admitted: list[Job] = []
-                alone: Job | None = None
-                width = sum(live.run.width for live in self._active)
-                rest: deque[Job] = deque()
-                blocked = False
-                for job in self._queue:
-                    if job.cancelled:
-                        self.stats["cancelled"] += 1
-                        job.future.cancel()
-                    elif blocked:
-                        rest.append(job)
-                    elif job.kind == "score":
-                        if alone is None:
-                            alone = job
-                        else:
-                            rest.append(job)
-                    elif job.merge_key is None:
-                        if not self._active and not admitted and alone is None:
-                            alone = job
-                        else:
-                            rest.append(job)
-                        blocked = True
-                    elif width + job.width <= self.max_batch or (not self._active and not admitted):
-                        admitted.append(job)
-                        width += job.width
-                    else:
-                        rest.append(job)
-                        blocked = True
-                self._queue = rest
-                if admitted or alone is not None or self._active:
-                    return admitted, alone
-                if self._closing:
-                    return None
-                self._cv.wait()
-
-    def _loop(self) -> None:
-        while True:
-            nxt = self._next()
-            if nxt is None:
-                return
-            admitted, alone = nxt
-            try:
-                if alone is not None:
-                    self._run_alone(alone)
-                for job in admitted:
-                    self._admit(job)
-                if self._active:
-                    self._step()
-                    self._yield_gil()
-            except BaseException as e:  # noqa: BLE001 - the worker must survive anything a request causes
-                for live in self._active:
-                    if not live.job.future.done():
-                        live.job.future.set_exception(e)
-                self._active.clear()
-                for job in [*admitted, *([alone] if alone is not None else [])]:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-
-    def _yield_gil(self) -> None:
-        """Let the event loop run between steps (at most every ``_YIELD_EVERY`` seconds).
-
-        NumPy releases and re-takes the GIL inside every large operation, so the worker re-takes it before a
-        waiting thread wakes up, and CPython's forced switch never triggers: on a fast backend the event loop
-        could not accept a new request (or notice a disconnect) until every running hole was done. A short
-        sleep hands the GIL over for real.
-        """
-        now = time.perf_counter()
-        if now - self._last_yield >= _YIELD_EVERY:
-            time.sleep(_YIELD_SLEEP)
-            self._last_yield = time.perf_counter()
-
-    def _admit(self, job: Job) -> None:
-        try:
-            run = decode.HoleRun(self.backend, job.args["request"])
-        except Exception as e:  # noqa: BLE001 - e.g. an unsatisfiable constraint: this request's error only
-            self.stats["errors"] += 1
-            job.future.set_exception(e)
-            return
-        if not self._active:  # a new busy period ("batch"): holes that overlap in time belong to it
-            self.stats["batches"] += 1
-            self._period_requests = 0
-        self._period_requests += 1
-        if self._period_requests == 2:
-            self.stats["merged_batches"] += 1
-        self._active.append(_Live(job, run))
-
-    def _step(self) -> None:
-        """Advance every running hole by one token: ONE batched model evaluation for all their sequences."""
-        groups: list[tuple[_Live, list[Any]]] = []
-        for live in list(self._active):
-            if live.job.cancelled or self._abort:
-                self._active.remove(live)
-                self._cancel(live.job)
-                continue
-            try:
-                todo = live.run.pending()
-            except Exception as e:  # noqa: BLE001 - DecodeError (dead constraint) or a bug: this request only
-                self._fail(live, e)
-                continue
-            if live.run.done:
-                self._active.remove(live)
-                self._complete(live)
-                continue
-            groups.append((live, todo))
-        if not groups:
-            return
-        n_seqs = sum(len(t) for _, t in groups)
-        width = sum(live.run.width for live, _ in groups)
-        self.stats["steps"] += 1
-        if len(groups) > 1:
-            self.stats["merged_steps"] += 1
-        self.stats["largest_step"] = max(self.stats["largest_step"], n_seqs)
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], width)
-        self.stats["most_requests_in_step"] = max(self.stats["most_requests_in_step"], len(groups))
-        for live, _ in groups:
-            live.requests = max(live.requests, len(groups))
-            live.branches = max(live.branches, width)
-        try:
-            logits = decode.eval_seqs(self.backend, [s for _, t in groups for s in t])
-        except Exception as e:  # noqa: BLE001 - keep serving; the failure must stay the failing request's own
-            if not isinstance(e, LmqcError):
-                self.backend.reset()
-            if len(groups) == 1:
-                self._fail(groups[0][0], e)
-                return
-            logits = None  # retry each request alone (eval_seqs changes nothing before the model call returns)
-        if logits is None:
-            for live, todo in groups:
-                try:
-                    live.run.apply(decode.eval_seqs(self.backend, todo))
-                except Exception as e:  # noqa: BLE001
-                    if not isinstance(e, LmqcError):
-                        self.backend.reset()
-                    self._fail(live, e)
-            return
-        k = 0
-        for live, todo in groups:
-            rows = logits[k : k + len(todo)]
-            k += len(todo)
-            try:
-                live.run.apply(rows)
-            except Exception as e:  # noqa: BLE001 - e.g. no allowed continuation: this request's error only
-                self._fail(live, e)
-
-    def _fail(self, live: _Live, e: BaseException) -> None:
-        if live in self._active:
-            self._active.remove(live)
-        self.stats["errors"] += 1
-        if not live.job.future.done():
-            live.job.future.set_exception(e)
-
-    def _complete(self, live: _Live) -> None:
-        try:
-            completions = live.run.completions()
-        except Exception as e:  # noqa: BLE001
-            self.stats["errors"] += 1
-            live.job.future.set_exception(e)
-            return
-        batch = {"requests": live.requests, "branches": live.branches or live.run.width}
-        self._finish(live.job, {"completions": completions, "rng": live.job.args["request"].rng, "batch": batch})
-
-    def _run_alone(self, job: Job) -> None:
-        """A score job, or a hole with ``--no-merge``: decoded whole, as one ``decode``."""
-        self.stats["batches"] += 1
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], job.n_branches)
-        if job.cancelled:
-            self._cancel(job)
-            return
-        try:
-            self._finish(job, self._execute(job))
-        except _Cancelled:
-            self._cancel(job)
-        except LmqcError as e:
-            self.stats["errors"] += 1
-            job.future.set_exception(e)
-        except Exception as e:  # noqa: BLE001 - report, reset the cache, keep serving
-            self.stats["errors"] += 1
-            self.backend.reset()
-            job.future.set_exception(e)
-
-    def _cancel(self, job: Job) -> None:
-        self.stats["cancelled"] += 1
-        if not job.future.done():
-            job.future.set_exception(HTTPError(499, "cancelled", "the request was cancelled"))
-
-    def _finish(self, job: Job, result: dict[str, Any]) -> None:
-        if job.kind == "decode":
-            self.stats["branches"] += job.n_branches
-            self.stats["tokens"] += sum(len(c.tokens) for c in result["completions"])
-        if not job.future.done():
-            job.future.set_result(result)
-
-    def _execute(self, job: Job) -> dict[str, Any]:
-        guard = _Guard(self.backend, [job], lambda: self._abort)
-        a = job.args
-        if job.kind == "score":
-            return {"logprobs": decode.score_options(guard, a["context"], a["options"])}
-        completions = decode.decode(guard, a["request"])
-        return {"completions": completions, "rng": a["request"].rng, "batch": {"requests": 1, "branches": job.n_branches}}
+MAX_BODY = MAX_NPZ_BYTES + (1 << 20)  # request bodies, counted while they stream in (chunked ones too)
+BODY_IDLE_TIMEOUT = 30.0  # a client that sends no byte of its body for this long gets 408
+_BODY_POLL = 0.2  # how often a body read checks whether the server is shutting down
+# The arrays of an uploaded automaton, by name: their rank (dtypes must be integer or bool). Checked before the
+# automaton is rebuilt, so a malformed upload is a 400 with the array named.
+_AUTOMATON_RANKS = {
+    "meta": 1, "never": 1, "next_table": 2, "tok_seq": 1, "final": 1, "stopped": 1, "mask_of_state": 1,
+    "mask_seqs": 2, "mask_final": 1, "min_tokens_to_end": 1, "forced_token": 1,
+}
 
 
 # -- request parsing ---------------------------------------------------------------------------------------
@@ -460,8 +134,12 @@ class ServerState:
         self.automata: OrderedDict[str, Any] = OrderedDict()
         self.automata_cache = automata_cache
         self.automata_bytes = automata_bytes
+        # the event loop (uploads, requests) and the worker (trims after each request) both touch the LRU
+        self._automata_lock = threading.RLock()
+        #: True once the server shuts down (``serve`` points it at uvicorn's flag): body reads stop waiting
+        self.stopping: Callable[[], bool] = lambda: False
         self.tokenize = _tokenizer(backend)
-        self.scheduler = Scheduler(backend, self.max_batch)
+        self.scheduler = Scheduler(backend, self.max_batch, after_job=self._trim)
 
     def vocab_npz(self) -> bytes:
         if self._vocab_npz is None:
@@ -495,15 +173,23 @@ class ServerState:
         from lmqc.compiler.automaton import TokenAutomaton
 
         try:
-            arrays = npz_to_arrays(data)
+            arrays = npz_to_arrays(data)  # bounded: nothing inflates past MAX_NPZ_BYTES
         except ValueError as e:
             raise _bad(f"automaton upload: {e}") from None
+        for name, a in arrays.items():
+            rank = _AUTOMATON_RANKS.get(name)
+            if rank is None:
+                raise _bad(f"automaton upload: unknown array {name!r}")
+            if a.ndim != rank or a.dtype.kind not in "biu":
+                raise _bad(f"automaton upload: {name} must be a {rank}-D integer array, got {a.ndim}-D {a.dtype}")
         if hash_arrays(arrays) != digest:
             raise _bad("automaton upload: the arrays do not match the hash in the URL")
         try:
             automaton = TokenAutomaton.from_arrays(arrays)  # validated, not yet tied to a vocabulary
         except ArtifactError as e:
             raise _bad(f"automaton upload: {e}") from None
+        except (ValueError, TypeError, IndexError, OverflowError) as e:  # what the loader's own checks missed
+            raise _bad(f"automaton upload: malformed arrays ({type(e).__name__}: {e})") from None
         n_vocab = len(automaton.tok_seq)
         if n_vocab != self.V or automaton.eos_id != self.vocab.eos_id:
             raise HTTPError(
@@ -513,21 +199,31 @@ class ServerState:
                 "query for this model",
             )
         automaton = TokenAutomaton.from_arrays(arrays, vocab=self.vocab)
-        self.automata[digest] = automaton
-        self.automata.move_to_end(digest)
-        self._trim()
+        with self._automata_lock:
+            self.automata[digest] = automaton
+            self.automata.move_to_end(digest)
+            self._trim()
 
     def automata_nbytes(self) -> int:
         """Memory of the cached automata: their arrays and the tables decoding derived from them."""
-        return sum(a.nbytes + tables_of(a).nbytes for a in self.automata.values())
+        with self._automata_lock:
+            return sum(a.nbytes + tables_of(a).nbytes for a in self.automata.values())
 
     def _trim(self) -> None:
-        """Evict least recently used automata past ``automata_cache`` entries or ``automata_bytes`` bytes (the
-        newest stays; a running hole keeps its automaton until it is done)."""
-        while len(self.automata) > 1 and (
-            len(self.automata) > self.automata_cache or self.automata_nbytes() > self.automata_bytes
-        ):
-            self.automata.popitem(last=False)
+        """Evict least recently used automata past ``automata_cache`` entries or ``automata_bytes`` bytes.
+
+        Runs after every upload, before every decode and (on the worker) before every answer: the tables of an
+        automaton grow while holes decode with it. The newest automaton stays even if alone it is larger; a
+        running hole keeps its automaton (and its tables, bounded per automaton by
+        ``runtime.decode.masks.TABLE_BYTES``) alive until it is done.
+        """
+        with self._automata_lock:
+            sizes = [a.nbytes + tables_of(a).nbytes for a in self.automata.values()]
+            total, k = sum(sizes), 0
+            while len(self.automata) > 1 and (len(self.automata) > self.automata_cache or total > self.automata_bytes):
+                self.automata.popitem(last=False)
+                total -= sizes[k]
+                k += 1
 
     # -- request bodies ------------------------------------------------------------------------------------
 
@@ -564,10 +260,13 @@ class ServerState:
             raise HTTPError(413, "too_large", f"{B} branches in one request; this server takes at most {self.max_batch} (--max-batch)")
         try:
             ctxs = [self._context(c, f"contexts[{i}]") for i, c in enumerate(contexts)]
-            missing = sorted({h for h in request_automata(body, B) if h is not None and h not in self.automata})
-            if missing:
-                raise HTTPError(404, "unknown_automata", "upload these automata (PUT /automata/{hash}) and retry", missing=missing)
-            request = decode_request(body, ctxs, self._automaton)
+            with self._automata_lock:  # the worker's trim must not evict them between the check and the lookup
+                missing = sorted({h for h in request_automata(body, B) if h is not None and h not in self.automata})
+                if missing:
+                    raise HTTPError(
+                        404, "unknown_automata", "upload these automata (PUT /automata/{hash}) and retry", missing=missing
+                    )
+                request = decode_request(body, ctxs, self._automaton)
         except ProtocolError as e:
             raise _bad(str(e)) from None
         strategy = request.strategy
@@ -584,8 +283,9 @@ class ServerState:
         return Job("decode", {"request": request}, key)
 
     def _automaton(self, digest: str) -> Any:
-        self.automata.move_to_end(digest)
-        return self.automata[digest]
+        with self._automata_lock:
+            self.automata.move_to_end(digest)
+            return self.automata[digest]
 
     def score_job(self, body: Any) -> Job:
         body = self._common(body)
@@ -659,7 +359,10 @@ def create_app(state: ServerState) -> Any:
         raise ServeError("lmqc serve needs the 'serve' extra: pip install 'lmqc[serve]'") from e
 
     def error(e: HTTPError) -> JSONResponse:
-        return JSONResponse({"error": e.code, "message": e.message, **e.extra}, status_code=e.status)
+        # refused while (or instead of) reading the body: the rest of it may still be on the way, so the
+        # connection cannot carry another request
+        headers = {"Connection": "close"} if e.status in (408, 413, 503) else None
+        return JSONResponse({"error": e.code, "message": e.message, **e.extra}, status_code=e.status, headers=headers)
 
     async def read_json(request: Request) -> Any:
         body = await read_body(request)
@@ -667,12 +370,43 @@ def create_app(state: ServerState) -> Any:
             return json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise _bad(f"malformed JSON: {e}") from None
+        except RecursionError:
+            raise _bad("malformed JSON: nested too deeply") from None
 
     async def read_body(request: Request) -> bytes:
+        """The body, counted while it streams in (a chunked body has no Content-Length to check first).
+
+        Refused as soon as it passes ``MAX_BODY``; a client that sends nothing for ``BODY_IDLE_TIMEOUT`` gets
+        408; a shutdown stops the wait at once (503), so a stalled upload cannot hold the graceful shutdown.
+        """
         n = request.headers.get("content-length")
         if n is not None and n.isdigit() and int(n) > MAX_BODY:
             raise HTTPError(413, "too_large", f"request body over {MAX_BODY} bytes")
-        return await request.body()
+        chunks: list[bytes] = []
+        size = 0
+        stream = request.stream().__aiter__()
+        while True:
+            nxt = asyncio.ensure_future(stream.__anext__())
+            idle = 0.0
+            while True:
+                done, _ = await asyncio.wait({nxt}, timeout=_BODY_POLL)
+                if done:
+                    break
+                idle += _BODY_POLL
+                if state.stopping() or idle >= BODY_IDLE_TIMEOUT:
+                    nxt.cancel()
+                    if state.stopping():
+                        raise HTTPError(503, "shutting_down", "the server is shutting down")
+                    raise HTTPError(408, "timeout", f"no byte of the request body for {BODY_IDLE_TIMEOUT:.0f} s")
+            try:
+                chunk = nxt.result()
+            except StopAsyncIteration:
+                break
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise HTTPError(413, "too_large", f"request body over {MAX_BODY} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def wait_disconnect(request: Request) -> None:
         while True:
@@ -821,6 +555,12 @@ def serve(
         raise ServeError("lmqc serve needs the 'serve' extra: pip install 'lmqc[serve]'") from e
     if max_batch < 1:
         raise ServeError(f"--max-batch must be >= 1, got {max_batch}")
+    if not 0 <= port <= 65535:
+        raise ServeError(f"--port must be between 0 and 65535, got {port}")
+    if n_ctx is not None and n_ctx < 1:
+        raise ServeError(f"--n-ctx must be >= 1, got {n_ctx}")
+    if max_len is not None and max_len < 1:
+        raise ServeError(f"--max-len must be >= 1, got {max_len}")
     t0 = time.perf_counter()
     backend = load_backend(model, max_batch=max_batch, n_ctx=n_ctx)
     state = ServerState(backend, model=model, max_batch=max_batch, max_len=max_len, merge=merge)
@@ -830,6 +570,7 @@ def serve(
         access_log=False,
     )
     server = uvicorn.Server(config)
+    state.stopping = lambda: server.should_exit
     print(
         f"lmqc serve: {model} loaded in {time.perf_counter() - t0:.1f} s (vocabulary {state.fingerprint[:12]}, "
         f"n_ctx {state.n_ctx}, max batch {max_batch}); listening on http://{host}:{port}",
@@ -845,6 +586,10 @@ def serve(
             break
     try:
         server.run()
+    except SystemExit as e:  # uvicorn's way to report a socket it could not bind (after logging why)
+        if server.started:
+            raise
+        raise ServeError(f"lmqc serve could not listen on {host}:{port} (see the error above)") from e
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
