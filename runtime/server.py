@@ -26,8 +26,8 @@ Scheduling
 One worker thread owns the backend (llama.cpp contexts are not thread-safe) and does step-level continuous
 batching (``runtime.scheduler.Scheduler``, shared with the library's async API). It holds a set of running holes
 (:class:`runtime.decode.HoleRun`, one per ``argmax``, ``sample`` or ``beam`` request) and advances ALL of them by
-one token per step with ONE batched model evaluation (:func:`runtime.decode.eval_seqs` over every running hole's pending sequences; scoring holes get their extra
-forced-tail rows in the same call). Between two steps, queued requests join while their branches fit in
+one token per step with ONE batched model evaluation (:func:`runtime.decode.eval_seqs` over every running hole's
+pending sequences; scoring holes get their extra forced-tail rows in the same call). Between two steps, queued requests join while their branches fit in
 ``--max-batch`` beside the running ones, and a request whose hole is done is answered at once, while the others
 go on. Each request keeps its own generator and draws in its own branch order, exactly as in-process
 ``decode``, so seeded sampling, argmax and beam search give the in-process tokens whenever the logits of a sequence
