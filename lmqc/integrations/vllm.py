@@ -37,8 +37,6 @@ custom logits processors).
 from __future__ import annotations
 
 import base64
-import hashlib
-import io
 import json
 import logging
 import math
@@ -52,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lmqc.errors import DecodeError, ModelError
+from lmqc.runtime.protocol import arrays_to_npz, automaton_hash, hash_arrays, npz_to_arrays
 
 if TYPE_CHECKING:
     from lmqc.compiler.vocabulary import Vocabulary
@@ -87,49 +86,20 @@ _ARG = "lmqc_automaton"  # the key whose presence makes a request an lmqc row
 
 # -- automata as request arguments ----------------------------------------------------------------------------
 
-_keys: dict[int, tuple[Any, str, dict[str, np.ndarray]]] = {}
-_keys_lock = threading.Lock()
-
 
 def automaton_key(automaton: Any) -> tuple[str, dict[str, np.ndarray]]:
-    """(content hash, arrays) of a compiled automaton (``TokenAutomaton.to_arrays``), computed once per object."""
-    with _keys_lock:
-        hit = _keys.get(id(automaton))
-        if hit is not None and hit[0] is automaton:
-            return hit[1], hit[2]
-    arrays = {k: np.ascontiguousarray(v) for k, v in automaton.to_arrays().items()}
-    h = hashlib.sha256(b"lmqc-automaton-v1")
-    for name in sorted(arrays):
-        a = arrays[name]
-        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    key = h.hexdigest()
-    with _keys_lock:
-        if len(_keys) >= 256:
-            _keys.pop(next(iter(_keys)))
-        _keys[id(automaton)] = (automaton, key, arrays)
-    return key, arrays
-
-
-def _arrays_hash(arrays: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256(b"lmqc-automaton-v1")
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _npz(arrays: Mapping[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+    """(content hash, arrays) of a compiled automaton: the address ``lmqc serve`` uses too."""
+    return automaton_hash(automaton)
 
 
 def _from_npz(data: bytes | str) -> dict[str, np.ndarray]:
-    src: Any = io.BytesIO(data) if isinstance(data, bytes) else data
-    with np.load(src, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    if isinstance(data, str):
+        with open(data, "rb") as f:
+            data = f.read()
+    try:
+        return npz_to_arrays(data)
+    except ValueError as e:
+        raise DecodeError(f"automaton: {e}") from None
 
 
 def _store_dir() -> str:
@@ -146,7 +116,7 @@ def store_automaton(automaton: Any, directory: str | None = None) -> tuple[str, 
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "wb") as f:
-            f.write(_npz(arrays))
+            f.write(arrays_to_npz(arrays))
         os.replace(tmp, path)
     return key, path
 
@@ -207,7 +177,7 @@ def hole_args(
     elif transport == "inline":
         key, arrays = automaton_key(spec.automaton)
         args[_ARG] = key
-        args["lmqc_automaton_npz"] = base64.b64encode(_npz(arrays)).decode("ascii")
+        args["lmqc_automaton_npz"] = base64.b64encode(arrays_to_npz(arrays)).decode("ascii")
     elif transport == "hash":
         args[_ARG] = automaton_key(spec.automaton)[0]
     else:
@@ -359,7 +329,7 @@ class LmqcLogitsProcessor(LogitsProcessor):  # type: ignore[misc,valid-type]
             arrays = _from_npz(args["lmqc_automaton_path"])
         else:
             raise DecodeError(f"automaton {key[:16]} is not loaded here: send it inline or by path")
-        if other is None and _arrays_hash(arrays) != key:
+        if other is None and hash_arrays(arrays) != key:
             raise DecodeError(f"automaton arrays do not match their hash {key[:16]}")
         from lmqc.compiler.automaton import TokenAutomaton
 
