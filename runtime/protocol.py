@@ -124,13 +124,64 @@ def arrays_to_npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def npz_to_arrays(data: bytes) -> dict[str, np.ndarray]:
-    """Arrays of ``.npz`` bytes, loaded with ``allow_pickle=False``; ``ValueError`` if malformed."""
+#: Most bytes the arrays of one ``.npz`` may inflate to (:func:`npz_to_arrays`); an automaton sent by a client is
+#: an uncompressed ``np.savez``, so this is also about the largest body a server takes.
+MAX_NPZ_BYTES = 256 << 20
+_MAX_NPZ_MEMBERS = 64
+
+
+def npz_to_arrays(data: bytes, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
+    """Arrays of ``.npz`` bytes, without pickled objects; ``ValueError`` if malformed or larger than ``max_bytes``.
+
+    Nothing is inflated before its size is known to fit: the archive's declared sizes, then each array's
+    header (dtype and shape) are checked first, and reading a member never goes past its declared size. Object
+    arrays are refused.
+    """
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = z.infolist()
+            if len(infos) > _MAX_NPZ_MEMBERS:
+                raise ValueError(f"{len(infos)} members (at most {_MAX_NPZ_MEMBERS})")
+            declared = sum(i.file_size for i in infos)
+            if declared > max_bytes:
+                raise ValueError(f"its arrays inflate to {declared} bytes (at most {max_bytes})")
+            out: dict[str, np.ndarray] = {}
+            for info in infos:
+                name = info.filename.removesuffix(".npy")
+                with z.open(info) as f:
+                    out[name] = _read_npy(f, info.file_size, name)
+            return out
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, NotImplementedError) as e:
         raise ValueError(f"not a valid npz archive ({e})") from None
+
+
+def _read_npy(f: Any, size: int, name: str) -> np.ndarray:
+    """One ``.npy`` member of ``size`` (declared) bytes, its header checked before any data is read."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = fmt.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"{name}: unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise ValueError(f"{name}: object arrays are not accepted")
+    count = 1
+    for n in shape:
+        count *= int(n)  # Python ints: a huge declared shape cannot overflow
+    nbytes = count * dtype.itemsize
+    if nbytes > size:
+        raise ValueError(f"{name}: its header declares {nbytes} bytes of data, the archive {size}")
+    arr = np.empty(count, dtype=dtype)
+    view = memoryview(arr).cast("B") if nbytes else memoryview(b"")
+    done = 0
+    while done < nbytes:
+        n = f.readinto(view[done:])
+        if not n:
+            raise ValueError(f"{name}: truncated array data")
+        done += n
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
 def hash_arrays(arrays: dict[str, np.ndarray]) -> str:
@@ -250,17 +301,75 @@ def decode_strategy(x: Any) -> Strategy:
 
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    return rng.bit_generator.state
+    """The JSON form of a generator's bit-generator state (arrays as lists of ints; see :func:`rng_from_state`)."""
+    return _plain_state(rng.bit_generator.state)
+
+
+def _plain_state(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain_state(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# The state layout of each bit generator numpy accepts from a client: path -> (dtype, length) of an array, or
+# (low, high) of an integer. Checked before numpy sees it: numpy trusts an MT19937 ``pos`` or a Philox
+# ``buffer_pos`` as an index into its key/buffer (out of range, it reads past them).
+_U32 = (0, (1 << 32) - 1)
+_U128 = (0, (1 << 128) - 1)
+_HALF = {("has_uint32",): (0, 1), ("uinteger",): _U32}
+_RNG_LAYOUT: dict[str, dict[tuple[str, ...], tuple[Any, Any]]] = {
+    "PCG64": {("state", "state"): _U128, ("state", "inc"): _U128, **_HALF},
+    "PCG64DXSM": {("state", "state"): _U128, ("state", "inc"): _U128, **_HALF},
+    "Philox": {
+        ("state", "counter"): (np.uint64, 4), ("state", "key"): (np.uint64, 2), ("buffer",): (np.uint64, 4),
+        ("buffer_pos",): (0, 4), **_HALF,
+    },
+    "SFC64": {("state", "state"): (np.uint64, 4), **_HALF},
+    "MT19937": {("state", "key"): (np.uint32, 624), ("state", "pos"): (0, 624)},
+}
 
 
 def rng_from_state(state: Any) -> np.random.Generator:
-    """A generator in exactly the given bit-generator state (only numpy's own bit generators)."""
-    if not isinstance(state, dict) or state.get("bit_generator") not in _RNG_KINDS:
+    """A generator in exactly the given bit-generator state (only numpy's own bit generators).
+
+    Every field is checked against the generator's layout (types, array lengths, ranges) before numpy sees
+    it; arrays may be lists of ints (their JSON form) or arrays.
+    """
+    kind = state.get("bit_generator") if isinstance(state, dict) else None
+    if kind not in _RNG_LAYOUT:
         raise ProtocolError(f"rng state must name one of {', '.join(_RNG_KINDS)}")
-    bg = getattr(np.random, state["bit_generator"])()
+    fields: dict[str, Any] = {"bit_generator": kind}
+    for path, (a, b) in _RNG_LAYOUT[kind].items():
+        where, value = "rng", state
+        for key in path:
+            where += f".{key}"
+            if not isinstance(value, dict) or key not in value:
+                raise ProtocolError(f"invalid rng state: {where} is missing")
+            value = value[key]
+        if isinstance(a, type):  # an array of b unsigned integers
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            top = int(np.iinfo(a).max)
+            if not isinstance(value, list) or len(value) != b or not all(type(v) is int and 0 <= v <= top for v in value):
+                raise ProtocolError(f"invalid rng state: {where} must be {b} integers in [0, {top}]")
+            value = np.array(value, dtype=a)
+        else:
+            if isinstance(value, np.integer):
+                value = int(value)
+            if type(value) is not int or not a <= value <= b:
+                raise ProtocolError(f"invalid rng state: {where} must be an integer in [{a}, {b}]")
+        target = fields
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+    bg = getattr(np.random, kind)()
     try:
-        bg.state = state
-    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        bg.state = fields
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as e:
         raise ProtocolError(f"invalid rng state ({e})") from None
     return np.random.Generator(bg)
 
