@@ -11,6 +11,7 @@ functions) the holes of concurrent queries of one process (``runtime.service.Bat
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections import deque
@@ -56,6 +57,9 @@ class Job:
     merge_key: tuple[Any, ...] | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     cancelled: bool = False
+    # called by the worker after each step of a merged hole (the library streams values with it); if it raises,
+    # the job fails with that error
+    on_step: Callable[[decode.HoleRun], None] | None = None
 
     @property
     def n_branches(self) -> int:
@@ -105,9 +109,17 @@ class Scheduler:
     """The worker thread that owns the backend; see the module docstring (Scheduling)."""
 
     def __init__(
-        self, backend: Any, max_batch: int = DEFAULT_MAX_BATCH, after_job: Callable[[], None] | None = None
+        self,
+        backend: Any,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        after_job: Callable[[], None] | None = None,
+        lock: Any = None,
     ) -> None:
         self.backend = backend
+        # held by the worker while it uses the backend (one step, one job run alone): an in-process backend is
+        # also used by the threads that tokenize for their queries (runtime.service.BatchedDecoder)
+        self._lock = lock if lock is not None else contextlib.nullcontext()
+        self._paused = False
         self.max_batch = max_batch
         self._after_job = after_job  # run by the worker before a result is handed over (lmqc serve trims its caches)
         self._cv = threading.Condition()
@@ -132,6 +144,17 @@ class Scheduler:
             self.stats["requests"] += 1
             self._cv.notify()
         return job.future
+
+    def pause(self) -> None:
+        """Take no step and admit no job until :meth:`resume` (jobs queue up meanwhile; tests use this to make
+        concurrent submissions meet in one batch deterministically)."""
+        with self._cv:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cv:
+            self._paused = False
+            self._cv.notify_all()
 
     def queued(self) -> int:
         with self._cv:
@@ -162,6 +185,9 @@ class Scheduler:
         """
         with self._cv:
             while True:
+                if self._paused and not self._closing:
+                    self._cv.wait()
+                    continue
                 admitted: list[Job] = []
                 alone: Job | None = None
                 width = sum(live.run.width for live in self._active)
@@ -204,12 +230,15 @@ class Scheduler:
                 return
             admitted, alone = nxt
             try:
-                if alone is not None:
-                    self._run_alone(alone)
-                for job in admitted:
-                    self._admit(job)
-                if self._active:
-                    self._step()
+                with self._lock:
+                    if alone is not None:
+                        self._run_alone(alone)
+                    for job in admitted:
+                        self._admit(job)
+                    stepped = bool(self._active)
+                    if stepped:
+                        self._step()
+                if stepped:
                     self._yield_gil()
             except BaseException as e:  # noqa: BLE001 - the worker must survive anything a request causes
                 for live in self._active:
@@ -294,6 +323,8 @@ class Scheduler:
             for live, todo in groups:
                 try:
                     live.run.apply(decode.eval_seqs(self.backend, todo))
+                    if live.job.on_step is not None:
+                        live.job.on_step(live.run)
                 except Exception as e:  # noqa: BLE001
                     if not isinstance(e, LmqcError):
                         self.backend.reset()
@@ -305,6 +336,8 @@ class Scheduler:
             k += len(todo)
             try:
                 live.run.apply(rows)
+                if live.job.on_step is not None:
+                    live.job.on_step(live.run)
             except Exception as e:  # noqa: BLE001 - e.g. no allowed continuation: this request's error only
                 self._fail(live, e)
 
