@@ -223,16 +223,17 @@ def _hole_name(compiled: Any, index: int) -> str:
 def new_generator(compiled: Any, scope: Mapping[str, Any]) -> Generator[Any, Any, Any]:
     """A fresh generator of a compiled query's program, in a namespace holding ``scope`` (the query's inputs
     and, for query functions, the names their definition sees) and the prologue's definitions."""
-    import builtins
-
     import lmqc
 
+    from .lmqlcompat import query_builtins
+
     program = compiled.program
-    ns: dict[str, Any] = {"__builtins__": builtins, "__name__": "__lmqc_query__", "lmql": lmqc, "lmqc": lmqc}
+    ns: dict[str, Any] = {"__name__": "__lmqc_query__", "lmql": lmqc, "lmqc": lmqc}
     params = set(program.params)
     # inputs the program reads are its function's parameters (locals, as in LMQL); the rest of the scope (a
     # query function's module and defining scope) are its globals
     ns.update((k, v) for k, v in scope.items() if k not in params)
+    ns["__builtins__"] = query_builtins()  # a module's globals carry their own; query code imports lmql from lmqc
     try:
         if program.prologue is not None:
             exec(program.prologue, ns)  # noqa: S102 - queries are Python programs by design
