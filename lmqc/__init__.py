@@ -35,8 +35,10 @@ from .api import (  # noqa: E402
     score,
     score_sync,
     set_default_model,
+    stream,
     vocabulary,
 )
+from .streaming import headless, printing, silent  # noqa: E402 - LMQL's output writers
 
 __all__ = [
     "F",
@@ -67,5 +69,9 @@ __all__ = [
     "score",
     "score_sync",
     "set_default_model",
+    "headless",
+    "printing",
+    "silent",
+    "stream",
     "vocabulary",
 ]

@@ -224,22 +224,106 @@ def run(
     decoder: str | None = None,
     filename: str = "<query>",
     endpoint: str | None = None,
+    on_token: Callable[[Any], None] | None = None,
+    output_writer: Any = None,
     **inputs: Any,
 ) -> Any:
     """Run a query (source or compiled) and return its result (a list, best first, for n > 1).
 
     With ``endpoint="HOST:PORT"`` (or ``model="lmqc://HOST:PORT"``) the query runs here against the model an
     ``lmqc serve`` process holds: same results as in-process, no model loaded in this process.
+
+    ``on_token`` is called with a ``StreamEvent`` for every piece of prompt text, every decoded piece of a hole's
+    text, every finished hole and finally the result (see ``lmqc.streaming``); ``output_writer`` takes LMQL's
+    writers (``lmqc.printing``, ``lmqc.stream("VAR")``) or any such callable.
     """
-    from lmqc.runtime.query import run_compiled
+    from .streaming import sink
 
     model = _endpoint_spec(model, endpoint)
     compiled = compile(query, model, filename=filename) if isinstance(query, str) else query
-    return run_compiled(compiled, model=model, decoder=decoder, inputs=inputs)
+    return _execute(compiled, model, decoder, inputs, sink(on_token, output_writer), None)
+
+
+def _execute(
+    compiled: CompiledQuery,
+    model: str | None,
+    decoder: Any,
+    inputs: Mapping[str, Any],
+    on_event: Callable[[Any], None] | None,
+    call: Any,
+) -> Any:
+    """Run a compiled query in this thread; with ``call`` (a ``streaming._Call``) on the batched decoder service
+    shared with the other queries of the process, and cancellable through ``call``."""
+    from lmqc.runtime.query import run_compiled
+
+    service = None
+    if call is not None:
+        from lmqc.runtime.models import model_spec
+        from lmqc.runtime.service import batched_service
+
+        service = batched_service(model_spec(model, compiled=compiled))
+        call.attach(service)
+    return run_compiled(compiled, model=model, decoder=decoder, inputs=inputs, service=service, on_event=on_event)
+
+
+_EXECUTOR: Any = None
+
+
+def _executor() -> Any:
+    """The threads async queries run in: many, since they mostly wait for the shared batching worker (the event
+    loop's default executor has a few per core, which would cap how many queries meet in one batch)."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _EXECUTOR = ThreadPoolExecutor(max_workers=64, thread_name_prefix="lmqc-query")
+    return _EXECUTOR
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args, call)`` in a query thread; cancelling the awaiting task cancels the query (``call``)."""
+    import asyncio
+
+    from .streaming import _Call
+
+    call = _Call()
+    fut = asyncio.get_running_loop().run_in_executor(_executor(), fn, *args, call)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        call.cancel()  # the thread stops before its next decoding step
+        raise
+
+
+def stream(query: Any, model: str | None = None, **kwargs: Any) -> Any:
+    """The events of a query as it runs: ``for event in lmqc.stream(query, **inputs)`` or ``async for``.
+
+    Same arguments as :func:`run`; the query runs in a worker thread, batched with other concurrent queries on
+    the same in-process model, and yields ``StreamEvent`` objects ending with ``kind == "result"`` (see
+    ``lmqc.streaming``). ``lmqc.stream("VAR")``, a variable name alone, is LMQL's output writer instead: pass it
+    as ``output_writer=`` to print that variable as it is decoded.
+    """
+    from .streaming import QueryStream, VariableWriter, sink
+
+    if isinstance(query, str) and query.isidentifier() and model is None and not kwargs:
+        return VariableWriter(query)
+    if isinstance(query, QueryFunction):
+        return query.stream(**({"model": model} if model is not None else {}), **kwargs)
+    decoder = kwargs.pop("decoder", None)
+    filename = kwargs.pop("filename", "<query>")
+    model = _endpoint_spec(model, kwargs.pop("endpoint", None))
+    listeners = sink(kwargs.pop("on_token", None), kwargs.pop("output_writer", None))
+
+    def start(put: Callable[[Any], None], call: Any) -> Any:
+        compiled = compile(query, model, filename=filename) if isinstance(query, str) else query
+        return _execute(compiled, model, decoder, kwargs, sink(listeners, None, put), call)
+
+    return QueryStream(start)
 
 
 # Call-time keyword arguments a query function takes as decoder settings (as LMQL's), unless they are its inputs.
 DECODER_OVERRIDES = ("n", "temperature", "top_k", "top_p", "seed", "max_len")
+STREAM_OVERRIDES = ("on_token", "output_writer")
 
 
 class QueryFunction:
@@ -251,9 +335,11 @@ class QueryFunction:
     of its module and defining scope are visible. For a source string the inputs are ``input_variables`` (else
     the query's own inputs, in order of use), positional or by keyword. Compiled once per model, on first use.
 
-    Calls accept ``model=``, ``decoder=`` and decoder settings (``n``, ``temperature``, ``top_k``, ``top_p``,
-    ``seed``, ``max_len``) as keyword overrides, unless the query has an input of that name. Used as a hole's
-    annotation (``[X: fn]`` or ``[X: fn(args)]``) it runs as a nested query.
+    Calls accept ``model=``, ``decoder=``, decoder settings (``n``, ``temperature``, ``top_k``, ``top_p``,
+    ``seed``, ``max_len``) and ``on_token=``/``output_writer=`` (see :func:`run`) as keyword overrides, unless
+    the query has an input of that name. Calls of an ``async def`` query function return awaitables and run
+    batched with other concurrent queries (as :func:`run_async`); :meth:`stream` iterates a call's events. Used
+    as a hole's annotation (``[X: fn]`` or ``[X: fn(args)]``) it runs as a nested query.
     """
 
     def __init__(
@@ -325,22 +411,34 @@ class QueryFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.is_async:
-            import asyncio
+            return self.run_async(*args, **kwargs)
+        return self._call(args, kwargs, None)
 
-            return asyncio.to_thread(_locked, self._call, *args, **kwargs)
-        return self._call(*args, **kwargs)
+    async def run_async(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the query from asyncio code (batched with concurrent queries; see :func:`lmqc.run_async`)."""
+        return await _in_thread(self._call, args, kwargs)
 
-    def _call(self, *args: Any, **kwargs: Any) -> Any:
-        from lmqc.runtime.query import run_compiled
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        """The events of a call, for ``for`` or ``async for`` (see :func:`lmqc.stream`)."""
+        from .streaming import QueryStream
+
+        return QueryStream(lambda put, call: self._call(args, dict(kwargs), call, put))
+
+    def _call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], call: Any, put: Callable[[Any], None] | None = None
+    ) -> Any:
+        from .streaming import sink
 
         params = set(self._sig().parameters)
         model = kwargs.pop("model", None) if "model" not in params else None
         decoder = kwargs.pop("decoder", None) if "decoder" not in params else None
         settings = {k: kwargs.pop(k) for k in DECODER_OVERRIDES if k in kwargs and k not in params}
+        listeners = {k: kwargs.pop(k) for k in STREAM_OVERRIDES if k in kwargs and k not in params}
         model = model or self.model
         compiled = self.compiled(model)
         dec = _decoder_with(compiled, decoder or self.decoder, settings)
-        result = run_compiled(compiled, model=model, decoder=dec, inputs=self.scope(args, kwargs))
+        on_event = sink(listeners.get("on_token"), listeners.get("output_writer"), put)
+        result = _execute(compiled, model, dec, self.scope(args, kwargs), on_event, call)
         return _values(result) if self.single_value else result
 
     def __lmqc_nested__(self, model: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[CompiledQuery, dict[str, Any]]:
@@ -444,8 +542,8 @@ def query(
 ) -> Any:
     """A query function (``QueryFunction``): as a decorator on a function whose docstring is a query (bare,
     ``@lmqc.query``, or with options, ``@lmqc.query(model="gemma-3-270m", decoder="beam(n=2)")``), or from a
-    query's source (``lmqc.query("...", input_variables=["name"])``). ``is_async`` is accepted for LMQL
-    compatibility; calls are synchronous.
+    query's source (``lmqc.query("...", input_variables=["name"])``). ``is_async=True`` makes calls return
+    awaitables (as for an ``async def`` function); for a decorated function its own ``async`` decides.
     """
     import inspect
 
@@ -459,7 +557,9 @@ def query(
         caller = frame.f_back if frame is not None else None
         namespace = dict(caller.f_globals) if caller is not None else {}
         del frame, caller
-        return QueryFunction(fn, "<query>", sig, namespace, model=model, decoder=decoder, single_value=single_value)
+        qf = QueryFunction(fn, "<query>", sig, namespace, model=model, decoder=decoder, single_value=single_value)
+        qf.is_async = bool(is_async)
+        return qf
     if isinstance(fn, str):  # @lmqc.query("model") written positionally
         fn, model = None, fn
     frame = inspect.currentframe()
@@ -482,11 +582,19 @@ def generate_sync(
 ) -> Any:
     """Continue ``prompt`` on a model without constraints (LMQL's ``lmql.generate_sync``): the completion text
     (a list of texts for ``decoder="sample(n=...)"``). ``max_tokens`` bounds the completion's tokens."""
+    result = run(_generate_source(max_tokens), model, decoder=decoder, filename="<generate>", __lmqc_prompt__=prompt,
+                 **kwargs)
+    return _completion(result)
+
+
+def _generate_source(max_tokens: int | None) -> str:
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
         raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
     where = f" where len(TOKENS(COMPLETION)) <= {max_tokens}" if max_tokens is not None else ""
-    source = '"{__lmqc_prompt__}[COMPLETION]"' + where + "\n"
-    result = run(source, model, decoder=decoder, filename="<generate>", __lmqc_prompt__=prompt, **kwargs)
+    return '"{__lmqc_prompt__}[COMPLETION]"' + where + "\n"
+
+
+def _completion(result: Any) -> Any:
     if isinstance(result, list):
         return [r.variables["COMPLETION"] for r in result]
     return result.variables["COMPLETION"]
@@ -539,59 +647,75 @@ class ScoringResult:
 def score_sync(prompt: str, values: str | list[str], model: str | None = None) -> ScoringResult:
     """Score continuations of ``prompt`` (LMQL's ``lmql.score_sync``): their log-probabilities under the model,
     in one batched evaluation."""
-    import numpy as np
-
     from lmqc.runtime.query import decoder_service
+
+    return _score(prompt, values, decoder_service(_endpoint_spec(model, None) or default_model()))
+
+
+def _score(prompt: str, values: str | list[str], backend: Any) -> ScoringResult:
+    import numpy as np
 
     options = [values] if isinstance(values, str) else list(values)
     if not options or not all(isinstance(v, str) and v for v in options):
         raise ValueError("score needs one or more non-empty continuation strings")
-    backend = decoder_service(_endpoint_spec(model, None) or default_model())
-    if hasattr(backend, "begin"):
-        backend.begin()
+    backend.begin()
     context = backend.tokenize(prompt, bos=True)
     tokens = [backend.tokenize(v, bos=False) for v in options]
     logps = np.asarray(backend.score_options(context, tokens), dtype=np.float64)
     return ScoringResult(prompt, options, logps, np.asarray([len(t) for t in tokens], dtype=np.int64))
 
 
-async def run_async(query: str | CompiledQuery, model: str | None = None, **kwargs: Any) -> Any:
-    """``run`` for asyncio code: the query runs in a worker thread, so the event loop stays responsive.
-    Queries on one model run one after another (the model is shared; batching across queries is
-    ``lmqc serve``'s)."""
-    import asyncio
+async def run_async(
+    query: str | CompiledQuery,
+    model: str | None = None,
+    *,
+    decoder: str | None = None,
+    filename: str = "<query>",
+    endpoint: str | None = None,
+    on_token: Callable[[Any], None] | None = None,
+    output_writer: Any = None,
+    **inputs: Any,
+) -> Any:
+    """``run`` for asyncio code. The query runs in a worker thread, so the event loop stays responsive, and
+    concurrent queries on one in-process model share it with batching: every decoding step evaluates the
+    running holes of all of them in one batched model call (``runtime.service.BatchedDecoder``). Each query
+    draws from its own generator, so results equal sequential runs whenever the model's logits do not depend on
+    the batch (llama.cpp's differ in the last bits, which can flip near-ties). Cancelling the task stops the
+    query before its next decoding step. ``on_token`` and ``output_writer`` are called in the query's thread.
+    """
+    from .streaming import sink
 
-    return await asyncio.to_thread(_run_locked, query, model, kwargs)
+    model = _endpoint_spec(model, endpoint)
+    listeners = sink(on_token, output_writer)
+
+    def work(call: Any) -> Any:
+        compiled = compile(query, model, filename=filename) if isinstance(query, str) else query
+        return _execute(compiled, model, decoder, inputs, listeners, call)
+
+    return await _in_thread(work)
 
 
 async def generate(prompt: str, max_tokens: int | None = None, model: str | None = None, **kwargs: Any) -> Any:
-    """Async form of :func:`generate_sync`."""
-    import asyncio
-
-    return await asyncio.to_thread(_locked, generate_sync, prompt, max_tokens, model, **kwargs)
+    """Async form of :func:`generate_sync` (batched with concurrent queries, as :func:`run_async`)."""
+    source = _generate_source(max_tokens)
+    return _completion(await run_async(source, model, filename="<generate>", __lmqc_prompt__=prompt, **kwargs))
 
 
 async def score(prompt: str, values: str | list[str], model: str | None = None) -> ScoringResult:
-    """Async form of :func:`score_sync`."""
-    import asyncio
+    """Async form of :func:`score_sync` (one job of the batching worker, between two steps of running queries)."""
 
-    return await asyncio.to_thread(_locked, score_sync, prompt, values, model)
+    def work(call: Any) -> ScoringResult:
+        from lmqc.runtime.service import batched_service
 
+        service = batched_service(_endpoint_spec(model, None) or default_model())
+        call.attach(service)
+        return _score(prompt, values, service)
 
-_RUN_LOCK = __import__("threading").RLock()  # one model, one query at a time: the backends are not thread-safe
-
-
-def _locked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    with _RUN_LOCK:
-        return fn(*args, **kwargs)
-
-
-def _run_locked(query: Any, model: str | None, kwargs: dict[str, Any]) -> Any:
-    with _RUN_LOCK:
-        return run(query, model, **kwargs)
+    return await _in_thread(work)
 
 
 __all__ = [
     "F", "LmqcError", "QueryFunction", "ScoringResult", "compile", "default_model", "generate", "generate_sync",
-    "load", "model", "parse", "query", "run", "run_async", "score", "score_sync", "set_default_model", "vocabulary",
+    "load", "model", "parse", "query", "run", "run_async", "score", "score_sync", "set_default_model", "stream",
+    "vocabulary",
 ]

@@ -12,7 +12,7 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,7 +29,7 @@ from .execution import Effect, Execution, Request
 from .models import model_spec
 from .service import LocalDecoder, decoder_service
 
-__all__ = ["LMQLResult", "LocalDecoder", "decoder_service", "parse_decoder", "run_compiled"]
+__all__ = ["LMQLResult", "LocalDecoder", "StreamEvent", "decoder_service", "parse_decoder", "run_compiled"]
 
 DEFAULT_MAX_LEN = 2048
 
@@ -70,6 +70,38 @@ class LMQLResult:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """What a running query reports to a streaming caller (``lmqc.run(..., on_token=...)``, ``lmqc.stream``).
+
+    Attributes
+    ----------
+    kind : str
+        ``"prompt"``: the program added text to the prompt (``text``; a role switch as ``<lmql:ROLE/>``).
+        ``"token"``: a hole's value grew by ``text`` as it was decoded (``value``: its text so far).
+        ``"value"``: a hole is done: ``value`` is what the program gets (an ``int`` for INT holes ...), ``text``
+        its text in the prompt. ``"result"``: the query is done; ``result`` is what the run returns.
+        For each branch, the ``text`` of its ``prompt`` and ``token`` events, in order, spells its prompt (a hole
+        decoration that rewrites the text and a nested query's return value show in the ``value`` event).
+    variable : str | None
+        The hole's name (``token``, ``value``).
+    text : str
+    value : Any
+    branch : int
+        Which branch (0 for argmax; 0..n-1 for ``sample(n=...)``, which fork where they first decode; beam
+        branches are numbered as they fork and report only ``value`` events).
+    result : Any
+        ``"result"``: an ``LMQLResult`` (a list of them for n > 1).
+    """
+
+    kind: str
+    variable: str | None = None
+    text: str = ""
+    value: Any = None
+    branch: int = 0
+    result: Any = None
+
+
 @dataclass(slots=True)
 class _Mark:
     """Where a nested query started: the prompt and context lengths to roll back to when it returns."""
@@ -97,20 +129,31 @@ class _Branch:
     n_tokens: int = 0
     pending: list[str] = field(default_factory=list)  # context text not yet tokenized
     turn_start: bool = False  # a chat role switch was just rendered; the turn's leading spaces are dropped
+    id: int = 0  # the branch number of stream events
 
-    def fork(self) -> _Branch:
+    def fork(self, id: int = 0) -> _Branch:  # noqa: A002 - the field's name
         return _Branch(
             self.ex.fork(), list(self.context), self.prompt, list(self.spans), dict(self.variables), self.request,
             [replace(m) for m in self.marks], self.role, self.logprob, self.distribution, self.n_tokens,
-            list(self.pending), self.turn_start,
+            list(self.pending), self.turn_start, id,
         )
 
 
 class _Driver:
     """Runs one query: branches, their programs and the batched decode of their holes."""
 
-    def __init__(self, compiled: CompiledQuery, backend: Any, spec: str, scope: dict[str, Any], max_len: int) -> None:
+    def __init__(
+        self,
+        compiled: CompiledQuery,
+        backend: Any,
+        spec: str,
+        scope: dict[str, Any],
+        max_len: int,
+        on_event: Callable[[StreamEvent], None] | None = None,
+    ) -> None:
         self.compiled = compiled
+        self.on_event = on_event
+        self.n_branches = 1
         self.backend = backend
         self.spec = spec
         self.scope = scope
@@ -132,6 +175,8 @@ class _Driver:
             if e.kind == "text":
                 _check_utf8(e.value)
                 b.prompt += e.value
+                if self.on_event is not None and e.value:
+                    self.on_event(StreamEvent("prompt", text=e.value, branch=b.id))
                 text = e.value
                 if b.turn_start:
                     # "{:user} Say hi": the turn's content starts at "Say" (templates trim contents)
@@ -140,6 +185,8 @@ class _Driver:
                 b.pending.append(text)
             elif e.kind == "role":
                 b.prompt += f"<lmql:{e.value}/>"
+                if self.on_event is not None:
+                    self.on_event(StreamEvent("prompt", text=f"<lmql:{e.value}/>", branch=b.id))
                 self.flush(b)
                 if self.chat is None:
                     from .chat import chat_format
@@ -283,6 +330,40 @@ class _Driver:
         b.spans.append((start, start + len(value), name))
         if not b.marks:
             b.variables[name] = value
+        if self.on_event is not None:
+            self.on_event(StreamEvent("token", name, value, value, b.id))
+            self.on_event(StreamEvent("value", name, value, value, b.id))
+
+    def fork(self, b: _Branch) -> _Branch:
+        self.n_branches += 1
+        return b.fork(self.n_branches - 1)
+
+    def observer(self, live: list[_Branch], names: list[str]) -> tuple[Callable[[Any], None], dict[int, str]]:
+        """A decode observer that reports each branch's new value text as ``token`` events, and the text it has
+        reported per branch index (so the completion's rest can follow)."""
+        import codecs
+
+        shown: dict[int, str] = {}
+        sent: dict[int, int] = {}
+        decoders: dict[int, Any] = {}
+        on_event = self.on_event
+        assert on_event is not None
+
+        def observe(progress: Any) -> None:
+            for i, data in progress:
+                k = sent.get(i, 0)
+                if len(data) <= k:
+                    continue
+                dec = decoders.get(i)
+                if dec is None:
+                    dec = decoders[i] = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                text = dec.decode(data[k:])  # a character split between steps waits for its last byte
+                sent[i] = len(data)
+                if text:
+                    shown[i] = shown.get(i, "") + text
+                    on_event(StreamEvent("token", names[i], text, shown[i], live[i].id))
+
+        return observe, shown
 
 
 def run_compiled(
@@ -293,15 +374,20 @@ def run_compiled(
     inputs: Mapping[str, Any] | None = None,
     progress: bool | None = None,
     endpoint: str | None = None,
+    service: Any = None,
+    on_event: Callable[[StreamEvent], None] | None = None,
 ) -> LMQLResult | list[LMQLResult]:
     """Run a compiled query; a list (best first) for ``beam`` and ``sample(n>1)``, else one result.
 
     With ``endpoint`` (``"HOST:PORT"`` of ``lmqc serve``; or a ``model`` spec ``"lmqc://HOST:PORT"``) the holes
     are decoded by the server and everything else runs here, with the same results as in-process.
+    ``service`` decodes instead of the spec's own decoder service (e.g. a ``runtime.service.BatchedDecoder``
+    shared with concurrent queries). ``on_event`` gets a :class:`StreamEvent` for every prompt text, decoded
+    token text (argmax and sample, in-process), finished hole and finally the result, in the calling thread.
     """
     query = compiled.query
     spec = model_spec(model, compiled=compiled, endpoint=endpoint)
-    backend = decoder_service(spec)
+    backend = service if service is not None else decoder_service(spec)
     if backend.fingerprint != compiled.vocab_fingerprint:
         raise ArtifactError(
             f"the query was compiled for another vocabulary than {spec!r}'s: recompile it for this model"
@@ -318,7 +404,7 @@ def run_compiled(
     show = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
 
-    driver = _Driver(compiled, backend, spec, scope, max_len)
+    driver = _Driver(compiled, backend, spec, scope, max_len, on_event)
     ex = Execution.start(compiled, scope, driver.resolve_nested)
     root = _Branch(ex, [])
     driver.apply(root, *ex.begin())
@@ -330,7 +416,7 @@ def run_compiled(
         copies, n = n, 1
     if root.request is not None and not isinstance(strategy, decode.Beam) and n > 1:
         # n samples fork where they first decode
-        branches += [root.fork() for _ in range(n - 1)]
+        branches += [driver.fork(root) for _ in range(n - 1)]
     try:
         while any(b.request is not None for b in branches):
             live = [b for b in branches if b.request is not None]
@@ -344,10 +430,17 @@ def run_compiled(
             if fixed:
                 continue
             holes = [driver.hole(b.request) for b in live]  # specs heal: "A: [X]" may continue with " Paris"
-            completions = backend.decode(DecodeRequest(
+            request = DecodeRequest(
                 tuple(b.context for b in live), tuple(h[0] for h in holes), strategy, max_len, rng,
                 tuple(0.0 if math.isnan(b.logprob) else b.logprob for b in live),
-            ))
+            )
+            shown: dict[int, str] = {}
+            if on_event is not None and isinstance(backend, LocalDecoder):
+                names = [b.request.compiled.hole_name(b.request.index) for b in live]
+                observe, shown = driver.observer(live, names)
+                completions = backend.decode(request, observe)
+            else:
+                completions = backend.decode(request)
             # forks must copy a parent before the parent's own program moves on
             pending: list[tuple[_Branch, decode.Completion, tuple[HoleSpec, Any]]] = []
             seen: dict[int, int] = {}
@@ -355,7 +448,7 @@ def run_compiled(
                 parent = live[c.parent]
                 k = seen.get(c.parent, 0)
                 seen[c.parent] = k + 1
-                pending.append((parent if k == 0 else parent.fork(), c, holes[c.parent]))
+                pending.append((parent if k == 0 else driver.fork(parent), c, holes[c.parent]))
             new = []
             for b, c, (_, convert) in pending:
                 name = b.request.compiled.hole_name(b.request.index)
@@ -386,6 +479,12 @@ def run_compiled(
                 b.spans.append((start, start + len(text), name))
                 if not b.marks:
                     b.variables[name] = value
+                if on_event is not None:
+                    # what the observer showed is a prefix of the text unless a decorator rewrote it
+                    seen_text = "" if isinstance(strategy, decode.Beam) else shown.get(c.parent, "")
+                    if text.startswith(seen_text) and len(text) > len(seen_text):
+                        on_event(StreamEvent("token", name, text[len(seen_text):], text, b.id))
+                    on_event(StreamEvent("value", name, text, value, b.id))
                 driver.apply(b, *b.ex.send(value))
                 new.append(b)
             branches = done + new
@@ -402,10 +501,14 @@ def run_compiled(
     if isinstance(strategy, decode.Beam):
         results.sort(key=lambda r: -r.logprob)
     if copies > 1:
-        return [copy.deepcopy(results[0]) for _ in range(copies)]
-    if isinstance(strategy, decode.Beam) or n > 1:
-        return results
-    return results[0]
+        out: Any = [copy.deepcopy(results[0]) for _ in range(copies)]
+    elif isinstance(strategy, decode.Beam) or n > 1:
+        out = results
+    else:
+        out = results[0]
+    if on_event is not None:
+        on_event(StreamEvent("result", result=out))
+    return out
 
 
 def _call_decorator(d: Any, *args: Any) -> Any:
