@@ -240,7 +240,7 @@ class TokenAutomaton:
         """
         if dfa.unconstrained:
             return cls._unconstrained(vocab)
-        next_table, tok_seq = _walk(dfa, vocab)
+        next_table, toks, seqs = _walk(dfa, vocab)
         s_all = dfa.n_states
         next_table[dfa.stopped] = -1  # the hole has ended in a stopped state
         reach, parent_state, parent_seq = _token_reachable(next_table, dfa.initial)
@@ -254,7 +254,7 @@ class TokenAutomaton:
         stuck = ~live.any(axis=1) & ~final & ~stopped
         if stuck.any():
             bad = int(reach[np.flatnonzero(stuck)[0]])
-            text = _pending_text(bad, parent_state, parent_seq, tok_seq, vocab)
+            text = _pending_text(bad, parent_state, parent_seq, toks, seqs, vocab)
             raise ConstraintError(
                 f"the vocabulary cannot express the constraint on {name}: after {text!r} no token can continue "
                 "and the value cannot end there",
@@ -266,27 +266,32 @@ class TokenAutomaton:
         # drop sequences no reachable state allows (their tokens become 'never here')
         used = live.any(axis=0)
         if not used.all():
-            col_map = np.full(len(used) + 1, -1, dtype=np.int32)
+            col_map = np.full(len(used), -1, dtype=np.int32)
             col_map[np.flatnonzero(used)] = np.arange(int(used.sum()), dtype=np.int32)
             table = np.ascontiguousarray(table[:, used])
             live = live[:, used]
-            tok_seq = col_map[tok_seq]
+            seqs = col_map[seqs]
+            keep = seqs >= 0
+            toks, seqs = toks[keep], seqs[keep]
+        n_cols = table.shape[1]
+        seq_count = np.bincount(seqs, minlength=n_cols)
+        tok_seq = np.full(vocab.size, -1, dtype=np.int32)
+        tok_seq[toks] = seqs
         key = np.packbits(live, axis=1)
         key = np.concatenate([key, final[:, None].astype(np.uint8)], axis=1)
         first, mask_of_state = unique_rows(key)
         mask_seqs = live[first]
         mask_final = final[first]
         n = len(final)
-        ext = np.full((n + 1, table.shape[1] + 1), -1, dtype=np.int32)
-        ext[:n, : table.shape[1]] = table
-        seq_count = np.bincount(tok_seq[tok_seq >= 0], minlength=table.shape[1])
-        forced = _forced(mask_seqs, mask_final, seq_count, tok_seq)[mask_of_state]
+        ext = np.full((n + 1, n_cols + 1), -1, dtype=np.int32)
+        ext[:n, :n_cols] = table
+        forced = _forced(mask_seqs, mask_final, seq_count, toks, seqs)[mask_of_state]
         return cls(
             vocab,
             initial=0,
             unconstrained=False,
             next_table=ext,
-            tok_seq=tok_seq.astype(np.int32),
+            tok_seq=tok_seq,
             final=final,
             stopped=stopped,
             mask_of_state=mask_of_state.astype(np.int32),
@@ -452,82 +457,143 @@ class TokenAutomaton:
 # Build steps
 
 
-def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
-    """All DFA states over all candidate tokens, through the vocabulary's byte trie.
+_WEIGHTS: dict[int, np.ndarray] = {}
+
+
+def _dedupe_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``unique_rows`` for rows of states (values >= -1), hashed with a float64 BLAS product.
+
+    Integer weights below 2**20 times values below 2**16, summed over fewer than 2**17 columns, stay below
+    2**53: the float products are exact, so equal rows always hash equal (no dependence on summation order).
+    Candidates are verified; larger inputs or a collision take ``unique_rows``.
+    """
+    n, m = a.shape
+    if n <= 1 or m >= 1 << 17 or int(a.max(initial=0)) >= (1 << 16) - 2:
+        return unique_rows(a)
+    w = _WEIGHTS.get(m)
+    if w is None:
+        w = _WEIGHTS[m] = np.random.default_rng(0x5EED + m).integers(1, 1 << 20, size=m).astype(np.float64)
+    h = (a + 2).astype(np.float64) @ w
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    if not np.array_equal(a[first[inv]], a):
+        return unique_rows(a)
+    order = np.argsort(first, kind="stable")  # groups numbered by first appearance, as unique_rows does
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[order] = np.arange(len(first))
+    return first[order], rank[inv]
+
+
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The indices ``start..stop-1`` of every range laid end to end, and the range each index came from."""
+    counts = stops - starts
+    total = int(counts.sum())
+    which = np.repeat(np.arange(len(starts)), counts)
+    offset = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return starts[which] + offset, which
+
+
+def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All DFA states over the candidate tokens, through the vocabulary's byte trie.
 
     Every trie node (a distinct token prefix) gets a *class node*: the behaviour of its prefix, i.e. the state
     it leads each DFA state to. Prefixes with the same behaviour share a class node (the trie becomes a DAG
     as wide as the number of distinct behaviours), and a node whose prefix every state rejects is dead, with
-    all its descendants. Each depth is one vectorized step over the trie nodes of that depth (a shared prefix
-    is looked at once, not once per token).
+    all its descendants: the next depth visits only the children of live nodes (one contiguous range each), so
+    a narrow language (digits, a few words) touches the few thousand prefixes that can start it, not the
+    vocabulary. Each depth is one vectorized step over its live nodes.
 
-    Returns ``(next_table int32[S, U], tok_seq int32[V])``: the state after each distinct live class sequence
-    from each state, and each token's sequence (-1: never allowed, or rejected from every state).
+    Returns ``(next_table int32[S, U], toks int32[K], seqs int32[K])``: the state after each distinct live
+    class sequence from each state, and the tokens some state accepts with their sequence (every other token
+    is never allowed).
     """
     lv = vocab.levels
     trie = lv.trie
     s_n, c_n = dfa.n_states, dfa.n_classes
-    trans_ext = np.vstack([dfa.trans, np.full((1, c_n), -1, np.int32)])  # row -1 rejects
+    # flat (state, class) -> state, with the row of state -1 rejecting: one gather per step
+    trans_flat = np.concatenate([dfa.trans.reshape(-1), np.full(c_n, -1, np.int32)])
     classes = dfa.classes.astype(np.int32)
-    tok_seq = np.full(vocab.size, -1, dtype=np.int32)
     columns: list[np.ndarray] = []
+    tok_parts: list[np.ndarray] = []
+    seq_parts: list[np.ndarray] = []
     n_seq = 0
-    cn = np.ones(1, dtype=np.int32)  # class node of the empty prefix: 1 (0 = dead)
-    states_col = np.full((s_n, 2), -1, dtype=np.int32)  # column per class node: the state after its prefix
-    states_col[:, 1] = np.arange(s_n)
+    # Live nodes of the previous depth, with their class nodes (0 = dead): either the class node of every
+    # node (``cn_all``, when many live: plain gathers beat range arithmetic) or the live ones only.
+    cn_all: np.ndarray | None = np.ones(1, dtype=np.int32)  # the root: class node 1
+    live_nodes = live_cn = np.zeros(0, dtype=np.int64)
+    # one row per class node: the state its prefix leads each state to (rows, not columns: gathered whole)
+    node_rows = np.full((2, s_n), -1, dtype=np.int32)
+    node_rows[1] = np.arange(s_n)
     for d in range(len(trie.parent)):
-        par = trie.parent[d]
-        pc = cn[par]
-        alive: np.ndarray | None = None
-        if pc.all():
-            byt = trie.byte[d]
-        else:  # some prefixes died: only their live siblings go on
-            alive = np.flatnonzero(pc)
-            if not len(alive):
-                break
-            pc = pc[alive]
-            byt = trie.byte[d][alive]
+        n_d = len(trie.parent[d])
+        if cn_all is not None:
+            pc = cn_all[trie.parent[d]]
+            idx = None if pc.all() else np.flatnonzero(pc)
+            if idx is not None:
+                pc = pc[idx]
+            byt = trie.byte[d] if idx is None else trie.byte[d][idx]
+        else:
+            ptr = trie.child_ptr[d]
+            idx, which = _ranges(ptr[live_nodes], ptr[live_nodes + 1])
+            pc = live_cn[which]
+            byt = trie.byte[d][idx]
+        if not len(pc):
+            break
         key = pc * c_n + classes[byt]
-        n_keys = states_col.shape[1] * c_n
+        n_keys = node_rows.shape[0] * c_n
         present = np.zeros(n_keys, dtype=bool)
         present[key] = True
         uniq = np.flatnonzero(present)
         parent, ucls = uniq // c_n, uniq % c_n
-        nxt = trans_ext[states_col[:, parent], ucls[None, :]]
-        live = np.flatnonzero((nxt >= 0).any(axis=0))
-        cols = nxt[:, live]
+        src = node_rows[parent]
+        nxt = trans_flat[np.where(src >= 0, src * c_n, s_n * c_n) + ucls[:, None]]
+        live = np.flatnonzero((nxt >= 0).any(axis=1))
+        if not len(live):
+            break
+        rows = nxt[live]
         # Prefixes that lead every state to the same place behave the same from now on: one class node.
-        first, inv = unique_rows(cols.T)
+        first, inv = _dedupe_rows(rows)
         new_local = np.zeros(n_keys, dtype=np.int32)
         new_local[uniq[live]] = 1 + inv
-        if alive is None:
-            cn = new_local[key]
+        cn = new_local[key]
+        node_rows = np.concatenate([np.full((1, s_n), -1, np.int32), rows[first]])
+        ok = np.flatnonzero(cn)
+        if len(ok) * 8 >= n_d:  # most of this depth lives on
+            if idx is None:
+                cn_all = cn
+            else:
+                cn_all = np.zeros(n_d, dtype=np.int32)
+                cn_all[idx] = cn
+            # tokens that end exactly at this depth, with their node's class node
+            ce = cn_all[trie.end[d]]
+            good = ce > 0
+            toks = lv.tokens[int(lv.count[d + 1]) : int(lv.count[d])][good]
+            ce = ce[good]
         else:
-            cn = np.zeros(len(par), dtype=np.int32)
-            cn[alive] = new_local[key]
-        states_col = np.concatenate([np.full((s_n, 1), -1, np.int32), cols[:, first]], axis=1)
-        ends = trie.end[d]  # tokens with exactly d + 1 bytes end at these nodes
-        if len(ends):
-            ce = cn[ends]
-            toks = lv.tokens[int(lv.count[d + 1]) : int(lv.count[d])]
-            ok = ce > 0
-            if not ok.all():
-                ce, toks = ce[ok], toks[ok]
-            if len(ce):
-                seen = np.zeros(states_col.shape[1], dtype=bool)
-                seen[ce] = True
-                u_nodes = np.flatnonzero(seen)
-                rank = np.cumsum(seen, dtype=np.int32) - 1
-                columns.append(states_col[:, u_nodes])
-                tok_seq[toks] = n_seq + rank[ce]
-                n_seq += len(u_nodes)
+            live_nodes = ok if idx is None else idx[ok]
+            live_cn = cn[ok]
+            cn_all = None
+            eptr = trie.end_ptr[d]
+            at, which = _ranges(eptr[live_nodes], eptr[live_nodes + 1])
+            toks = trie.end_tok[d][at]
+            ce = live_cn[which]
+        if len(ce):
+            seen = np.zeros(node_rows.shape[0], dtype=bool)
+            seen[ce] = True
+            u_nodes = np.flatnonzero(seen)
+            rank = np.cumsum(seen, dtype=np.int32) - 1
+            columns.append(node_rows[u_nodes])
+            tok_parts.append(toks)
+            seq_parts.append(n_seq + rank[ce])
+            n_seq += len(u_nodes)
     if not columns:
-        return np.zeros((s_n, 0), np.int32), tok_seq
-    table = np.concatenate(columns, axis=1)
+        return np.zeros((s_n, 0), np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32)
+    table = np.concatenate(columns)
+    toks = np.concatenate(tok_parts).astype(np.int32)
+    seqs = np.concatenate(seq_parts)
     # the same behaviour can end tokens of different lengths: one column per distinct behaviour
-    first, inv = unique_rows(table.T)
-    col_map = np.append(inv, -1).astype(np.int32)
-    return np.ascontiguousarray(table[:, first]), col_map[tok_seq]
+    first, inv = _dedupe_rows(table)
+    return np.ascontiguousarray(table[first].T), toks, inv[seqs].astype(np.int32)
 
 
 def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -558,10 +624,10 @@ def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.nd
     return np.concatenate(order), parent_state, parent_seq
 
 
-def _pending_text(state, parent_state, parent_seq, tok_seq, vocab: Vocabulary) -> str:
+def _pending_text(state, parent_state, parent_seq, toks, seqs, vocab: Vocabulary) -> str:
     pieces = []
     while parent_state[state] >= 0:
-        tok = int(np.flatnonzero(tok_seq == parent_seq[state])[0])
+        tok = int(toks[np.flatnonzero(seqs == parent_seq[state])].min())
         pieces.append(vocab.piece(tok))
         state = int(parent_state[state])
     return b"".join(reversed(pieces)).decode("utf-8", errors="replace")
@@ -584,16 +650,19 @@ def _min_tokens_to_end(table: np.ndarray, end: np.ndarray) -> np.ndarray:
     return dist_ext[:s_n].copy()
 
 
-def _forced(mask_seqs, mask_final, seq_count, tok_seq) -> np.ndarray:
-    """Per mask: the single token of a non-final mask that allows exactly one token, else -1."""
+def _forced(mask_seqs, mask_final, seq_count, toks, seqs) -> np.ndarray:
+    """Per mask: the single token of a non-final mask that allows exactly one token, else -1.
+
+    ``toks``/``seqs``: the tokens some state allows and their sequence (every other token is never allowed).
+    """
     counts = mask_seqs.astype(np.int64) @ seq_count
     out = np.full(len(mask_seqs), -1, dtype=np.int64)
     single = np.flatnonzero((counts == 1) & ~mask_final)
     if len(single):
         seq = np.argmax(mask_seqs[single] & (seq_count > 0)[None, :], axis=1)
-        # the token of each such sequence: the smallest id with that sequence
-        valid = np.flatnonzero(tok_seq >= 0)
-        order = valid[np.argsort(tok_seq[valid], kind="stable")]
-        ptr = np.searchsorted(tok_seq[order], seq)
-        out[single] = order[ptr]
+        # the one token of each such sequence (a sequence of count 1)
+        tok_of = np.full(len(seq_count), -1, dtype=np.int64)
+        hit = np.isin(seqs, seq)
+        tok_of[seqs[hit]] = toks[hit]
+        out[single] = tok_of[seq]
     return out
