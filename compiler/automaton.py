@@ -67,7 +67,8 @@ class TokenAutomaton:
         "eos_id",
         "unconstrained",
         "next_table",
-        "tok_seq",
+        "_tok_seq",
+        "_touched",
         "final",
         "stopped",
         "mask_of_state",
@@ -88,7 +89,7 @@ class TokenAutomaton:
         unconstrained: bool,
         eos_id: int | None = None,
         next_table: np.ndarray,
-        tok_seq: np.ndarray,
+        tok_seq: np.ndarray | None,
         final: np.ndarray,
         stopped: np.ndarray,
         mask_of_state: np.ndarray,
@@ -96,6 +97,7 @@ class TokenAutomaton:
         mask_final: np.ndarray,
         min_tokens_to_end: np.ndarray,
         forced_token: np.ndarray,
+        touched: tuple[np.ndarray, np.ndarray, int] | None = None,
     ) -> None:
         self.vocab = vocab
         self.initial = int(initial)
@@ -103,7 +105,11 @@ class TokenAutomaton:
         self.eos_id = int(vocab.eos_id if eos_id is None else eos_id)
         self.unconstrained = bool(unconstrained)
         self.next_table = next_table
-        self.tok_seq = tok_seq
+        # ``tok_seq`` is built on first use from ``touched`` (the allowed tokens, their sequences and the
+        # vocabulary size) when the builder gives only those: a narrow language touches a few hundred tokens,
+        # and filling a vocabulary-wide array belongs to the first decoding step, not to the compile.
+        self._tok_seq = tok_seq
+        self._touched = touched
         self.final = final
         self.stopped = stopped
         self.mask_of_state = mask_of_state
@@ -121,15 +127,27 @@ class TokenAutomaton:
     def n_states(self) -> int:
         return len(self.final)
 
+    @property
+    def tok_seq(self) -> np.ndarray:
+        """int32[V]: token -> sequence (column), -1 for tokens never allowed."""
+        if self._tok_seq is None:
+            toks, seqs, v = self._touched
+            tok_seq = np.full(v, -1, dtype=np.int32)
+            tok_seq[toks] = seqs
+            self._tok_seq = tok_seq
+        return self._tok_seq
+
     def allowed(self, state: int) -> np.ndarray:
         """int32 sorted token ids allowed in ``state``; EOS included iff ``is_final(state)``."""
         return self.mask(int(self.mask_of_state[state]))
 
     def step(self, state: int, token_id: int) -> int:
         """Next state, or -1 if ``token_id`` is rejected (EOS is never stepped: the runtime ends the hole)."""
-        if state < 0 or not 0 <= token_id < len(self.tok_seq):
+        seq = self._tok_seq if self._tok_seq is not None else self.tok_seq
+        if state < 0 or not 0 <= token_id < len(seq):
             return -1
-        return int(self.next_table[state, self.tok_seq[token_id]])
+        # ``item`` skips NumPy scalar objects (this runs once per decoded token); column -1 rejects
+        return self.next_table.item(state, seq.item(token_id))
 
     def step_many(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Vectorized ``step``: int32[B] states and int32[B] tokens -> int32[B] next states."""
@@ -175,6 +193,11 @@ class TokenAutomaton:
 
     def _groups(self) -> tuple[np.ndarray, np.ndarray]:
         """Tokens grouped by sequence: ``order`` (token ids, by sequence then id) and CSR ``ptr[U + 1]``."""
+        if self._seq_groups is None and self._touched is not None:
+            toks, seqs, _ = self._touched
+            order = np.lexsort((toks, seqs))
+            ptr = np.searchsorted(seqs[order], np.arange(self.mask_seqs.shape[1] + 1)).astype(np.int64)
+            self._seq_groups = (toks[order].astype(np.int32), ptr)
         if self._seq_groups is None:
             seq = self.tok_seq
             valid = np.flatnonzero(seq >= 0)
@@ -275,8 +298,6 @@ class TokenAutomaton:
             toks, seqs = toks[keep], seqs[keep]
         n_cols = table.shape[1]
         seq_count = np.bincount(seqs, minlength=n_cols)
-        tok_seq = np.full(vocab.size, -1, dtype=np.int32)
-        tok_seq[toks] = seqs
         key = np.packbits(live, axis=1)
         key = np.concatenate([key, final[:, None].astype(np.uint8)], axis=1)
         first, mask_of_state = unique_rows(key)
@@ -291,7 +312,8 @@ class TokenAutomaton:
             initial=0,
             unconstrained=False,
             next_table=ext,
-            tok_seq=tok_seq,
+            tok_seq=None,
+            touched=(toks, seqs.astype(np.int32), vocab.size),
             final=final,
             stopped=stopped,
             mask_of_state=mask_of_state.astype(np.int32),

@@ -223,6 +223,21 @@ class _Template:
         return nid
 
 
+_TEMPLATES: dict[tuple[bytes, bytes], _Template] = {}
+
+
+def _template(starts: np.ndarray, iclass: np.ndarray) -> _Template:
+    """The template of an alphabet partition, kept per partition (a pure function of it; most holes share a
+    few partitions, and building one walks every UTF-8 range in Python)."""
+    key = (np.asarray(starts, np.int64).tobytes(), np.asarray(iclass, np.int32).tobytes())
+    got = _TEMPLATES.get(key)
+    if got is None:
+        if len(_TEMPLATES) >= 256:
+            _TEMPLATES.pop(next(iter(_TEMPLATES)))
+        got = _TEMPLATES[key] = _Template(starts, iclass)
+    return got
+
+
 def expand_utf8(c: CharDFA) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Byte table of a char DFA: ``(trans int32[Sb, 256], final bool[Sb], stopped bool[Sb])``.
 
@@ -230,7 +245,7 @@ def expand_utf8(c: CharDFA) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     (template node, targets of the classes below it), shared by every char state with the same targets.
     """
     s = c.n_states
-    tmpl = _Template(c.starts, c.iclass)
+    tmpl = _template(c.starts, c.iclass)
     t = len(tmpl.children)
     inst = np.full((s, t), -1, dtype=np.int64)  # byte state of (char state, template node)
     reps: list[tuple[int, np.ndarray]] = []
@@ -335,7 +350,10 @@ class ByteDFA:
 
     @classmethod
     def from_chardfa(cls, c: CharDFA) -> ByteDFA:
-        c = charlang.minimize(c)
+        return cls._from_minimal(charlang.minimize(c))
+
+    @classmethod
+    def _from_minimal(cls, c: CharDFA) -> ByteDFA:
         table, final, stopped = expand_utf8(c)
         first, inv = charlang.unique_rows(table.T)  # byte equivalence classes: identical columns
         table, final, stopped = _merge_identical_rows(
@@ -383,7 +401,8 @@ class ByteDFA:
                     f"({', '.join(repr(s.phrase) for s in ir.stops)})",
                     span,
                 )
-        return cls.from_chardfa(lang)
+            return cls.from_chardfa(lang)
+        return cls._from_minimal(lang)  # minimized above
 
     @classmethod
     def from_regex(cls, pattern: str) -> ByteDFA:

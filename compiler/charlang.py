@@ -247,6 +247,9 @@ def _reachable(trans: np.ndarray, initial: int) -> np.ndarray:
     return np.asarray(seen, dtype=bool)
 
 
+_ROW_WEIGHTS: dict[int, np.ndarray] = {}
+
+
 def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct rows of a 2-D integer array, fast: ``(first, inverse)``.
 
@@ -257,7 +260,19 @@ def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = a.shape[0]
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    w = np.random.default_rng(0x1A2B).integers(1, 2**62, size=a.shape[1], dtype=np.int64) | 1
+    if n * a.shape[1] <= 512:  # small tables: a dict of tuples beats a dozen NumPy calls
+        groups: dict[tuple, int] = {}
+        first_l: list[int] = []
+        inv_l = []
+        for i, row in enumerate(map(tuple, a.tolist())):
+            g = groups.setdefault(row, len(first_l))
+            if g == len(first_l):
+                first_l.append(i)
+            inv_l.append(g)
+        return np.asarray(first_l, np.int64), np.asarray(inv_l, np.int64)
+    w = _ROW_WEIGHTS.get(a.shape[1])
+    if w is None:  # drawing them costs more than hashing a small table: once per width
+        w = _ROW_WEIGHTS[a.shape[1]] = np.random.default_rng(0x1A2B).integers(1, 2**62, size=a.shape[1], dtype=np.int64) | 1
     with np.errstate(over="ignore"):
         h = (a.astype(np.int64) + 2) @ w
     _, first, inv = np.unique(h, return_index=True, return_inverse=True)
