@@ -185,3 +185,20 @@ def test_printing_to_a_file_object() -> None:
     buf = io.StringIO()
     result = lmqc.run(TWO_HOLES, output_writer=lmqc.streaming.PrintingWriter(buf))
     assert buf.getvalue() == result.prompt + "\n"
+
+
+@pytest.mark.model
+def test_gemma_streams_tokens_sync_and_async() -> None:
+    q = '"Q: Name a color.\\nA:[A]" where STOPS_BEFORE(A, "\\n") and len(TOKENS(A)) < 6'
+    compiled = lmqc.compile(q, "gemma-3-270m")
+    events = list(lmqc.stream(compiled))
+    result = events[-1].result
+    assert _transcript(events) == result.prompt
+    assert len([e for e in events if e.kind == "token"]) >= 1
+    assert "\n" not in "".join(e.text for e in events if e.kind == "token")
+
+    async def collect():
+        return [e async for e in lmqc.stream(compiled)]
+
+    aevents = asyncio.run(collect())
+    assert _transcript(aevents) == aevents[-1].result.prompt
