@@ -94,3 +94,23 @@ def test_async_run_and_async_query_functions(tiny_default) -> None:
     a, b, c = asyncio.run(main())
     assert a.prompt is not None and b.prompt.startswith("About cats: ") and c.return_value is not None
     assert asyncio.run(lmqc.generate("Hi", max_tokens=3)) is not None
+
+
+def test_error_classes_are_the_python_ones(tiny_default) -> None:
+    with pytest.raises(SyntaxError) as info:
+        lmqc.run('"unclosed [X"\n')
+    assert isinstance(info.value, lmqc.QuerySyntaxError) and info.value.lineno == 1
+    with pytest.raises(TypeError) as info:
+        lmqc.run('"{missing} [X]" where len(X) < 3')
+    assert isinstance(info.value, lmqc.QueryTypeError)
+
+
+def test_from_a_model_expression_and_is_async_for_source_queries(tiny_default) -> None:
+    import asyncio
+
+    r = lmqc.run('"Hi [X]" where len(X) < 3\nfrom lmql.model("lmqc:tiny", n_ctx=512)\n')
+    assert r.prompt.startswith("Hi ")
+    q = lmqc.query('"About {t}: [X]" where len(X) < 4', is_async=True)
+    awaitable = q("owls")
+    assert asyncio.iscoroutine(awaitable)
+    assert asyncio.run(awaitable).prompt == lmqc.run('"About {t}: [X]" where len(X) < 4', t="owls").prompt
