@@ -125,14 +125,8 @@ def choose_argmax(row: np.ndarray, ids: np.ndarray | None, dense: Dense | None) 
     if ids is not None:
         if len(ids) == 0:
             return -1
-        return int(ids[int(np.argmax(np.take(row, ids)))])
-    t = int(np.argmax(row))
-    if dense.contains(t):  # the common case: the model's favourite is allowed anyway
-        return t
-    buf = _work_row(len(row))
-    np.add(row, dense.bias, out=buf)
-    t = int(np.argmax(buf))
-    return t if np.isfinite(buf[t]) else -1
+        return ids.item(row[ids].argmax())  # methods, not np.* wrappers: a few µs less per step
+    return dense.argmax(row)
 
 
 def top_n(row: np.ndarray, ids: np.ndarray | None, dense: Dense | None, n: int) -> tuple[np.ndarray, np.ndarray]:
