@@ -117,3 +117,8 @@ class MaxLenError(DecodeError):
 
 class ServeError(LmqcError):
     """Two-process mode (``lmqc serve``): the server cannot be reached, refused a request, or broke the protocol."""
+
+
+class ServeTimeoutError(ServeError, TimeoutError):
+    """``lmqc serve`` did not accept the connection or answer in time (the client's connect / read timeouts).
+    Also a ``TimeoutError``."""

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
+import os
+import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lmqc.cache import atomic_write, cache_dir
-from lmqc.errors import ArtifactError, DecodeError, ServeError
+from lmqc.errors import ArtifactError, DecodeError, ServeError, ServeTimeoutError, VocabularyError
 
 from .protocol import (
     PROTOCOL,
+    ProtocolError,
     arrays_to_npz,
     automaton_hash,
     decode_completion,
@@ -34,6 +38,7 @@ from .protocol import (
     encode_text,
     npz_to_arrays,
     parse_endpoint,
+    rng_from_state,
 )
 
 if TYPE_CHECKING:
@@ -41,7 +46,43 @@ if TYPE_CHECKING:
 
     from .decode import Completion, DecodeRequest
 
-__all__ = ["RemoteModel", "remote_model"]
+__all__ = ["CONNECT_TIMEOUT", "MAX_RESPONSE_BYTES", "READ_TIMEOUT", "RemoteModel", "remote_model"]
+
+#: Default seconds to open a connection: a server on a reachable host accepts in milliseconds, so a longer wait
+#: means a wrong address, a firewall dropping packets, or a server too wedged to accept.
+CONNECT_TIMEOUT = 10.0
+#: Default seconds for one whole response, from sending the request to its last byte. One ``/decode`` request
+#: decodes a whole hole, possibly queued behind other clients' holes: minutes on a CPU are normal, an hour is not.
+READ_TIMEOUT = 600.0
+#: Largest response body read (a vocabulary is a few MB, a decode response of 16 branches of 32k tokens ~4 MB).
+MAX_RESPONSE_BYTES = 256 << 20
+
+
+def _env_timeout(name: str, default: float) -> float | None:
+    """A timeout from the environment: seconds, or ``0`` / ``none`` for no limit."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("0", "none", "inf"):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ServeError(f"{name}={raw!r}: expected seconds (a positive number) or 0 for no limit") from None
+    if not math.isfinite(value) or value < 0:
+        raise ServeError(f"{name}={raw!r}: expected seconds (a positive number) or 0 for no limit")
+    return value or None
+
+
+def _timeout_arg(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ServeError(f"{name} must be a positive number of seconds or None (no limit), not {value!r}")
+    return float(value)
+
+
+_DEFAULT = object()
 
 
 # -- the remote model ----------------------------------------------------------------------------------------
@@ -54,19 +95,38 @@ class RemoteModel:
     ----------
     endpoint : str
         ``"HOST:PORT"`` of the server.
-    timeout : float, optional
-        Seconds to wait for any one response (default: no limit; a hole may take long).
+    timeout : float or None, optional
+        Seconds for one whole response, from sending the request to its last byte (``None``: no limit).
+        Default: ``$LMQC_TIMEOUT`` or :data:`READ_TIMEOUT` (600 s).
+    connect_timeout : float or None, optional
+        Seconds to open the connection. Default: ``$LMQC_CONNECT_TIMEOUT`` or :data:`CONNECT_TIMEOUT` (10 s).
+
+    Raises
+    ------
+    ServeTimeoutError
+        From any call, when the server does not accept or answer in time (a :class:`ServeError`).
+    ServeError
+        From any call, when the server cannot be reached, refuses, or answers something malformed.
 
     Notes
     -----
     Thread-safe: every call opens its own connection. ``tokenize`` results are cached per process.
     """
 
-    def __init__(self, endpoint: str, *, timeout: float | None = None) -> None:
+    def __init__(
+        self, endpoint: str, *, timeout: float | None | object = _DEFAULT, connect_timeout: float | None | object = _DEFAULT
+    ) -> None:
         self.endpoint = parse_endpoint(endpoint)
         self.host, port = self.endpoint.rsplit(":", 1)
         self.port = int(port)
-        self.timeout = timeout
+        self.timeout = (
+            _env_timeout("LMQC_TIMEOUT", READ_TIMEOUT) if timeout is _DEFAULT else _timeout_arg("timeout", timeout)  # type: ignore[arg-type]
+        )
+        self.connect_timeout = (
+            _env_timeout("LMQC_CONNECT_TIMEOUT", CONNECT_TIMEOUT)
+            if connect_timeout is _DEFAULT
+            else _timeout_arg("connect_timeout", connect_timeout)  # type: ignore[arg-type]
+        )
         self._info: dict[str, Any] | None = None
         self._vocab: Vocabulary | None = None
         self._lock = threading.Lock()
@@ -81,45 +141,96 @@ class RemoteModel:
     def _request(
         self, method: str, path: str, body: bytes | None = None, *, content_type: str = "application/json"
     ) -> tuple[int, bytes, str]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        """One HTTP exchange: ``(status, body, content type)``; every failure is a :class:`ServeError`."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+        where = f"lmqc serve at {self.endpoint}"
+        try:
+            conn.connect()
+        except ConnectionRefusedError:
+            conn.close()
+            raise ServeError(
+                f"cannot reach {where}: connection refused (start one with `lmqc serve --model M --port PORT`)"
+            ) from None
+        except TimeoutError:
+            conn.close()
+            raise ServeTimeoutError(
+                f"cannot reach {where}: no connection within {self.connect_timeout:g} s "
+                "(connect_timeout=, $LMQC_CONNECT_TIMEOUT)"
+            ) from None
+        except OSError as e:
+            conn.close()
+            raise ServeError(f"cannot reach {where}: {type(e).__name__}: {e}") from None
+        # http.client's timeout bounds each socket operation only: a server that sends a byte now and then
+        # would hold us forever. A timer bounds the whole exchange by shutting the socket down, which wakes
+        # a blocked send or receive.
+        expired = threading.Event()
+        timer = None
+        sock = conn.sock
+        sock.settimeout(self.timeout)
+        if self.timeout is not None:
+
+            def expire() -> None:
+                expired.set()
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
+
+            timer = threading.Timer(self.timeout, expire)
+            timer.daemon = True
+            timer.start()
         try:
             headers = {"Content-Type": content_type} if body is not None else {}
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
-            return resp.status, resp.read(), resp.getheader("Content-Type", "")
-        except ConnectionRefusedError:
-            raise ServeError(
-                f"cannot reach lmqc serve at {self.endpoint}: connection refused "
-                "(start one with `lmqc serve --model M --port PORT`)"
-            ) from None
-        except (OSError, http.client.HTTPException) as e:
-            raise ServeError(f"lmqc serve at {self.endpoint}: {type(e).__name__}: {e}") from None
+            data = _read_bounded(resp)
+            if expired.is_set():
+                raise TimeoutError
+            return resp.status, data, resp.getheader("Content-Type", "") or ""
+        except (TimeoutError, OSError, http.client.HTTPException) as e:
+            if expired.is_set() or isinstance(e, TimeoutError):
+                raise ServeTimeoutError(
+                    f"{where} did not answer {method} {path} within {self.timeout:g} s (timeout=, $LMQC_TIMEOUT)"
+                ) from None
+            raise ServeError(f"{where}: {type(e).__name__}: {e}") from None
+        except _TooLarge:
+            raise ServeError(f"{where} sent a response over {MAX_RESPONSE_BYTES >> 20} MiB to {method} {path}") from None
         finally:
+            if timer is not None:
+                timer.cancel()
             conn.close()
 
     def _json(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         body = None if payload is None else json.dumps(payload, allow_nan=False).encode("utf-8")
         status, data, _ = self._request(method, path, body)
-        return self._check(status, data)
+        return self._check(status, data, f"{method} {path}")
 
-    def _check(self, status: int, data: bytes) -> dict[str, Any]:
+    def _check(self, status: int, data: bytes, what: str = "the request") -> dict[str, Any]:
+        """The JSON object of a 200 response; an error response (or anything malformed) raised as an LmqcError."""
+        where = f"lmqc serve at {self.endpoint}"
         try:
-            out = json.loads(data.decode("utf-8")) if data else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            out = {"message": data[:200].decode("utf-8", "replace")}
-        if not isinstance(out, dict):
-            raise ServeError(f"lmqc serve at {self.endpoint}: malformed response")
+            out = json.loads(data.decode("utf-8")) if data else None
+        except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+            out = None
         if status == 200:
+            if not isinstance(out, dict):
+                raise ServeError(f"{where} sent a malformed response to {what} (expected a JSON object): {_excerpt(data)}")
             return out
-        msg = str(out.get("message") or out.get("error") or f"HTTP {status}")
+        if not isinstance(out, dict):
+            raise ServeError(f"{where} refused {what} (HTTP {status}): {_excerpt(data) or 'no body'}")
+        msg = out.get("message") or out.get("error") or f"HTTP {status}"
+        msg = msg if isinstance(msg, str) else _excerpt(json.dumps(msg).encode())
         kind = out.get("error")
         if kind == "decode_error":
             raise DecodeError(msg)
         if kind == "vocabulary_mismatch":
             raise ArtifactError(msg)
         if kind == "unknown_automata":
-            raise _Missing(list(out.get("missing") or []))
-        raise ServeError(f"lmqc serve at {self.endpoint} refused the request (HTTP {status}): {msg}")
+            missing = out.get("missing")
+            if not isinstance(missing, list) or not all(isinstance(h, str) for h in missing):
+                raise ServeError(f"{where} sent a malformed unknown_automata error: {_excerpt(data)}")
+            raise _Missing(missing)
+        raise ServeError(f"{where} refused {what} (HTTP {status}): {msg}")
 
     # -- model description ----------------------------------------------------------------------------------
 
@@ -132,6 +243,9 @@ class RemoteModel:
                     f"lmqc serve at {self.endpoint} speaks protocol {info.get('protocol')!r}; this lmqc speaks "
                     f"{PROTOCOL}: use matching lmqc versions"
                 )
+            fp = info.get("vocab_fingerprint")
+            if not isinstance(fp, str) or not fp:
+                raise ServeError(f"lmqc serve at {self.endpoint} sent /info without a vocabulary fingerprint")
             self._info = info
         return self._info
 
@@ -146,7 +260,6 @@ class RemoteModel:
             if self._vocab is not None:
                 return self._vocab
             from lmqc.compiler.vocabulary import Vocabulary
-            from lmqc.errors import VocabularyError
 
             fp = self.fingerprint
             path = cache_dir("remote-vocab") / f"{fp[:32]}.npz"
@@ -156,15 +269,15 @@ class RemoteModel:
                     vocab = Vocabulary.from_arrays(npz_to_arrays(path.read_bytes()))
                     if vocab.fingerprint != fp:
                         vocab = None
-                except (OSError, ValueError, VocabularyError):
+                except (OSError, ValueError, TypeError, IndexError, KeyError, OverflowError, VocabularyError):
                     vocab = None
             if vocab is None:
                 status, data, _ = self._request("GET", "/vocab")
                 if status != 200:
-                    self._check(status, data)
+                    self._check(status, data, "GET /vocab")
                 try:
                     vocab = Vocabulary.from_arrays(npz_to_arrays(data))
-                except (ValueError, VocabularyError) as e:
+                except (ValueError, TypeError, IndexError, KeyError, OverflowError, VocabularyError) as e:
                     raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed vocabulary: {e}") from None
                 if vocab.fingerprint != fp:
                     raise ServeError(f"lmqc serve at {self.endpoint} sent a vocabulary that does not match its fingerprint")
@@ -186,7 +299,10 @@ class RemoteModel:
                 self._tok_cache.move_to_end(key)
                 return list(hit)
         body = {"protocol": PROTOCOL, "texts": [encode_text(text)], "bos": bool(bos), "special": bool(special)}
-        ids = [int(t) for t in self._json("POST", "/tokenize", body)["ids"][0]]
+        out = self._json("POST", "/tokenize", body).get("ids")
+        if not (isinstance(out, list) and len(out) == 1 and isinstance(out[0], list)):
+            raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed /tokenize response (ids)")
+        ids = self._token_ids(out[0], "/tokenize ids")
         with self._lock:
             self._tok_cache[key] = ids
             while len(self._tok_cache) > 4096:
@@ -226,18 +342,27 @@ class RemoteModel:
                     self._upload(h, arrays[h])
         else:
             raise ServeError(f"lmqc serve at {self.endpoint} keeps evicting this query's automata (cache too small?)")
-        if out.get("rng") is not None:
-            request.rng.bit_generator.state = out["rng"]
+        raw = out.get("completions")
+        if not isinstance(raw, list):
+            raise ServeError(f"lmqc serve at {self.endpoint} sent a /decode response without completions")
         try:
-            return [decode_completion(c) for c in out["completions"]]
-        except (KeyError, TypeError, ValueError) as e:
+            completions = [decode_completion(c, len(request.contexts)) for c in raw]
+        except ProtocolError as e:
             raise ServeError(f"lmqc serve at {self.endpoint} sent malformed completions: {e}") from None
+        if out.get("rng") is not None:
+            # checked on a generator of its own first: a bad state must not half-update the caller's generator
+            try:
+                state = rng_from_state(out["rng"]).bit_generator.state
+                request.rng.bit_generator.state = state
+            except (ProtocolError, TypeError, ValueError, KeyError) as e:
+                raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed generator state: {e}") from None
+        return completions
 
     def _upload(self, digest: str, arrays: dict[str, np.ndarray]) -> None:
         status, data, _ = self._request(
             "PUT", f"/automata/{digest}", arrays_to_npz(arrays), content_type="application/octet-stream"
         )
-        self._check(status, data)
+        self._check(status, data, "PUT /automata")
         self._uploaded.add(digest)
 
     def score_options(self, context: Sequence[int], options: Sequence[Sequence[int]]) -> np.ndarray:
@@ -252,7 +377,44 @@ class RemoteModel:
                 "options": [[int(t) for t in o] for o in options],
             },
         )
-        return np.asarray([decode_float(x) for x in out["logprobs"]], np.float64)
+        lps = out.get("logprobs")
+        if not isinstance(lps, list) or len(lps) != len(options):
+            raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed /score response (logprobs)")
+        try:
+            return np.asarray([decode_float(x) for x in lps], np.float64)
+        except ProtocolError as e:
+            raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed /score response: {e}") from None
+
+    def _token_ids(self, ids: Any, what: str) -> list[int]:
+        if not all(type(t) is int and t >= 0 for t in ids):
+            raise ServeError(f"lmqc serve at {self.endpoint} sent malformed {what} (not token ids)")
+        return list(ids)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read_bounded(resp: http.client.HTTPResponse) -> bytes:
+    """A response's body, refusing more than :data:`MAX_RESPONSE_BYTES` before holding it."""
+    length = resp.getheader("Content-Length")
+    if length is not None and length.strip().isdigit() and int(length) > MAX_RESPONSE_BYTES:
+        raise _TooLarge
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        chunk = resp.read(1 << 20)
+        if not chunk:
+            return b"".join(parts)
+        total += len(chunk)
+        if total > MAX_RESPONSE_BYTES:
+            raise _TooLarge
+        parts.append(chunk)
+
+
+def _excerpt(data: bytes, limit: int = 200) -> str:
+    text = data[:limit].decode("utf-8", "replace").strip()
+    return text + (" ..." if len(data) > limit else "")
 
 
 class _Missing(Exception):

@@ -387,18 +387,46 @@ def encode_completion(c: Completion) -> dict[str, Any]:
     }
 
 
-def decode_completion(d: dict[str, Any]) -> Completion:
+_ENDINGS = frozenset({"eos", "stop", "max_tokens", "max_len"})
+
+
+def decode_completion(d: Any, branches: int | None = None) -> Completion:
+    """A completion of a ``POST /decode`` response, every field checked (``ProtocolError`` says which).
+
+    ``branches``: the request's number of contexts, which ``parent`` must index.
+    """
     from .decode import Completion
 
+    if not isinstance(d, dict):
+        raise ProtocolError(f"a completion must be an object, not {type(d).__name__}")
+    missing = {"parent", "tokens", "value", "context", "logprob", "score", "ending", "state"} - d.keys()
+    if missing:
+        raise ProtocolError(f"a completion lacks {', '.join(sorted(missing))}")
+    parent = d["parent"]
+    if type(parent) is not int or parent < 0 or (branches is not None and parent >= branches):
+        raise ProtocolError(f"completion parent {parent!r} is not the index of a context")
+    for key in ("tokens", "context"):
+        if not isinstance(d[key], list) or not all(type(t) is int and t >= 0 for t in d[key]):
+            raise ProtocolError(f"completion {key} must be a list of token ids")
+    if not isinstance(d["value"], str):
+        raise ProtocolError("completion value must be base64 text")
+    try:
+        value = base64.b64decode(d["value"], validate=True)
+    except ValueError as e:
+        raise ProtocolError(f"completion value is not base64 ({e})") from None
+    if d["ending"] not in _ENDINGS:
+        raise ProtocolError(f"completion ending {d['ending']!r} is not one of {', '.join(sorted(_ENDINGS))}")
+    if type(d["state"]) is not int:
+        raise ProtocolError("completion state must be an integer")
     return Completion(
-        parent=int(d["parent"]),
-        tokens=[int(t) for t in d["tokens"]],
-        value=base64.b64decode(d["value"]),
-        context=[int(t) for t in d["context"]],
+        parent=parent,
+        tokens=list(d["tokens"]),
+        value=value,
+        context=list(d["context"]),
         logprob=decode_float(d["logprob"]),
         score=decode_float(d["score"]),
-        ending=str(d["ending"]),
-        state=int(d["state"]),
+        ending=d["ending"],
+        state=d["state"],
     )
 
 

@@ -3,13 +3,19 @@ that never answers or answers garbage, and very large queries (parse memory, err
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import threading
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 import lmqc
-from lmqc.errors import DecodeError, LmqcError, QueryTypeError
+from lmqc.errors import DecodeError, LmqcError, QueryTypeError, ServeError, ServeTimeoutError
 from lmqc.runtime.decode import Beam, Sample, parse_strategy
 from lmqc.runtime.decode.masks import Dense
 from lmqc.runtime.decode.strategies import choose_sample
@@ -111,3 +117,331 @@ def test_branch_count_cap() -> None:
         parse_strategy("beam", n=MAX_BRANCHES + 1)
     assert Beam(MAX_BRANCHES).n == MAX_BRANCHES
     assert issubclass(QueryTypeError, LmqcError)
+
+
+# -- the client against servers that misbehave ---------------------------------------------------------------
+
+_INFO = {"protocol": 1, "vocab_fingerprint": "f" * 64, "model": "fake", "vocab_size": 300}
+
+
+class _FakeServer:
+    """A raw TCP server: each connection's request is read, then ``respond(method, path, sock)`` writes anything."""
+
+    def __init__(self, respond: Callable[[str, str, socket.socket], None]) -> None:
+        self.respond = respond
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            length = next((int(v) for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.lower() == "content-length"), 0)
+            while len(body) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                body += chunk
+            self.respond(method, path, conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def fake_server():
+    servers: list[_FakeServer] = []
+
+    def make(respond: Callable[[str, str, socket.socket], None]) -> _FakeServer:
+        servers.append(_FakeServer(respond))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def _http(status: int, body: bytes, *, ctype: str = "application/json", length: int | None = None) -> bytes:
+    n = len(body) if length is None else length
+    return f"HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {n}\r\n\r\n".encode() + body
+
+
+def _routes(**paths: bytes) -> Callable[[str, str, socket.socket], None]:
+    """Answer ``/info`` properly and every other path as given (raw HTTP bytes)."""
+
+    def respond(method: str, path: str, sock: socket.socket) -> None:
+        if path == "/info" and "info" not in paths:
+            sock.sendall(_http(200, json.dumps(_INFO).encode()))
+            return
+        sock.sendall(paths[path.strip("/").split("/")[0]])
+
+    return respond
+
+
+def test_client_timeout_defaults_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmqc.runtime.client import CONNECT_TIMEOUT, READ_TIMEOUT, RemoteModel
+
+    monkeypatch.delenv("LMQC_TIMEOUT", raising=False)
+    monkeypatch.delenv("LMQC_CONNECT_TIMEOUT", raising=False)
+    m = RemoteModel("127.0.0.1:9")
+    assert (m.timeout, m.connect_timeout) == (READ_TIMEOUT, CONNECT_TIMEOUT)
+    assert 0 < CONNECT_TIMEOUT <= 60 and 60 <= READ_TIMEOUT <= 3600
+    monkeypatch.setenv("LMQC_TIMEOUT", "2.5")
+    monkeypatch.setenv("LMQC_CONNECT_TIMEOUT", "0")
+    m = RemoteModel("127.0.0.1:9")
+    assert (m.timeout, m.connect_timeout) == (2.5, None)
+    assert RemoteModel("127.0.0.1:9", timeout=None, connect_timeout=1).timeout is None
+    monkeypatch.setenv("LMQC_TIMEOUT", "soon")
+    with pytest.raises(ServeError, match="LMQC_TIMEOUT"):
+        RemoteModel("127.0.0.1:9")
+    for bad in (-1, 0, float("nan"), "5"):
+        with pytest.raises(ServeError, match="timeout"):
+            RemoteModel("127.0.0.1:9", timeout=bad)
+
+
+def test_client_times_out_on_a_server_that_never_answers(fake_server) -> None:
+    from lmqc.runtime.client import RemoteModel
+
+    release = threading.Event()
+    srv = fake_server(lambda method, path, sock: release.wait(30))  # reads the request, answers nothing
+    try:
+        with pytest.raises(ServeTimeoutError, match="did not answer GET /info within 0.3 s") as e:
+            RemoteModel(srv.endpoint, timeout=0.3).info()
+        assert isinstance(e.value, LmqcError) and isinstance(e.value, TimeoutError)
+    finally:
+        release.set()
+
+
+def test_client_times_out_on_a_server_that_drips(fake_server) -> None:
+    """A byte now and then resets a per-read socket timeout; the whole response is what is bounded."""
+    from lmqc.runtime.client import RemoteModel
+
+    release = threading.Event()
+
+    def drip(method: str, path: str, sock: socket.socket) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\n")
+        while not release.wait(0.05):
+            sock.sendall(b"X")
+
+    srv = fake_server(drip)
+    try:
+        with pytest.raises(ServeTimeoutError):
+            RemoteModel(srv.endpoint, timeout=0.5).info()
+    finally:
+        release.set()
+
+
+def test_client_connect_timeout() -> None:
+    """A listener whose accept queue is full drops new connection attempts: connect_timeout ends the wait."""
+    from lmqc.runtime.client import RemoteModel
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue (never accepted)
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        probe = socket.socket()
+        probe.settimeout(0.3)
+        try:
+            probe.connect(("127.0.0.1", port))
+            pytest.skip("this kernel accepts connections beyond the listen backlog")
+        except TimeoutError:
+            pass
+        finally:
+            probe.close()
+        with pytest.raises(ServeTimeoutError, match="no connection within 0.3 s"):
+            RemoteModel(f"127.0.0.1:{port}", connect_timeout=0.3, timeout=5).info()
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+def test_client_connection_refused_is_a_serve_error() -> None:
+    from lmqc.runtime.client import RemoteModel
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(ServeError, match="connection refused"):
+        RemoteModel(f"127.0.0.1:{port}", connect_timeout=2, timeout=2).info()
+
+
+_GARBAGE = {
+    "not json": _http(200, b"<html>oops</html>", ctype="text/html"),
+    "json array": _http(200, b"[1, 2, 3]"),
+    "json string": _http(200, b'"ok"'),
+    "empty 200": _http(200, b""),
+    "deep json": _http(200, b"[" * 200_000),
+    "not utf-8": _http(200, b"\xff\xfe{}"),
+    "truncated": _http(200, b'{"ids": [[1, 2', length=500),
+    "bad status line": b"HELLO WORLD\r\n\r\n",
+    "closed": b"",
+    "huge declared": _http(200, b"{}", length=(256 << 20) + 1),
+    "500 html": _http(500, b"<h1>Internal Server Error</h1>", ctype="text/html"),
+    "502 empty": _http(502, b""),
+    "400 odd message": _http(400, b'{"error": "bad_request", "message": {"nested": [1]}}'),
+    "unknown_automata bad": _http(409, b'{"error": "unknown_automata", "missing": 7}'),
+    "unknown_automata str": _http(409, b'{"error": "unknown_automata", "missing": "abc"}'),
+}
+
+_BAD_TOKENIZE = {
+    "no ids": b"{}",
+    "ids not list": b'{"ids": "1 2 3"}',
+    "ids flat": b'{"ids": [1, 2]}',
+    "ids two rows": b'{"ids": [[1], [2]]}',
+    "ids empty": b'{"ids": []}',
+    "id string": b'{"ids": [["a"]]}',
+    "id float": b'{"ids": [[1.5]]}',
+    "id null": b'{"ids": [[null]]}',
+    "id negative": b'{"ids": [[-3]]}',
+    "id bool": b'{"ids": [[true]]}',
+}
+
+
+def _client(endpoint: str):
+    from lmqc.runtime.client import RemoteModel
+
+    return RemoteModel(endpoint, timeout=10, connect_timeout=5)
+
+
+@pytest.mark.parametrize("case", [*_GARBAGE, *_BAD_TOKENIZE])
+def test_malformed_tokenize_responses_are_serve_errors(fake_server, case: str) -> None:
+    raw = _GARBAGE[case] if case in _GARBAGE else _http(200, _BAD_TOKENIZE[case])
+    srv = fake_server(_routes(tokenize=raw))
+    with pytest.raises(ServeError) as e:
+        _client(srv.endpoint).tokenize("hello")
+    assert str(srv.port) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{}", b'{"protocol": 1}', b'{"protocol": 1, "vocab_fingerprint": 5}', b'{"protocol": "1"}', b"[]", b"null"],
+)
+def test_malformed_info_is_a_serve_error(fake_server, body: bytes) -> None:
+    srv = fake_server(_routes(info=_http(200, body)))
+    with pytest.raises(ServeError):
+        _ = _client(srv.endpoint).fingerprint
+
+
+def _completion(**over: Any) -> dict[str, Any]:
+    c = {"parent": 0, "tokens": [5], "value": "aGk=", "context": [1, 5], "logprob": -1.0, "score": -1.0,
+         "ending": "eos", "state": -1}
+    c.update(over)
+    return {k: v for k, v in c.items() if v is not _DROP}
+
+
+_DROP = object()
+_BAD_DECODE = {
+    "no completions": {},
+    "completions not list": {"completions": {"parent": 0}},
+    "completion not object": {"completions": [[0, [5]]]},
+    "missing field": {"completions": [_completion(value=_DROP)]},
+    "parent out of range": {"completions": [_completion(parent=3)]},
+    "parent negative": {"completions": [_completion(parent=-1)]},
+    "parent string": {"completions": [_completion(parent="0")]},
+    "tokens strings": {"completions": [_completion(tokens=["a"])]},
+    "context null": {"completions": [_completion(context=None)]},
+    "value not base64": {"completions": [_completion(value="***")]},
+    "value number": {"completions": [_completion(value=5)]},
+    "logprob string": {"completions": [_completion(logprob="high")]},
+    "ending unknown": {"completions": [_completion(ending="exploded")]},
+    "state float": {"completions": [_completion(state=1.5)]},
+    "rng garbage": {"completions": [_completion()], "rng": {"bit_generator": "PCG64", "state": "x"}},
+    "rng unknown kind": {"completions": [_completion()], "rng": {"bit_generator": "os.system"}},
+    "rng not object": {"completions": [_completion()], "rng": [1, 2]},
+}
+
+
+@pytest.mark.parametrize("case", [*_GARBAGE, *_BAD_DECODE])
+def test_malformed_decode_responses_are_serve_errors(fake_server, case: str) -> None:
+    from lmqc.runtime.decode.engine import request_for
+
+    raw = _GARBAGE[case] if case in _GARBAGE else _http(200, json.dumps(_BAD_DECODE[case]).encode())
+    srv = fake_server(_routes(decode=raw))
+    rng = np.random.default_rng(5)
+    before = rng.bit_generator.state
+    req = request_for([[1, 2]], None, rng=rng)
+    with pytest.raises(ServeError):
+        _client(srv.endpoint).decode(req)
+    assert rng.bit_generator.state == before  # a refused response does not move the caller's generator
+
+
+def test_well_formed_decode_response_through_the_fake_server(fake_server) -> None:
+    """The checks refuse only what is malformed: the same fake answer with valid fields decodes."""
+    from lmqc.runtime.decode.engine import request_for
+
+    state = np.random.default_rng(9).bit_generator.state
+    srv = fake_server(_routes(decode=_http(200, json.dumps({"completions": [_completion()], "rng": state}).encode())))
+    rng = np.random.default_rng(5)
+    [c] = _client(srv.endpoint).decode(request_for([[1, 2]], None, rng=rng))
+    assert (c.parent, c.tokens, c.value, c.ending, c.logprob) == (0, [5], b"hi", "eos", -1.0)
+    assert rng.bit_generator.state == state
+
+
+@pytest.mark.parametrize(
+    "case", [*_GARBAGE, "no logprobs", "logprobs string", "logprob string", "logprobs too few"]
+)
+def test_malformed_score_responses_are_serve_errors(fake_server, case: str) -> None:
+    bodies = {"no logprobs": {}, "logprobs string": {"logprobs": "x"}, "logprob string": {"logprobs": ["x", 1.0]},
+              "logprobs too few": {"logprobs": [1.0]}}
+    raw = _GARBAGE[case] if case in _GARBAGE else _http(200, json.dumps(bodies[case]).encode())
+    srv = fake_server(_routes(score=raw))
+    with pytest.raises(ServeError):
+        _client(srv.endpoint).score_options([1, 2], [[3], [4]])
+
+
+@pytest.mark.parametrize("case", ["not npz", "empty", "npz without arrays", "500 html", "truncated"])
+def test_malformed_vocabulary_is_a_serve_error(fake_server, case: str) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, buffer=np.zeros(3, np.uint8))
+    bodies = {"not npz": _http(200, b"PK\x03\x04 garbage", ctype="application/octet-stream"),
+              "empty": _http(200, b"", ctype="application/octet-stream"),
+              "npz without arrays": _http(200, buf.getvalue(), ctype="application/octet-stream")}
+    fp = os.urandom(16).hex()  # nothing cached under it
+    info = _http(200, json.dumps({**_INFO, "vocab_fingerprint": fp}).encode())
+    srv = fake_server(_routes(info=info, vocab=bodies[case] if case in bodies else _GARBAGE[case]))
+    with pytest.raises(ServeError):
+        _ = _client(srv.endpoint).vocabulary
