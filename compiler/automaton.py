@@ -619,8 +619,14 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """States reachable by tokens from ``initial`` in BFS order, plus BFS parents (state, sequence)."""
+    """States reachable by tokens from ``initial`` in BFS order, plus BFS parents (state, sequence).
+
+    Within a BFS level, new states are in ascending order, each with the first (frontier position, sequence)
+    that reaches it.
+    """
     s_n = table.shape[0]
+    if s_n > 4096:  # large automata are long chains (counters): thousands of tiny levels, cheaper in Python
+        return _token_reachable_lists(table, initial)
     parent_state = np.full(s_n, -1, dtype=np.int64)
     parent_seq = np.full(s_n, -1, dtype=np.int64)
     seen = np.zeros(s_n, dtype=bool)
@@ -644,6 +650,32 @@ def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.nd
         if len(tgt):
             order.append(tgt)
     return np.concatenate(order), parent_state, parent_seq
+
+
+def _token_reachable_lists(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_token_reachable`` over Python lists (the same order and parents)."""
+    s_n = table.shape[0]
+    rows = table.tolist()
+    parent_state = [-1] * s_n
+    parent_seq = [-1] * s_n
+    seen = [False] * s_n
+    seen[initial] = True
+    order = [initial]
+    frontier = [initial]
+    while frontier:
+        new: list[int] = []
+        for f in frontier:
+            for u, t in enumerate(rows[f]):
+                if t >= 0 and not seen[t]:
+                    seen[t] = True
+                    parent_state[t] = f
+                    parent_seq[t] = u
+                    new.append(t)
+        new.sort()
+        order.extend(new)
+        frontier = new
+    return (np.asarray(order, dtype=np.int64), np.asarray(parent_state, dtype=np.int64),
+            np.asarray(parent_seq, dtype=np.int64))
 
 
 def _pending_text(state, parent_state, parent_seq, toks, seqs, vocab: Vocabulary) -> str:

@@ -198,6 +198,14 @@ class _Template:
         memo: dict[tuple, int] = {}
         self._build(tuple(sorted(entries)), memo)
 
+    def byte_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bytes no node tells apart: ``(first byte of each group, ascending; group of every byte)``."""
+        got = getattr(self, "_groups", None)
+        if got is None:
+            first, group = charlang.unique_rows(np.stack(self.children).T)
+            got = self._groups = (first, group)
+        return got
+
     def _build(self, entries: tuple, memo: dict) -> int:
         got = memo.get(entries)
         if got is not None:
@@ -244,8 +252,20 @@ def expand_utf8(c: CharDFA) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Byte states ``0..S-1`` are the char states; the rest are partial characters, one per distinct
     (template node, targets of the classes below it), shared by every char state with the same targets.
     """
+    table, final, stopped, group = _expand_grouped(c)
+    return table[:, group], final, stopped
+
+
+def _expand_grouped(c: CharDFA) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``expand_utf8`` with one column per group of bytes the template never tells apart: ``(trans int32[Sb, G],
+    final, stopped, group uint8-like int64[256])``, byte ``b``'s column being ``trans[:, group[b]]``.
+
+    Bytes that every template node sends to the same place have identical columns, so the table (and the byte
+    classes computed from it) need only one of them: a counter of 50,000 states is 3 columns wide, not 256.
+    """
     s = c.n_states
     tmpl = _template(c.starts, c.iclass)
+    rep_bytes, group = tmpl.byte_groups()
     t = len(tmpl.children)
     inst = np.full((s, t), -1, dtype=np.int64)  # byte state of (char state, template node)
     reps: list[tuple[int, np.ndarray]] = []
@@ -265,11 +285,12 @@ def expand_utf8(c: CharDFA) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         inst[:, n] = ids[inv]
         reps.append((n, first[live]))
     total = next_id
-    table = np.full((total, 256), -1, dtype=np.int64)
+    g_n = len(rep_bytes)
+    table = np.full((total, g_n), -1, dtype=np.int64)
 
     def fill(states: np.ndarray, n: int) -> np.ndarray:
-        ch = tmpl.children[n]
-        out = np.full((len(states), 256), -1, dtype=np.int64)
+        ch = tmpl.children[n][rep_bytes]
+        out = np.full((len(states), g_n), -1, dtype=np.int64)
         leaf = ch <= -2
         out[:, leaf] = ctrans[states][:, -ch[leaf] - 2]
         internal = ch >= 0
@@ -286,7 +307,7 @@ def expand_utf8(c: CharDFA) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     stopped = np.zeros(total, dtype=bool)
     stopped[:s] = c.stopped
     table[np.flatnonzero(stopped)] = np.flatnonzero(stopped)[:, None]  # absorbs every byte
-    return table.astype(np.int32), final, stopped
+    return table.astype(np.int32), final, stopped, group
 
 
 def _merge_identical_rows(table: np.ndarray, final: np.ndarray, stopped: np.ndarray, fixed: int):
@@ -354,14 +375,16 @@ class ByteDFA:
 
     @classmethod
     def _from_minimal(cls, c: CharDFA) -> ByteDFA:
-        table, final, stopped = expand_utf8(c)
-        first, inv = charlang.unique_rows(table.T)  # byte equivalence classes: identical columns
+        table, final, stopped, group = _expand_grouped(c)
+        # byte equivalence classes: identical columns (groups are in order of their first byte, so classes are
+        # numbered by first byte, as over all 256 columns)
+        first, inv = charlang.unique_rows(table.T)
         table, final, stopped = _merge_identical_rows(
             np.ascontiguousarray(table[:, first]), final, stopped, c.n_states
         )
         return cls(
             table.astype(np.int32),
-            inv.astype(np.uint8),
+            inv[group].astype(np.uint8),
             int(c.initial),
             final,
             stopped,

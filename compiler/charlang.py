@@ -323,6 +323,8 @@ def compress_alphabet(a: CharDFA) -> CharDFA:
 
 def minimize(a: CharDFA) -> CharDFA:
     """Hopcroft's partition refinement; states with the same future (and the same flags) merge."""
+    if _MINIMAL.get(id(a)) is a:
+        return a
     a = compress_alphabet(trim(a))
     s, k = a.trans.shape
     if s <= 1:
@@ -665,6 +667,56 @@ def regex_dfa(pattern: str) -> CharDFA:
     return trim(_make(starts, iclass, trans, spos[fsm.initial], final))
 
 
+_COUNTED = re.compile(r"(?s)(.+)\{(\d*)(,?)(\d*)\}")
+_COUNT_MIN = 256  # above this bound a one-character repetition is built as a counter (interegular is quadratic)
+
+
+def _counted_class(pattern: str) -> CharDFA | None:
+    """``C{lo,hi}`` for one character class ``C`` and a large ``hi``, as a counter of ``hi + 1`` states built
+    directly (interegular takes minutes for ``[a-z]{0,50000}``); None for any other pattern."""
+    m = _COUNTED.fullmatch(pattern)
+    if m is None or not m.group(4) and not (m.group(2) and not m.group(3)):
+        return None
+    lo = int(m.group(2) or 0)
+    hi = int(m.group(4) or m.group(2))
+    if hi < _COUNT_MIN or lo > hi:
+        return None
+    from re import _parser as sre_parse  # type: ignore[attr-defined]
+
+    try:
+        whole = sre_parse.parse(pattern)
+        atom = sre_parse.parse(m.group(1))
+    except re.error:
+        return None
+    # the split must be the regex's own: one repetition of exactly the atom, which is one character
+    if len(whole) != 1 or len(atom) != 1 or str(atom[0][0]) not in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+        return None
+    op, av = whole[0]
+    if str(op) not in ("MAX_REPEAT", "MIN_REPEAT") or (av[0], av[1]) != (lo, hi) or list(av[2]) != list(atom):
+        return None
+    one = minimize(regex_dfa(m.group(1)))
+    if one.n_states != 2 or one.final[one.initial] or (one.trans[1 - one.initial] >= 0).any():
+        return None
+    moves = one.trans[one.initial] >= 0  # the classes of the character set
+    idx = np.arange(hi + 1, dtype=np.int32)
+    trans = np.where(moves[None, :], (idx + 1)[:, None], -1).astype(np.int32)
+    trans[hi] = -1
+    out = _make(one.starts, one.iclass, trans, 0, idx >= lo)
+    _known_minimal(out)  # a chain whose states differ by how much is left: minimal, trim, classes canonical
+    return out
+
+
+_MINIMAL: dict[int, CharDFA] = {}
+
+
+def _known_minimal(a: CharDFA) -> None:
+    """Remember ``a`` as already minimal (``minimize`` then returns it as is: a 50,000-state counter spends a
+    second in trimming and refinement that cannot change it). The few most recent are kept."""
+    _MINIMAL[id(a)] = a
+    while len(_MINIMAL) > 8:
+        _MINIMAL.pop(next(iter(_MINIMAL)))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Formulas
 
@@ -713,7 +765,7 @@ def compile_language(c: Constraint | None, error: ErrorFactory = _default_error)
         if problem:
             raise error(problem, c.span)
         try:
-            return regex_dfa(c.pattern)
+            return _counted_class(c.pattern) or regex_dfa(c.pattern)
         except Exception as e:  # interegular's own "Unsupported"/parse errors name the feature
             raise error(f"regular expression not supported: {e}", c.span) from None
     if isinstance(c, StartsWith):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _oracle import all_strings, constraints, stream_status, vocabularies
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lmqc.compiler.automaton import UNREACHABLE, TokenAutomaton
 from lmqc.compiler.bytedfa import ByteDFA
@@ -208,3 +209,65 @@ def test_len_bound_tables_stay_small():
         masks.append(a.n_masks)
         assert a.nbytes < 200 * n * 4 * 80  # linear in n
     assert masks[0] == masks[1] == masks[2]  # the distinct masks do not grow with the bound
+
+
+# -- the pruned trie walk and the large-bound counter ---------------------------------------------------------
+
+_NARROW = [IsInt("X"), OneOf("X", ("12", "1 2", "a1")), Regex("X", "[0-9]{2,4}"), Regex("X", "a[b1]*"), LenCmp("X", "<", 4)]
+
+
+@st.composite
+def _wide_vocabularies(draw):
+    """Many pieces over a small alphabet: a narrow language leaves most prefixes dead (the range-walk path)."""
+    pieces = draw(st.lists(st.text(alphabet=list("ab1 2.é"), min_size=1, max_size=5).map(str.encode),
+                           min_size=40, max_size=120))
+    return [b"</s>", *pieces, *(bytes([b]) for b in range(256))]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_NARROW), _wide_vocabularies())
+def test_pruned_walk_matches_brute_force(c, pieces):
+    vocab = Vocabulary(pieces, 0, [0])
+    dfa = ByteDFA.from_ir(lower_hole("X", c))
+    a = TokenAutomaton.build(dfa, vocab)
+    check_against_dfa(a, dfa, vocab, depth=4)
+
+
+@pytest.mark.parametrize(
+    ("counted", "expanded"),
+    [
+        ("[a-z]{0,300}", "[a-z]{0,300}"),
+        ("[^x]{2,260}", "[^x]{2,260}"),
+        (".{257}", ".{257}"),
+        ("7{3,300}", "7{3,300}"),
+    ],
+)
+def test_large_bound_counter_is_the_regex_language(counted, expanded):
+    from lmqc.compiler import charlang
+
+    fast = charlang._counted_class(counted)
+    assert fast is not None
+    slow = charlang.minimize(charlang.regex_dfa(expanded))  # interegular's construction of the same language
+    assert charlang.minimize(fast) is fast
+    assert np.array_equal(fast.starts, slow.starts) and np.array_equal(fast.iclass, slow.iclass)
+    assert np.array_equal(fast.trans, slow.trans) and np.array_equal(fast.final, slow.final)
+
+
+@pytest.mark.parametrize("pattern", ["[a-z]{0,20}", "(ab){0,300}", "[a-z]{0,300}x", "a|[a-z]{0,300}", "[a-z]*"])
+def test_large_bound_counter_only_for_one_class(pattern):
+    from lmqc.compiler import charlang
+
+    assert charlang._counted_class(pattern) is None
+
+
+def test_large_bound_token_automaton():
+    vocab = Vocabulary([b"</s>", b"a", b"ab", b"abc", b"zz", b"a1", b"\xc3\xa9", b"b"], 0, [0])
+    dfa = ByteDFA.from_ir(HoleIR("X", Regex("X", "[a-z]{0,5000}")))
+    a = TokenAutomaton.build(dfa, vocab)
+    assert a.n_states == 5001
+    s = a.initial
+    for _ in range(1666):
+        s = a.step(s, 3)  # "abc"
+    assert s >= 0 and a.is_final(s)
+    assert a.step(s, 3) == -1 and a.step(s, 2) >= 0  # 4998 letters: two more fit, three do not
+    assert a.step(a.initial, 5) == -1 and a.step(a.initial, 6) == -1  # "a1", "é"
