@@ -6,11 +6,17 @@ same run, same Gemma 3 vocabulary, same eight regexes.
 
 Per engine: one-off setup per vocabulary (its tokenizer description built from lmqc's ``Vocabulary`` token
 bytes), compile (regex -> ready matcher; median of a few runs, one run if the first takes over 2 s) and the
-per-step mask fill over a 64-step random walk (the engine's own fill of a token bitmask; the walk continues with
-a random allowed non-EOS token, restarting when the value has ended; per step the median over replays of the
-same walk, plus the worst step of the first pass). lmqc's columns are its compile (``compile_query`` of the
-``"[X]" where ...`` query) and its per-step work as in compile.py: state -> mask lookup, the mask applied to a
-real Gemma logits row for argmax, and the state advance — more work than an anchor's mask fill alone.
+per-step work over a 64-step random walk. Every engine's step is the same work: the allowed set for the current
+state (an anchor fills its token bitmask; lmqc looks up the state's mask), that set applied to the same real
+Gemma logits row, and the argmax. Anchors apply the bitmask with their own CPU kernel where they ship one that
+needs neither torch nor numba (xgrammar's C++ ``apply_token_bitmask_inplace_cpu`` called on NumPy buffers,
+llguidance's ``llguidance.numpy.apply_token_bitmask_inplace``); outlines-core's NumPy kernel needs numba, so it
+gets a plain NumPy apply (the "apply" line of the output names what each engine used). lmqc applies its mask
+through the decoder's own ``choose_argmax``. The row is copied into one buffer before each (timed) step, as a
+model writes it. The state advance is timed separately, and the unconstrained step (``argmax`` of the raw row)
+is reported beside them. The walk continues with a random allowed non-EOS token, restarting when the value
+has ended; per step the median over replays of the same walk, plus the worst step of the first pass.
+lmqc's compile is ``compile_query`` of the ``"[X]" where ...`` query (parse included).
 
 An engine that is not installed or fails is reported as such, and the others still run.
 """
@@ -37,8 +43,8 @@ from _common import (  # noqa: E402
     model_path,
     real_logits,
     selected,
+    special_ids,
     stats_us,
-    step_walk,
     table,
     write_json,
 )
@@ -46,10 +52,20 @@ from _common import (  # noqa: E402
 ANCHORS = ("outlines-core", "xgrammar", "llguidance")
 
 
+def numpy_apply(logits: np.ndarray, bitmask: np.ndarray) -> None:
+    """Set the logits of tokens whose bit is clear to -inf (for an engine without a NumPy-only kernel)."""
+    logits[np.unpackbits(bitmask.view(np.uint8), bitorder="little", count=len(logits)) == 0] = -np.inf
+
+
 class Engine:
-    """Uniform driver: setup(vocab) once, compile(regex), matcher(compiled), fill(m, bitmask), advance(m, tok)."""
+    """Uniform driver: setup(vocab) once, compile(regex), matcher(compiled), fill(m, bitmask), apply(logits,
+    bitmask), advance(m, tok)."""
 
     name = "?"
+    apply_name = "NumPy (unpackbits; the engine's own kernel needs numba)"
+
+    def apply(self, logits: np.ndarray, bitmask: np.ndarray) -> None:
+        numpy_apply(logits, bitmask)
 
     def setup(self, vocab: Any) -> None:
         raise NotImplementedError
@@ -102,10 +118,14 @@ class Outlines(Engine):
 class XGrammar(Engine):
     name = "xgrammar"
 
+    apply_name = "xgrammar C++ apply_token_bitmask_inplace_cpu on NumPy buffers"
+
     def setup(self, vocab: Any) -> None:
         import xgrammar as xgr
+        from xgrammar.base import _core
 
         self.xgr = xgr
+        self._kernel = _core.kernels.apply_token_bitmask_inplace_cpu
         pieces = _pieces(vocab)
         self.info = xgr.TokenizerInfo(pieces, xgr.VocabType.RAW, vocab_size=vocab.size, stop_token_ids=[vocab.eos_id])
 
@@ -120,6 +140,11 @@ class XGrammar(Engine):
     def fill(self, m: Any, bitmask: np.ndarray) -> None:
         m.fill_next_token_bitmask(bitmask[None, :])
 
+    def apply(self, logits: np.ndarray, bitmask: np.ndarray) -> None:
+        # what xgrammar.apply_token_bitmask_inplace runs for CPU tensors, without building torch tensors
+        v, w = len(logits), len(bitmask)
+        self._kernel(logits.ctypes.data, (1, v), (v, 1), bitmask.ctypes.data, (1, w), (w, 1), v, None, "float32")
+
     def advance(self, m: Any, tok: int) -> None:
         if not m.accept_token(tok):
             raise RuntimeError(f"xgrammar rejected token {tok} it allowed")
@@ -127,6 +152,8 @@ class XGrammar(Engine):
 
 class LLGuidance(Engine):
     name = "llguidance"
+
+    apply_name = "llguidance.numpy.apply_token_bitmask_inplace"
 
     def setup(self, vocab: Any) -> None:
         import llama_cpp
@@ -161,6 +188,9 @@ class LLGuidance(Engine):
     def fill(self, m: Any, bitmask: np.ndarray) -> None:
         m.unsafe_compute_mask_ptr(bitmask.ctypes.data, bitmask.size * 4)
 
+    def apply(self, logits: np.ndarray, bitmask: np.ndarray) -> None:
+        self.lln.apply_token_bitmask_inplace(logits, bitmask)
+
     def advance(self, m: Any, tok: int) -> None:
         if not m.consume_token(tok):
             raise RuntimeError(f"llguidance rejected token {tok}: {m.get_error()}")
@@ -170,41 +200,117 @@ ENGINES: dict[str, Callable[[], Engine]] = {"outlines-core": Outlines, "xgrammar
 
 
 def _allowed(bitmask: np.ndarray, V: int) -> np.ndarray:
-    return np.flatnonzero(np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:V])
+    return np.flatnonzero(np.unpackbits(bitmask.view(np.uint8), bitorder="little", count=V))
 
 
-def walk(engine: Engine, compiled: Any, V: int, eos: int, steps: int, passes: int, seed: int = 1) -> dict[str, Any]:
-    """Random walk: per step the mask fill is timed; the first pass picks the tokens, later passes replay them."""
+class _Lmqc:
+    """lmqc's side of the walk: the state's allowed set (``HoleTables.allowed``), ``choose_argmax`` on the row,
+    ``automaton.step``."""
+
+    def __init__(self, automaton: Any, vocab: Any) -> None:
+        from lmqc.runtime.decode import HoleSpec
+        from lmqc.runtime.decode.hole import HoleTables
+        from lmqc.runtime.decode.strategies import choose_argmax
+
+        self.a = automaton
+        self.hole = HoleTables(HoleSpec(automaton), vocab.size, vocab.eos_id, special_ids(vocab))
+        self.choose_argmax = choose_argmax
+        self.state, self.n = int(automaton.initial), 0
+        self.ids: Any = None
+        self.dense: Any = None
+
+    def restart(self) -> None:
+        self.state, self.n = int(self.a.initial), 0
+
+    def step(self, row: np.ndarray) -> int:
+        self.ids, self.dense = self.hole.allowed(self.state, self.n)
+        return self.choose_argmax(row, self.ids, self.dense)
+
+    def allowed(self) -> np.ndarray:
+        return self.ids if self.ids is not None else self.dense.all_ids()
+
+    def advance(self, tok: int) -> None:
+        self.state = self.a.step(self.state, tok)
+        self.n += 1
+
+
+def walk(engine: Engine | None, compiled: Any, vocab: Any, rows: np.ndarray, steps: int, passes: int,
+         seed: int = 1) -> dict[str, Any]:
+    """Random walk; per step the allowed set + apply + argmax is timed (and the advance separately).
+
+    ``engine=None`` walks lmqc's automaton ``compiled``. The first pass picks the tokens (a random allowed
+    non-EOS token), later passes replay them.
+    """
+    V, eos = vocab.size, vocab.eos_id
     bitmask = np.zeros((V + 31) // 32, np.int32)
+    buf = np.empty(rows.shape[1], np.float32)
     rng = np.random.default_rng(seed)
     plan: list[int] = []  # token per step, -1 = restart after this step
     runs: list[list[int]] = []
+    adv: list[list[int]] = []
     for p in range(passes):
-        m = engine.matcher(compiled)
+        lm = _Lmqc(compiled, vocab) if engine is None else None
+        m = None if engine is None else engine.matcher(compiled)
         ns: list[int] = []
+        ans: list[int] = []
         gc.collect()
         gc.disable()
         try:
             for i in range(steps):
-                t0 = time.perf_counter_ns()
-                engine.fill(m, bitmask)
-                ns.append(time.perf_counter_ns() - t0)
+                buf[:] = rows[i % len(rows)]  # the model has just written this row (cache-warm)
+                if lm is not None:
+                    t0 = time.perf_counter_ns()
+                    lm.step(buf)
+                    ns.append(time.perf_counter_ns() - t0)
+                else:
+                    t0 = time.perf_counter_ns()
+                    engine.fill(m, bitmask)
+                    engine.apply(buf, bitmask)
+                    int(buf.argmax())
+                    ns.append(time.perf_counter_ns() - t0)
                 if p == 0:
-                    ids = _allowed(bitmask, V)
+                    ids = lm.allowed() if lm is not None else _allowed(bitmask, V)
                     ids = ids[ids != eos]
-                    plan.append(int(ids[rng.integers(len(ids))]) if len(ids) else -1)
+                    tok = int(ids[rng.integers(len(ids))]) if len(ids) else -1
+                    if lm is not None and tok >= 0:
+                        nxt = lm.a.step(lm.state, tok)
+                        tok = tok if nxt >= 0 and not lm.a.is_stopped(nxt) else -1  # the value has ended
+                    plan.append(tok)
                 tok = plan[i]
                 if tok >= 0:
-                    engine.advance(m, tok)
-                    # ended when only EOS (or nothing) is allowed next: restart (checked on the next fill)
-                if tok < 0:
+                    t0 = time.perf_counter_ns()
+                    if lm is not None:
+                        lm.advance(tok)
+                    else:
+                        engine.advance(m, tok)
+                    ans.append(time.perf_counter_ns() - t0)
+                elif lm is not None:
+                    lm.restart()
+                else:
                     m = engine.matcher(compiled)
         finally:
             gc.enable()
         runs.append(ns)
+        adv.append(ans)
     cold = np.asarray(runs[0], np.float64)
     warm = np.median(np.asarray(runs[1:], np.float64), axis=0) if passes > 1 else cold
-    return {"cold": cold, "warm": warm, "restarts": plan.count(-1)}
+    advance = np.median(np.asarray(adv[1:], np.float64), axis=0) if passes > 1 else np.asarray(adv[0], np.float64)
+    return {"cold": cold, "warm": warm, "advance": advance, "restarts": plan.count(-1)}
+
+
+def unconstrained(rows: np.ndarray, steps: int, passes: int) -> np.ndarray:
+    """Per step, the argmax of the raw row (nothing masked), median over passes."""
+    buf = np.empty(rows.shape[1], np.float32)
+    runs = []
+    for _ in range(passes):
+        ns = []
+        for i in range(steps):
+            buf[:] = rows[i % len(rows)]
+            t0 = time.perf_counter_ns()
+            int(buf.argmax())
+            ns.append(time.perf_counter_ns() - t0)
+        runs.append(ns)
+    return np.median(np.asarray(runs, np.float64), axis=0)
 
 
 def main() -> None:
@@ -223,18 +329,20 @@ def main() -> None:
     compile_query(parse('"[X]" where len(X) < 7'), vocab)
     rows, _ = real_logits(64)
     workloads = selected(args.workloads)
-    V, eos = vocab.size, vocab.eos_id
 
-    out: dict[str, Any] = {"lmqc": {"version": md.version("lmqc"), "workloads": {}}}
+    uncon = stats_us(unconstrained(rows, args.steps, 1 + passes))
+    out: dict[str, Any] = {"lmqc": {"version": md.version("lmqc"), "apply": "lmqc choose_argmax (runtime.decode)",
+                                    "workloads": {}}, "unconstrained_step_us": uncon}
     for w in workloads:
         times = []
         for _ in range(R):
             t = time.perf_counter()
             c = compile_query(parse(w.source), vocab)
             times.append(time.perf_counter() - t)
-        wk = step_walk(c.automata["X"], vocab, rows, args.steps, seed=1, passes=1 + passes)
+        wk = walk(None, c.automata["X"], vocab, rows, args.steps, 1 + passes)
         out["lmqc"]["workloads"][w.name] = {"compile_ms": med(times) * 1e3, "step_warm_us": stats_us(wk["warm"]),
-                                             "step_first_pass_us": stats_us(wk["cold"])}
+                                             "step_first_pass_us": stats_us(wk["cold"]),
+                                             "advance_us": stats_us(wk["advance"])}
     print("  lmqc: done", flush=True)
 
     for name in [a.strip() for a in args.anchors.split(",") if a.strip()]:
@@ -247,6 +355,7 @@ def main() -> None:
             print(f"  {name}: {rec['error']}")
             continue
         eng = ENGINES[name]()
+        rec["apply"] = eng.apply_name
         try:
             t = time.perf_counter()
             eng.setup(vocab)
@@ -265,10 +374,11 @@ def main() -> None:
                     times.append(time.perf_counter() - t)
                     if times[-1] > 2.0:
                         break
-                wk = walk(eng, compiled, V, eos, args.steps, 1 + passes)
+                wk = walk(eng, compiled, vocab, rows, args.steps, 1 + passes)
                 rec["workloads"][w.name] = {"compile_ms": med(times) * 1e3, "compile_runs": len(times),
-                                            "fill_warm_us": stats_us(wk["warm"]),
-                                            "fill_first_pass_us": stats_us(wk["cold"])}
+                                            "step_warm_us": stats_us(wk["warm"]),
+                                            "step_first_pass_us": stats_us(wk["cold"]),
+                                            "advance_us": stats_us(wk["advance"])}
             except Exception as e:  # noqa: BLE001
                 rec["workloads"][w.name] = {"error": f"{type(e).__name__}: {e}"}
             print(f"  {name} {w.name}: done", flush=True)
@@ -292,17 +402,34 @@ def main() -> None:
                 row += [r["compile_ms"], f"{r['compile_ms'] / lm:.2f}x"]
         body.append(row)
     print(table(hdr, body))
-    print("\nper-step µs, median / max (warm replays; first-pass max in brackets). lmqc: lookup + mask applied to real "
-          "logits + argmax + advance; anchors: bitmask fill only:")
-    hdr = ["workload", "lmqc"] + anchors
+    print(f"\nper-step µs: the allowed set, applied to a real Gemma logits row, and the argmax, the same work for every "
+          f"engine; median / max of the warm replays, first-pass max in brackets. Unconstrained step (argmax of the "
+          f"raw row): median {uncon['median']:.1f}, max {uncon['max']:.0f}. Applied with:")
+    for a in ["lmqc", *anchors]:
+        print(f"  {a}: {out[a].get('apply', '-')}")
+    hdr = ["workload", "lmqc", *anchors]
     body = []
     for w in workloads:
-        lm = out["lmqc"]["workloads"][w.name]
-        row = [w.name, _cell(lm["step_warm_us"], lm["step_first_pass_us"])]
-        for a in anchors:
+        row = [w.name]
+        for a in ["lmqc", *anchors]:
             r = out[a]["workloads"].get(w.name)
             row.append("-" if r is None else r.get("error", "")[:40] if "error" in r else
-                       _cell(r["fill_warm_us"], r["fill_first_pass_us"]))
+                       _cell(r["step_warm_us"], r["step_first_pass_us"]))
+        body.append(row)
+    print(table(hdr, body))
+    print(f"\nper-step µs beyond the unconstrained step (median - {uncon['median']:.1f}, max - {uncon['median']:.1f}), "
+          "and the state advance (median, timed apart):")
+    hdr = ["workload"] + [f"{a} {k}" for a in ["lmqc", *anchors] for k in ("med+", "max+", "adv")]
+    body = []
+    for w in workloads:
+        row = [w.name]
+        for a in ["lmqc", *anchors]:
+            r = out[a]["workloads"].get(w.name)
+            if r is None or "error" in r:
+                row += ["-", "-", "-"]
+            else:
+                row += [r["step_warm_us"]["median"] - uncon["median"], r["step_warm_us"]["max"] - uncon["median"],
+                        r["advance_us"]["median"]]
         body.append(row)
     print(table(hdr, body))
     print("\nmedian per-step ratio anchor / lmqc (> 1: lmqc is faster):")
@@ -313,7 +440,7 @@ def main() -> None:
         row = [w.name]
         for a in anchors:
             r = out[a]["workloads"].get(w.name)
-            row.append("-" if r is None or "error" in r else f"{r['fill_warm_us']['median'] / lm:.2f}x")
+            row.append("-" if r is None or "error" in r else f"{r['step_warm_us']['median'] / lm:.2f}x")
         body.append(row)
     print(table(hdr, body))
     print(f"# load average at end: {loadavg()}")
