@@ -40,8 +40,9 @@ from .parser import find_prompts
 FUNCTION = "__lmqc_query__"
 EV_TEXT, EV_ROLE, EV_HOLE, EV_DIST, EV_AWAIT = "text", "role", "hole", "dist", "await"
 
-# Names the runtime provides to every query: LMQL code refers to `lmql.` (lmqc answers for it).
-PROVIDED = frozenset({"lmql", "lmqc", "__name__", "__file__"})
+# Names the runtime provides to every query: LMQL code refers to `lmql.` (lmqc answers for it) and reads
+# `context.prompt` (an input or global named `context` replaces it).
+PROVIDED = frozenset({"lmql", "lmqc", "context", "__name__", "__file__"})
 _BUILTINS = frozenset(dir(builtins))
 
 

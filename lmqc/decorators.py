@@ -5,8 +5,9 @@ A plain function is a *post-processing* decorator: called when ``X`` has been ge
 also change the text the prompt (and the model) continues from. Several decorators ``[@a @b X]`` post-process
 right to left. ``@lmqc.decorators.pre`` marks a decorator called before generation with ``(variable,
 context)``: returning a string fixes the value without decoding, returning ``variable`` generates as usual.
-``@lmqc.decorators.streaming`` marks one called with ``(value, context)``; lmqc calls it once, with the final
-value (it does not stream intermediate values yet). Query code may spell these ``lmql.decorators.pre`` etc.
+``@lmqc.decorators.streaming`` marks one called with ``(value, context)`` for every intermediate value while
+``X`` is decoded (the text so far; beam search and served models give whole values only) and once more with the
+final value. Query code may spell these ``lmql.decorators.pre`` etc.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def pre(fn: F) -> F:
 
 
 def streaming(fn: F) -> F:
-    """Mark a decorator as streaming (called with the value; lmqc calls it once, with the final value)."""
+    """Mark a decorator as streaming (called with each intermediate value while decoding, then the final one)."""
     fn.__lmqc_stage__ = "streaming"  # type: ignore[attr-defined]
     return fn
 

@@ -69,6 +69,34 @@ class _Frame:
     last_value: Any = None
 
 
+class QueryContext:
+    """LMQL's ``context`` in query code: the prompt so far (``context.prompt``, including the text of the
+    statements run since the last hole) and the variables (``await context.get_var("X")``,
+    ``await context.get_all_vars()``). One per branch; an input or global named ``context`` takes its place."""
+
+    __slots__ = ("_ex",)
+
+    def __init__(self, ex: Execution) -> None:
+        self._ex = ex
+
+    @property
+    def prompt(self) -> str:
+        return self._ex.view()[0]
+
+    async def get_var(self, name: str) -> Any:
+        return self._ex.view()[1].get(name)
+
+    async def get_all_vars(self) -> dict[str, Any]:
+        return dict(self._ex.view()[1])
+
+    def __repr__(self) -> str:
+        return f"<lmqc query context, prompt of {len(self.prompt)} characters>"
+
+
+# (prompt, variables) of the branch with these effects of the running step applied; set by the query driver
+BranchView = Callable[[list[Effect]], "tuple[str, dict[str, Any]]"]
+
+
 # A callable turning a tactic (callee, args, kwargs) into (compiled query, scope) for a nested query, or None
 # when the callee is not a query function.
 NestedResolver = Callable[[Any, tuple[Any, ...] | None, dict[str, Any] | None], "tuple[Any, dict[str, Any]] | None"]
@@ -87,11 +115,15 @@ class Execution:
     finished: bool = False
     return_value: Any = None
     _replay: deque[Any] = field(default_factory=deque)
+    viewer: BranchView | None = None
+    context: QueryContext | None = None
+    _effects: list[Effect] = field(default_factory=list)  # the running step's effects, not yet applied
 
     @classmethod
     def start(cls, compiled: Any, scope: Mapping[str, Any], resolve_nested: NestedResolver, loop: Any = None) -> Execution:
         ex = cls(compiled, scope, resolve_nested, loop)
-        ex.frames.append(_Frame(new_generator(compiled, scope), compiled))
+        ex.context = QueryContext(ex)
+        ex.frames.append(_Frame(new_generator(compiled, scope, ex.context), compiled))
         return ex
 
     @property
@@ -103,10 +135,12 @@ class Execution:
         """A copy of this branch's Python state: a fresh program replayed with this branch's trace."""
         root = self.frames[0]
         ex = Execution(root.compiled, self.scope, self.resolve_nested, self.loop)
-        ex.frames.append(_Frame(new_generator(root.compiled, self.scope), root.compiled))
+        ex.context = QueryContext(ex)
+        ex.frames.append(_Frame(new_generator(root.compiled, self.scope, ex.context), root.compiled))
         ex._replay.extend(self.trace)
         ex.trace = list(self.trace)
-        ex._run(None, [])
+        ex._effects = []
+        ex._run(None, ex._effects)
         if ex._replay:  # pragma: no cover - the same program and values always reach the same point
             raise DecodeError("internal error: replaying a branch did not consume its trace")
         return ex
@@ -170,7 +204,7 @@ class Execution:
                 if tactic is not None and typed is None:
                     sub, scope = nested
                     effects.append(Effect("enter", _hole_name(frame.compiled, index)))
-                    self.frames.append(_Frame(new_generator(sub, scope), sub, var=_hole_name(frame.compiled, index)))
+                    self.frames.append(_Frame(new_generator(sub, scope, self.context), sub, var=_hole_name(frame.compiled, index)))
                     continue
                 if self._replay:
                     send = self._replay.popleft()
@@ -190,13 +224,19 @@ class Execution:
         """Send the value of the pending request and run to the next one."""
         self.trace.append(value)
         self.frames[-1].last_value = value
-        effects: list[Effect] = []
+        effects = self._effects = []
         return effects, self._run(value, effects)
 
     def begin(self) -> tuple[list[Effect], Request | None]:
         """Run the program from its start to its first request."""
-        effects: list[Effect] = []
+        effects = self._effects = []
         return effects, self._run(None, effects)
+
+    def view(self) -> tuple[str, dict[str, Any]]:
+        """(prompt, variables) as the running code sees them: the branch's, with this step's effects so far."""
+        if self.viewer is None:
+            return "".join(e.value for e in self._effects if e.kind == "text"), {}
+        return self.viewer(self._effects)
 
     def _await(self, awaitable: Any) -> Any:
         if not inspect.isawaitable(awaitable):
@@ -220,15 +260,16 @@ def _hole_name(compiled: Any, index: int) -> str:
     return compiled.hole_name(index)
 
 
-def new_generator(compiled: Any, scope: Mapping[str, Any]) -> Generator[Any, Any, Any]:
+def new_generator(compiled: Any, scope: Mapping[str, Any], context: QueryContext | None = None) -> Generator[Any, Any, Any]:
     """A fresh generator of a compiled query's program, in a namespace holding ``scope`` (the query's inputs
-    and, for query functions, the names their definition sees) and the prologue's definitions."""
+    and, for query functions, the names their definition sees), the prologue's definitions and LMQL's
+    ``context``."""
     import lmqc
 
     from .lmqlcompat import query_builtins
 
     program = compiled.program
-    ns: dict[str, Any] = {"__name__": "__lmqc_query__", "lmql": lmqc, "lmqc": lmqc}
+    ns: dict[str, Any] = {"__name__": "__lmqc_query__", "lmql": lmqc, "lmqc": lmqc, "context": context}
     params = set(program.params)
     # inputs the program reads are its function's parameters (locals, as in LMQL); the rest of the scope (a
     # query function's module and defining scope) are its globals

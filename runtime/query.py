@@ -336,18 +336,49 @@ class _Driver:
 
     def fork(self, b: _Branch) -> _Branch:
         self.n_branches += 1
-        return b.fork(self.n_branches - 1)
+        return self.bind(b.fork(self.n_branches - 1))
+
+    def bind(self, b: _Branch) -> _Branch:
+        """Let the branch's running code see its prompt and variables (LMQL's ``context``)."""
+        b.ex.viewer = lambda effects: self.preview(b, effects)
+        return b
+
+    @staticmethod
+    def preview(b: _Branch, effects: list[Effect]) -> tuple[str, dict[str, Any]]:
+        """The prompt and variables ``b`` will have once ``effects`` (of the step still running) are applied."""
+        prompt, variables, marks = b.prompt, dict(b.variables), [(m.prompt, m.var) for m in b.marks]
+        for e in effects:
+            if e.kind == "text":
+                prompt += e.value
+            elif e.kind == "role":
+                prompt += f"<lmql:{e.value}/>"
+            elif e.kind == "enter":
+                marks.append((len(prompt), e.value))
+            elif e.kind == "leave":
+                start, var = marks.pop()
+                rv, value = e.value
+                if rv is not None:
+                    prompt = prompt[:start] + str(rv)
+                if not marks:
+                    variables[var] = value
+        return prompt, variables
 
     def observer(self, live: list[_Branch], names: list[str]) -> tuple[Callable[[Any], None], dict[int, str]]:
-        """A decode observer that reports each branch's new value text as ``token`` events, and the text it has
+        """A decode observer that reports each branch's new value text as ``token`` events and to the hole's
+        streaming decorators (``@lmql.decorators.streaming``: called with the value so far), and the text it has
         reported per branch index (so the completion's rest can follow)."""
         import codecs
+
+        from lmqc.decorators import DecoratorContext, stage
 
         shown: dict[int, str] = {}
         sent: dict[int, int] = {}
         decoders: dict[int, Any] = {}
         on_event = self.on_event
-        assert on_event is not None
+        streams = {
+            i: ds for i, b in enumerate(live)
+            if b.request is not None and (ds := [d for d in b.request.decorators if stage(d) == "streaming"])
+        }
 
         def observe(progress: Any) -> None:
             for i, data in progress:
@@ -361,7 +392,10 @@ class _Driver:
                 sent[i] = len(data)
                 if text:
                     shown[i] = shown.get(i, "") + text
-                    on_event(StreamEvent("token", names[i], text, shown[i], live[i].id))
+                    if on_event is not None:
+                        on_event(StreamEvent("token", names[i], text, shown[i], live[i].id))
+                    for d in streams.get(i, ()):
+                        _call_decorator(d, shown[i], DecoratorContext(live[i].prompt, dict(live[i].variables)))
 
         return observe, shown
 
@@ -404,9 +438,11 @@ def run_compiled(
     show = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
 
+    from lmqc.decorators import stage as decorator_stage
+
     driver = _Driver(compiled, backend, spec, scope, max_len, on_event)
     ex = Execution.start(compiled, scope, driver.resolve_nested)
-    root = _Branch(ex, [])
+    root = driver.bind(_Branch(ex, []))
     driver.apply(root, *ex.begin())
     branches = [root]
     copies = 1
@@ -435,7 +471,8 @@ def run_compiled(
                 tuple(0.0 if math.isnan(b.logprob) else b.logprob for b in live),
             )
             shown: dict[int, str] = {}
-            if on_event is not None and isinstance(backend, LocalDecoder):
+            streaming = any(decorator_stage(d) == "streaming" for b in live for d in b.request.decorators)
+            if (on_event is not None or streaming) and isinstance(backend, LocalDecoder):
                 names = [b.request.compiled.hole_name(b.request.index) for b in live]
                 observe, shown = driver.observer(live, names)
                 completions = backend.decode(request, observe)
@@ -470,11 +507,11 @@ def run_compiled(
                     )
                 value = convert(text)
                 if b.request.decorators:
-                    value, shown = driver.post_decorate(b, name, value, text)
-                    if shown != text:
+                    value, decorated = driver.post_decorate(b, name, value, text)
+                    if decorated != text:
                         # the prompt (and the model) continue from the decorator's text
-                        text = shown
-                        b.context = list(before) + backend.tokenize(shown, bos=False)
+                        text = decorated
+                        b.context = list(before) + backend.tokenize(decorated, bos=False)
                 b.prompt += text
                 b.spans.append((start, start + len(text), name))
                 if not b.marks:

@@ -321,7 +321,8 @@ return X, Y, C, Z, seen
     assert x == x.upper() and f"A:{x}B:" in r.prompt
     assert isinstance(y, list) and "".join(y) in r.prompt
     assert c == "cached!" and "C:cached! D:" in r.prompt
-    assert z.startswith("P:") and r.prompt.endswith("D:" + z) and len(seen) == 1
+    assert z.startswith("P:") and r.prompt.endswith("D:" + z)
+    assert seen[-1] == z[2:] and all(z[2:].startswith(v) for v in seen)  # the value so far, then the final one
 
 
 def test_decoder_arguments_may_be_python_expressions_of_the_inputs() -> None:
@@ -441,3 +442,77 @@ def test_query_errors_are_also_pythons_own_error_types() -> None:
     assert str(info.value).startswith("q.lmql:1:4: expected ']'")
     with pytest.raises(TypeError, match="unknown variable 'Y'"):
         parse('"[X]" where len(Y) < 3')
+
+
+# ---- LMQL's `context` ------------------------------------------------------------------------------------------
+
+
+def test_context_prompt_includes_text_since_the_last_hole() -> None:
+    r = run('''
+"{{ Say }}"
+assert context.prompt == "{ Say }", context.prompt
+"Q: [X]" where len(TOKENS(X)) < 4
+seen = context.prompt
+" tail"
+return (seen, context.prompt)
+''')
+    seen, final = r.return_value
+    assert seen == "{ Say }Q: " + r.variables["X"]
+    assert final == seen + " tail" == r.prompt
+
+
+def test_context_get_var_and_all_vars() -> None:
+    r = run('''
+"[A]" where len(TOKENS(A)) < 3
+"[B]" where len(TOKENS(B)) < 3
+a = await context.get_var("A")
+return (a, await context.get_all_vars())
+''')
+    a, allv = r.return_value
+    assert a == r.variables["A"]
+    assert allv == {"A": r.variables["A"], "B": r.variables["B"]}
+
+
+def test_context_prompt_after_a_nested_query_with_return_value() -> None:
+    q = '''
+@lmqc.query
+def inner():
+    \'\'\'lmql
+    "ignored [Y]" where len(TOKENS(Y)) < 3
+    return "Something"
+    \'\'\'
+
+"[T: inner]."
+return context.prompt
+'''
+    assert run(q).return_value == "Something."
+
+
+def test_context_per_branch_and_an_input_named_context_wins() -> None:
+    r = lmqc.run('sample(n=2, seed=1)\n    "[X]" where len(TOKENS(X)) < 4\n    return context.prompt\n' + TINY)
+    assert [b.return_value for b in r] == [b.prompt for b in r]
+    r = run('"{context}[X]" where len(TOKENS(X)) < 2', context="given")
+    assert r.prompt.startswith("given")
+
+
+def test_streaming_decorator_sees_intermediate_values_and_the_final_one() -> None:
+    seen: list[str] = []
+    r = run('''
+@lmql.decorators.streaming
+def stream(value, context):
+    log.append(value)
+
+"Count:[@stream X]" where len(TOKENS(X)) < 6
+''', log=seen)
+    x = r.variables["X"]
+    assert len(seen) >= 3 and seen[-1] == x
+    assert all(x.startswith(v) for v in seen)  # each call sees the text so far
+    assert seen[:-1] == sorted(seen[:-1], key=len) and len(set(seen[:-1])) == len(seen) - 1
+
+
+def test_post_decorator_with_a_token_callback() -> None:
+    events: list[object] = []
+    q = 'argmax\n    def up(v):\n        return v.upper()\n    "[@up X]" where len(TOKENS(X)) < 4\n' + TINY
+    r = lmqc.run(q, on_token=events.append)
+    assert r.variables["X"] == r.variables["X"].upper()
+    assert [e for e in events if e.kind == "value"][0].value == r.variables["X"]
