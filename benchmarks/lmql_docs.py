@@ -83,7 +83,6 @@ Inputs are the names ``lmqc.compiler.checker.inputs(lmqc.parse(text))`` reports;
   and for an ``@lmql.query`` function an ``lmqc.api.QueryFunction`` made from a stand-in function with the same
   parameters and the query text as ``__doc__`` (all of one module's share one namespace, so nested queries
   work); anything else (a class, a helper, a non-literal value) cannot be stood for;
-* ``context`` (LMQL's runtime object, which lmqc lacks) cannot be stood for;
 * any other name: ``"x"`` or 2 as above, unless the query calls it, uses it as a decorator (``@name``) or reads
   its attributes -- then it cannot be stood for.
 
@@ -932,7 +931,7 @@ def read_tests(gitdir: Path, rev: str, files: list[str]) -> tuple[list[Item], li
 
 TINY = "lmqc:tiny"
 RUN_PARAMS = {"query", "model", "decoder", "filename", "endpoint"}  # lmqc.run's own keyword parameters
-RUNTIME_NAMES = {"lmql": "LMQL's module", "context": "LMQL's runtime context object; lmqc has none"}
+RUNTIME_NAMES = {"lmql": "LMQL's module"}  # (``context`` is provided by lmqc's runtime, never an input)
 EXTERNAL = (
     ("input()", re.compile(r"\binput\s*\(")),
     ("network", re.compile(r"\b(?:wikipedia\w*|requests|openai|urllib|httpx|aiohttp)\b")),
