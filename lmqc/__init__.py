@@ -38,10 +38,12 @@ from .api import (  # noqa: E402
     stream,
     vocabulary,
 )
+from .builder import QueryBuilder  # noqa: E402
 from .streaming import headless, printing, silent  # noqa: E402 - LMQL's output writers
 
 __all__ = [
     "F",
+    "QueryBuilder",
     "QueryFunction",
     "ScoringResult",
     "ArtifactError",
