@@ -59,9 +59,9 @@ def _model_spec(query: Query | None, model: str | None) -> str:
 
 def vocabulary(model: str | None = None) -> Vocabulary:
     """The vocabulary of a model spec, without loading weights (cached on disk)."""
-    from lmqc.runtime.models import get_vocabulary
+    from lmqc.runtime.models import get_vocabulary, spec_of
 
-    return get_vocabulary(model or default_model())
+    return get_vocabulary(spec_of(model) or default_model())
 
 
 def compile_query(
@@ -131,8 +131,12 @@ def _compiler_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def _endpoint_spec(model: str | None, endpoint: str | None) -> str | None:
-    """``model`` with ``endpoint`` (``"HOST:PORT"`` of ``lmqc serve``) folded in as an ``lmqc://`` spec."""
+def _endpoint_spec(model: Any, endpoint: str | None) -> str | None:
+    """``model`` (a spec or an ``lmqc.model(...)``) with ``endpoint`` (``"HOST:PORT"`` of ``lmqc serve``) folded
+    in as an ``lmqc://`` spec."""
+    from lmqc.runtime.models import spec_of
+
+    model = spec_of(model)
     if not endpoint:
         return model
     from lmqc.runtime.client import parse_endpoint
@@ -152,6 +156,7 @@ def compile(  # noqa: A001 - the verb users expect, like re.compile
     filename: str = "<query>",
     cache: bool = True,
     endpoint: str | None = None,
+    _scope: Mapping[str, Any] | None = None,
 ) -> CompiledQuery:
     """Compile a query for a model's vocabulary.
 
@@ -172,6 +177,8 @@ def compile(  # noqa: A001 - the verb users expect, like re.compile
 
     model = _endpoint_spec(model, endpoint)
     query = parse(source, filename)
+    if not model and _scope is not None:
+        model = _from_expression(query, _scope)
     spec = _model_spec(query, model)
     vocab = vocabulary(spec)
     key = hashlib.sha256(
@@ -198,6 +205,26 @@ def compile(  # noqa: A001 - the verb users expect, like re.compile
     return compiled
 
 
+def _from_expression(query: Query, scope: Mapping[str, Any]) -> str | None:
+    """LMQL's ``from m``, ``m`` a Python expression (an input or global holding ``lmqc.model(...)`` or a spec):
+    its value in the query's scope, or None when the from clause is a literal spec or absent."""
+    from lmqc.compiler import nodes
+    from lmqc.runtime.models import spec_of
+
+    own = getattr(query, "model", None)
+    if not isinstance(own, nodes.Dyn):
+        return None
+    import lmqc
+
+    from .errors import ModelError
+
+    try:
+        value = eval(own.expr, {"lmql": lmqc, "lmqc": lmqc, **scope})  # noqa: S307 - queries are Python by design
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"the query's from clause {own.expr} raised {type(e).__name__}: {e}") from None
+    return spec_of(value)
+
+
 def load(path: str | os.PathLike[str], model: str | None = None) -> CompiledQuery:
     """Load a compiled artifact (``lmqc compile`` / ``CompiledQuery.save``); never executes code.
 
@@ -205,16 +232,28 @@ def load(path: str | os.PathLike[str], model: str | None = None) -> CompiledQuer
     """
     from lmqc.compiler.artifact import load as load_artifact
 
-    fingerprint = vocabulary(model).fingerprint if model else None
+    fingerprint = vocabulary(model).fingerprint if model is not None else None
     return load_artifact(path, vocab_fingerprint=fingerprint)
 
 
-def model(spec: str | None = None, **options: Any) -> Any:
-    """The loaded model for a spec (default: ``default_model()``), shared by the whole process: later calls reuse
-    it. ``options`` (``n_ctx``, ``n_threads``, ``n_batch``, ``n_seq``) apply when it is first loaded."""
-    from lmqc.runtime.models import get_model
+_LLMS: dict[str, Any] = {}
 
-    return get_model(spec or default_model(), **options)
+
+def model(spec: str | None = None, **options: Any) -> Any:
+    """The model for a spec (default: ``default_model()``), loaded once and shared by the whole process: an
+    :class:`lmqc.llm.LLM` (LMQL's ``lmql.LLM``: ``generate``/``score`` and their ``_sync`` forms, accepted as
+    ``model=`` and in ``from``; the backend's own methods too). ``options`` (``n_ctx``, ``n_threads``, ``n_batch``,
+    ``n_seq``) apply when it is first loaded."""
+    from lmqc.runtime.models import get_model, spec_of
+
+    from .llm import LLM
+
+    spec = spec_of(spec) or default_model()
+    backend = get_model(spec, **options)
+    llm = _LLMS.get(spec)
+    if llm is None or llm.backend is not backend:
+        llm = _LLMS[spec] = LLM(spec, backend)
+    return llm
 
 
 def run(
@@ -240,7 +279,7 @@ def run(
     from .streaming import sink
 
     model = _endpoint_spec(model, endpoint)
-    compiled = compile(query, model, filename=filename) if isinstance(query, str) else query
+    compiled = compile(query, model, filename=filename, _scope=inputs) if isinstance(query, str) else query
     return _execute(compiled, model, decoder, inputs, sink(on_token, output_writer), None)
 
 
@@ -315,7 +354,7 @@ def stream(query: Any, model: str | None = None, **kwargs: Any) -> Any:
     listeners = sink(kwargs.pop("on_token", None), kwargs.pop("output_writer", None))
 
     def start(put: Callable[[Any], None], call: Any) -> Any:
-        compiled = compile(query, model, filename=filename) if isinstance(query, str) else query
+        compiled = compile(query, model, filename=filename, _scope=kwargs) if isinstance(query, str) else query
         return _execute(compiled, model, decoder, kwargs, sink(listeners, None, put), call)
 
     return QueryStream(start)
@@ -357,13 +396,16 @@ class QueryFunction:
         self.source = source
         self.filename = filename
         self.signature = signature
+        from lmqc.runtime.models import spec_of
+
         self.namespace = dict(namespace)
-        self.model = model
+        self.model = spec_of(model)
         self.decoder = decoder
         self.single_value = single_value  # lmqc.F: return the value(s), not a result
         self.__name__ = self.__qualname__ = name
         self.is_async = False  # an `async def` query function: calls return awaitables
         self._compiled: dict[str | None, CompiledQuery] = {}
+        self._parsed: Query | None = None
 
     @classmethod
     def from_function(
@@ -382,9 +424,17 @@ class QueryFunction:
     def __repr__(self) -> str:
         return f"<lmqc query function {self.__qualname__}>"
 
-    def compiled(self, model: str | None = None) -> CompiledQuery:
+    def parsed(self) -> Query:
+        """The query's AST (parsed once)."""
+        if self._parsed is None:
+            self._parsed = parse(self.source, self.filename)
+        return self._parsed
+
+    def compiled(self, model: Any = None) -> CompiledQuery:
         """The query compiled for ``model`` (default: the decorator's, else the query's own)."""
-        spec = model or self.model
+        from lmqc.runtime.models import spec_of
+
+        spec = spec_of(model) or self.model
         if spec not in self._compiled:
             self._compiled[spec] = compile(self.source, spec, filename=self.filename)
         return self._compiled[spec]
@@ -434,11 +484,16 @@ class QueryFunction:
         decoder = kwargs.pop("decoder", None) if "decoder" not in params else None
         settings = {k: kwargs.pop(k) for k in DECODER_OVERRIDES if k in kwargs and k not in params}
         listeners = {k: kwargs.pop(k) for k in STREAM_OVERRIDES if k in kwargs and k not in params}
-        model = model or self.model
+        from lmqc.runtime.models import spec_of
+
+        scope = self.scope(args, kwargs)
+        model = spec_of(model) or self.model
+        if not model:
+            model = _from_expression(self.parsed(), scope)  # `from m`: m an input or global of the function
         compiled = self.compiled(model)
         dec = _decoder_with(compiled, decoder or self.decoder, settings)
         on_event = sink(listeners.get("on_token"), listeners.get("output_writer"), put)
-        result = _execute(compiled, model, dec, self.scope(args, kwargs), on_event, call)
+        result = _execute(compiled, model, dec, scope, on_event, call)
         return _values(result) if self.single_value else result
 
     def __lmqc_nested__(self, model: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[CompiledQuery, dict[str, Any]]:
@@ -581,10 +636,18 @@ def generate_sync(
     prompt: str, max_tokens: int | None = None, model: str | None = None, *, decoder: str | None = None, **kwargs: Any
 ) -> Any:
     """Continue ``prompt`` on a model without constraints (LMQL's ``lmql.generate_sync``): the completion text
-    (a list of texts for ``decoder="sample(n=...)"``). ``max_tokens`` bounds the completion's tokens."""
+    (a list of texts for ``decoder="sample", n=2``). ``max_tokens`` bounds the completion's tokens; decoder
+    settings (``n``, ``temperature``, ``seed`` ...) may be given as keywords."""
+    decoder = _generate_decoder(decoder, kwargs)
     result = run(_generate_source(max_tokens), model, decoder=decoder, filename="<generate>", __lmqc_prompt__=prompt,
                  **kwargs)
     return _completion(result)
+
+
+def _generate_decoder(decoder: Any, kwargs: dict[str, Any]) -> Any:
+    """``decoder=`` with the decoder settings among ``kwargs`` (taken out of them) merged in."""
+    settings = {k: kwargs.pop(k) for k in DECODER_OVERRIDES if k in kwargs}
+    return _decoder_with(None, decoder or "argmax", settings) if settings else decoder
 
 
 def _generate_source(max_tokens: int | None) -> str:
@@ -689,16 +752,21 @@ async def run_async(
     listeners = sink(on_token, output_writer)
 
     def work(call: Any) -> Any:
-        compiled = compile(query, model, filename=filename) if isinstance(query, str) else query
+        compiled = compile(query, model, filename=filename, _scope=inputs) if isinstance(query, str) else query
         return _execute(compiled, model, decoder, inputs, listeners, call)
 
     return await _in_thread(work)
 
 
-async def generate(prompt: str, max_tokens: int | None = None, model: str | None = None, **kwargs: Any) -> Any:
+async def generate(
+    prompt: str, max_tokens: int | None = None, model: str | None = None, *, decoder: str | None = None, **kwargs: Any
+) -> Any:
     """Async form of :func:`generate_sync` (batched with concurrent queries, as :func:`run_async`)."""
     source = _generate_source(max_tokens)
-    return _completion(await run_async(source, model, filename="<generate>", __lmqc_prompt__=prompt, **kwargs))
+    decoder = _generate_decoder(decoder, kwargs)
+    return _completion(
+        await run_async(source, model, decoder=decoder, filename="<generate>", __lmqc_prompt__=prompt, **kwargs)
+    )
 
 
 async def score(prompt: str, values: str | list[str], model: str | None = None) -> ScoringResult:

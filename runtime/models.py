@@ -37,6 +37,7 @@ __all__ = [
     "model_spec",
     "resolve_model",
     "set_default_model",
+    "spec_of",
 ]
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -52,9 +53,21 @@ _default: str | None = None  # set_default_model()
 _tiny: Any = None
 
 
-def set_default_model(spec: str) -> None:
+def spec_of(model: Any) -> str | None:
+    """A caller's ``model=``: a spec string, or a model object (``lmqc.model(...)``, LMQL's ``lmql.LLM``) -> its
+    spec. ``None`` stays ``None``."""
+    if model is None or isinstance(model, str):
+        return model
+    spec = getattr(model, "__lmqc_spec__", None)
+    if isinstance(spec, str):
+        return spec
+    raise ModelError(f"model must be a model spec string or lmqc.model(...), not {type(model).__name__}")
+
+
+def set_default_model(spec: Any) -> None:
     """The model used when neither the caller nor the query names one (LMQL's ``set_default_model``)."""
     global _default
+    spec = getattr(spec, "__lmqc_spec__", spec)  # lmqc.model(...) objects too
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError("set_default_model expects a model spec string, e.g. 'gemma-3-270m'")
     _default = spec
@@ -80,6 +93,7 @@ def model_spec(model: str | None = None, *, query: Any = None, compiled: Any = N
         from .protocol import parse_endpoint
 
         return REMOTE_PREFIX + parse_endpoint(endpoint)
+    model = spec_of(model)
     if model:
         return model
     if compiled is not None and compiled.model:

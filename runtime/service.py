@@ -44,8 +44,16 @@ class QueryCancelled(LmqcError):
     """The caller of a query stopped waiting for it (a cancelled task, a stream closed early)."""
 
 
+def _loaded(backend: Any) -> Any:
+    """A backend, also when given as the ``lmqc.model(...)`` object holding it."""
+    from lmqc.llm import LLM
+
+    return backend.backend if isinstance(backend, LLM) else backend
+
+
 def backend_lock(backend: Any) -> threading.RLock:
     """The lock every in-process use of ``backend`` holds (one per backend object)."""
+    backend = _loaded(backend)
     with _REGISTRY_LOCK:
         lock = _LOCKS.get(backend)
         if lock is None:
@@ -60,6 +68,7 @@ def scheduler_for(backend: Any) -> Any:
     """
     from .scheduler import Scheduler
 
+    backend = _loaded(backend)
     with _REGISTRY_LOCK:
         hit = _SCHEDULERS.get(id(backend))
         if hit is None or hit[0] is not backend:
@@ -95,7 +104,7 @@ class LocalDecoder:
     """
 
     def __init__(self, backend: Any) -> None:
-        self.backend = backend
+        self.backend = backend = _loaded(backend)
         self.lock = backend_lock(backend)
 
     @property
