@@ -30,18 +30,36 @@ from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from ..errors import LmqcError
 from . import checker, nodes
 from .decoders import DECODERS, IGNORED_DECODER_ARGS, decoder_arg, decoder_clause
 from .nodes import Span
-from .qstrings import Errors, Lit, Pos, PromptScanner, check_regex, closest, decode_literal, python_message
+from .qstrings import (
+    Errors,
+    Lit,
+    Pos,
+    Positions,
+    PromptScanner,
+    check_regex,
+    closest,
+    decode_literal,
+    python_message,
+)
 
-__all__ = ["DECODERS", "IGNORED_DECODER_ARGS", "decoder_arg", "parse"]
+__all__ = ["DECODERS", "IGNORED_DECODER_ARGS", "MAX_QUERY_CHARS", "decoder_arg", "parse"]
 
 CONSTRAINT_FUNCTIONS = ("INT", "FLOAT", "BOOL", "JSON", "REGEX", "STOPS_AT", "STOPS_BEFORE", "STARTS_WITH", "len",
                         "TOKENS")
 _ALIASES = {"int": "INT", "float": "FLOAT", "bool": "BOOL", "json": "JSON", "regex": "REGEX", "stops_at": "STOPS_AT", "stops_before": "STOPS_BEFORE",
             "starts_with": "STARTS_WITH", "tokens": "TOKENS"}
+
+#: Longest query source parsed, in characters. Parsing costs memory in proportion to the source, most for many
+#: short query strings with holes (each becomes Python statements of the generated program): measured ~0.5 GB
+#: for 1 MB of ``"Q: [X]"`` lines, ~0.15 GB for 1 MB of plain query strings, ~25 MB for one 1 MB string. Real
+#: queries are a few kB; the limit turns a runaway input into an error instead of an exhausted machine.
+MAX_QUERY_CHARS = 2 << 20
 
 _SKIP = {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING, tokenize.ENDMARKER}
 # After a keyword at the start of a line, these make the line a Python statement (`where = 3`, `from.x`).
@@ -58,10 +76,7 @@ class _Text:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.starts = [0]
-        for i, ch in enumerate(text):
-            if ch == "\n":
-                self.starts.append(i + 1)
+        self.starts = [0, *(m.end() for m in re.finditer("\n", text))]
 
     def offset(self, pos: tuple[int, int]) -> int:
         row, col = pos
@@ -72,16 +87,9 @@ class _Text:
         row = bisect_left(self.starts, offset + 1) - 1
         return row + 1, offset - self.starts[row] + 1
 
-    def positions(self, start: int, end: int) -> list[Pos]:
-        line, col = self.pos(start)
-        out: list[Pos] = []
-        for ch in self.text[start:end]:
-            out.append((line, col))
-            if ch == "\n":
-                line, col = line + 1, 1
-            else:
-                col += 1
-        return out
+    def positions(self, start: int, end: int) -> Positions:
+        """The position of every character in ``text[start:end]``."""
+        return Positions.of_text(self.text[start:end], *self.pos(start))
 
 
 def _tok_span(t: tokenize.TokenInfo) -> Span:
@@ -414,21 +422,22 @@ class _Builder:
         end = self.src.offset((span.end_line, span.end_column - 1))
         k = bisect_left(self.string_starts, start)
         values: list[str] = []
-        positions: list[Pos] = []
+        positions: list[Positions] = []
         lit: Lit | None = None
         while k < len(self.strings) and self.string_starts[k] < end:
             tok = self.strings[k]
             a, b = self.string_starts[k], self.src.offset(tok.end)
             lit = decode_literal(tok.string, self.src.positions(a, b), self.err)
             values.append(lit.value)
-            positions.extend(lit.positions)
+            positions.append(lit.positions)
             k += 1
         value = "".join(values)
         if lit is None or value != node.value:
             # not expected; fall back to Python's own decoding with positions at the literal's start
             here = (span.line, span.column)
-            return Lit(node.value, tuple([here] * len(node.value)), "", span, here)
-        return Lit(value, tuple(positions), lit.prefix, span, lit.close)
+            return Lit(node.value, Positions.repeat(here, len(node.value)), "", span, here)
+        joined = positions[0] if len(positions) == 1 else Positions.concat(positions)
+        return Lit(value, joined, lit.prefix, span, lit.close)
 
     # ---- query strings -------------------------------------------------------------------------------------
 
@@ -756,19 +765,27 @@ def _dedent(lit: Lit, indent: int, src: _Text) -> Lit:
     """Drop the body's indentation from the continuation lines of a multi-line query string, as LMQL does
     (LMQL removes the prompt's common indentation from every source line, string contents included): up to
     ``indent`` columns of a line's leading whitespace, written as such in the source (not escapes)."""
-    if indent <= 0 or not lit.positions or all(p[0] == lit.span.line for p in lit.positions):
+    lines, cols = lit.positions.lines, lit.positions.cols
+    if indent <= 0 or not len(lines) or int(lines.max()) == lit.span.line:
         return lit
-
-    def leading(line: int, col: int) -> bool:
-        start = src.starts[line - 1]
-        return src.text[start : start + col].isspace()
-
-    keep = [
-        k
-        for k, (ch, (line, col)) in enumerate(zip(lit.value, lit.positions, strict=True))
-        if not (line > lit.span.line and col <= indent and ch in " \t" and leading(line, col))
+    # candidates by position (a few per source line), then checked one by one against the source text
+    cand = np.flatnonzero((lines > lit.span.line) & (cols <= indent))
+    drop = [
+        int(k)
+        for k in cand
+        if lit.value[k] in " \t" and src.text[src.starts[lines[k] - 1] : src.starts[lines[k] - 1] + cols[k]].isspace()
     ]
-    return Lit("".join(lit.value[k] for k in keep), tuple(lit.positions[k] for k in keep), lit.prefix, lit.span, lit.close)
+    if not drop:
+        return lit
+    keep = np.ones(len(lines), bool)
+    keep[drop] = False
+    pieces = []
+    prev = 0
+    for k in drop:
+        pieces.append(lit.value[prev:k])
+        prev = k + 1
+    pieces.append(lit.value[prev:])
+    return Lit("".join(pieces), lit.positions.take(np.flatnonzero(keep)), lit.prefix, lit.span, lit.close)
 
 
 class PromptFinder(ast.NodeVisitor):
@@ -820,6 +837,10 @@ def parse(source: str, filename: str = "<query>") -> nodes.Query:
 
 def _parse(source: str, filename: str) -> nodes.Query:
     err = Errors(source, filename)
+    if len(source) > MAX_QUERY_CHARS:
+        err.syntax(
+            f"query too large: {len(source):,} characters (lmqc parses queries of at most {MAX_QUERY_CHARS:,})", 1, 1
+        )
     if "\x00" in source:
         err.syntax_at("the query contains a NUL character", _first_pos(source, "\x00"))
     text = source.replace("\r\n", "\n").replace("\r", "\n")

@@ -9,15 +9,85 @@ import ast
 import keyword
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, overload
+
+import numpy as np
 
 from ..errors import QuerySyntaxError, QueryTypeError
 from . import nodes
 from .nodes import Span
 
 Pos = tuple[int, int]  # (line, column), 1-based
+
+
+class Positions(Sequence[Pos]):
+    """The source position of each character of a run of text: two int32 arrays, 8 bytes a character.
+
+    A list of ``(line, column)`` tuples costs ~100 bytes a character (a tuple and a column int each), which made
+    a 1 MB query string need ~130 MB to parse. Indexing gives a ``Pos``; slicing gives a ``Positions`` view.
+    """
+
+    __slots__ = ("cols", "lines")
+
+    def __init__(self, lines: np.ndarray, cols: np.ndarray) -> None:
+        self.lines = lines
+        self.cols = cols
+
+    @classmethod
+    def of_text(cls, text: str, line: int, col: int) -> Positions:
+        """Positions of the characters of ``text`` when its first one is at ``(line, col)``."""
+        n = len(text)
+        if "\n" not in text:  # most literals: one line, two small arrays
+            return cls(np.full(n, line, np.int32), np.arange(col, col + n, dtype=np.int32))
+        newlines = np.fromiter((m.start() for m in re.finditer("\n", text)), np.int64)
+        starts = np.concatenate([np.zeros(1, np.int64), newlines + 1])  # offsets where each line begins
+        lengths = np.diff(np.append(starts, n))
+        lines = np.repeat(np.arange(line, line + len(starts), dtype=np.int32), lengths)
+        cols = (np.arange(n, dtype=np.int64) - np.repeat(starts, lengths) + 1).astype(np.int32)
+        cols[: lengths[0]] += col - 1
+        return cls(lines, cols)
+
+    @classmethod
+    def repeat(cls, at: Pos, n: int) -> Positions:
+        return cls(np.full(n, at[0], np.int32), np.full(n, at[1], np.int32))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Positions]) -> Positions:
+        if not parts:
+            return cls(np.zeros(0, np.int32), np.zeros(0, np.int32))
+        return cls(np.concatenate([p.lines for p in parts]), np.concatenate([p.cols for p in parts]))
+
+    def take(self, index: np.ndarray) -> Positions:
+        """The positions at ``index`` (an integer array)."""
+        return Positions(self.lines[index], self.cols[index])
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @overload
+    def __getitem__(self, k: int) -> Pos: ...
+    @overload
+    def __getitem__(self, k: slice) -> Positions: ...
+    def __getitem__(self, k: int | slice) -> Pos | Positions:
+        if isinstance(k, slice):
+            return Positions(self.lines[k], self.cols[k])
+        return int(self.lines[k]), int(self.cols[k])
+
+    def __iter__(self) -> Iterator[Pos]:
+        return zip(self.lines.tolist(), self.cols.tolist(), strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Positions):
+            return bool(np.array_equal(self.lines, other.lines) and np.array_equal(self.cols, other.cols))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays
+
+    def __repr__(self) -> str:
+        return f"Positions({list(self)[:8]}{' ...' if len(self) > 8 else ''})"
 
 # --------------------------------------------------------------------------------------------------------------
 # Errors
@@ -65,93 +135,100 @@ _PREFIX_CHARS = set("rRbBfFuU")
 _HEX = set("0123456789abcdefABCDEF")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Lit:
     """A decoded string literal, with the source position of every decoded character."""
 
     value: str
-    positions: tuple[Pos, ...]
+    positions: Positions
     prefix: str
     span: Span
     close: Pos  # where the closing quote starts (errors about "the end of the string" point there)
 
 
-def decode_literal(chars: Sequence[str], pos: Sequence[Pos], err: Errors) -> Lit:
-    """Decode a Python string literal given as characters with their source positions."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def decode_literal(chars: str, pos: Positions, err: Errors) -> Lit:
+    """Decode a Python string literal given as its source text with the position of each character.
+
+    Text between escapes is copied in slices, and the decoded characters' positions are gathered by one index
+    array into ``pos``, so a long literal costs a few bytes a character.
+    """
     n = len(chars)
     i = 0
     while i < n and chars[i] in _PREFIX_CHARS:
         i += 1
-    prefix = "".join(chars[:i]).lower()
+    prefix = chars[:i].lower()
     if i >= n or chars[i] not in "'\"":
         err.syntax_at("expected a string literal", pos[min(i, n - 1)] if n else (1, 1))
     if "b" in prefix:
         err.syntax_at("bytes literals are not allowed; use a normal string", pos[0])
     quote = chars[i]
-    qlen = 3 if "".join(chars[i : i + 3]) == quote * 3 and n - i >= 6 else 1
+    qlen = 3 if chars[i : i + 3] == quote * 3 and n - i >= 6 else 1
     body_start, body_end = i + qlen, n - qlen
     span = span_of(pos[0], pos[-1])
-    out: list[str] = []
-    out_pos: list[Pos] = []
-    j = body_start
-    raw = "r" in prefix
-    while j < body_end:
-        ch = chars[j]
-        if ch != "\\" or raw:
-            out.append(ch)
-            out_pos.append(pos[j])
-            if raw and ch == "\\" and j + 1 < body_end:
-                # In a raw string a backslash still protects the next character (kept verbatim).
-                out.append(chars[j + 1])
-                out_pos.append(pos[j + 1])
-                j += 1
-            j += 1
-            continue
-        at = pos[j]
-        nxt = chars[j + 1] if j + 1 < body_end else ""
-        if nxt in _SIMPLE_ESCAPES:
-            decoded = _SIMPLE_ESCAPES[nxt]
-            j += 2
-        elif nxt in "01234567" and nxt:
-            k = j + 1
-            while k < body_end and k < j + 4 and chars[k] in "01234567":
-                k += 1
-            decoded = chr(int("".join(chars[j + 1 : k]), 8))
-            j = k
-        elif nxt in ("x", "u", "U"):
-            width = {"x": 2, "u": 4, "U": 8}[nxt]
-            digits = "".join(chars[j + 2 : j + 2 + width])
-            if len(digits) != width or not set(digits) <= _HEX or j + 2 + width > body_end:
-                err.syntax_at(f"truncated \\{nxt} escape (needs {width} hex digits)", at)
-            code = int(digits, 16)
-            if code > 0x10FFFF:
-                err.syntax_at(f"illegal Unicode character in \\{nxt} escape", at)
-            decoded = chr(code)
-            j += 2 + width
-        elif nxt == "N":
-            close = j + 2
-            while close < body_end and chars[close] != "}":
-                close += 1
-            if j + 2 >= body_end or chars[j + 2] != "{" or close >= body_end:
-                err.syntax_at("malformed \\N{...} escape", at)
-            name = "".join(chars[j + 3 : close])
-            try:
-                decoded = unicodedata.lookup(name)
-            except KeyError:
-                err.syntax_at(f"unknown Unicode character name {name!r}", at)
-            j = close + 1
-        else:
-            # Python keeps unknown escapes (`"\d"`) verbatim, which regexes written without r"" rely on.
-            decoded = "\\"
-            j += 1
-        for c in decoded:
-            out.append(c)
-            out_pos.append(at)
-    for c, at in zip(out, out_pos, strict=True):
-        if "\ud800" <= c <= "\udfff":
-            # prompts, stop phrases and options are UTF-8 text for the model; a lone surrogate has no encoding
-            err.syntax_at(f"lone surrogate {c!r} in a query string cannot be encoded as UTF-8", at)
-    return Lit("".join(out), tuple(out_pos), prefix, span, pos[body_end] if body_end < n else pos[-1])
+    close = pos[body_end] if body_end < n else pos[-1]
+    if "r" in prefix or "\\" not in chars[body_start:body_end]:
+        # a raw string keeps every character as written (a backslash only protects the next one from ending it)
+        value, out_pos = chars[body_start:body_end], pos[body_start:body_end]
+    else:
+        out: list[str] = []
+        index = array("q")  # the source index of each decoded character
+        j = body_start
+        while j < body_end:
+            k = chars.find("\\", j, body_end)
+            if k != j:
+                stop = body_end if k < 0 else k
+                out.append(chars[j:stop])
+                index.extend(range(j, stop))
+                j = stop
+                continue
+            at = pos[j]
+            nxt = chars[j + 1] if j + 1 < body_end else ""
+            if nxt in _SIMPLE_ESCAPES:
+                decoded = _SIMPLE_ESCAPES[nxt]
+                step = 2
+            elif nxt in "01234567" and nxt:
+                k = j + 1
+                while k < body_end and k < j + 4 and chars[k] in "01234567":
+                    k += 1
+                decoded = chr(int(chars[j + 1 : k], 8))
+                step = k - j
+            elif nxt in ("x", "u", "U"):
+                width = {"x": 2, "u": 4, "U": 8}[nxt]
+                digits = chars[j + 2 : j + 2 + width]
+                if len(digits) != width or not set(digits) <= _HEX or j + 2 + width > body_end:
+                    err.syntax_at(f"truncated \\{nxt} escape (needs {width} hex digits)", at)
+                code = int(digits, 16)
+                if code > 0x10FFFF:
+                    err.syntax_at(f"illegal Unicode character in \\{nxt} escape", at)
+                decoded = chr(code)
+                step = 2 + width
+            elif nxt == "N":
+                close_at = chars.find("}", j + 2, body_end)
+                if j + 2 >= body_end or chars[j + 2] != "{" or close_at < 0:
+                    err.syntax_at("malformed \\N{...} escape", at)
+                name = chars[j + 3 : close_at]
+                try:
+                    decoded = unicodedata.lookup(name)
+                except KeyError:
+                    err.syntax_at(f"unknown Unicode character name {name!r}", at)
+                step = close_at + 1 - j
+            else:
+                # Python keeps unknown escapes (`"\d"`) verbatim, which regexes written without r"" rely on.
+                decoded = "\\"
+                step = 1
+            out.append(decoded)
+            index.extend([j] * len(decoded))  # decoded characters point at their escape's backslash
+            j += step
+        value = "".join(out)
+        out_pos = pos.take(np.frombuffer(index, np.int64)) if index else Positions.concat([])
+    bad = _SURROGATE.search(value)
+    if bad is not None:
+        # prompts, stop phrases and options are UTF-8 text for the model; a lone surrogate has no encoding
+        err.syntax_at(f"lone surrogate {bad.group()!r} in a query string cannot be encoded as UTF-8", out_pos[bad.start()])
+    return Lit(value, out_pos, prefix, span, close)
 
 
 def check_regex(pattern: str, positions: Sequence[Pos], fallback: Pos, err: Errors) -> None:
@@ -188,6 +265,9 @@ def python_message(e: BaseException) -> str:
     return f"invalid Python: {msg}"
 
 
+_SPECIAL = re.compile(r"[\[\]{}]")
+
+
 class PromptScanner:
     """Splits a decoded prompt string into Text / Interp / Hole parts, keeping source positions."""
 
@@ -204,21 +284,35 @@ class PromptScanner:
         chars, n = self.chars, len(self.chars)
         parts: list[nodes.PromptPart] = []
         buf: list[str] = []
-        buf_pos: list[Pos] = []
+        first: Pos | None = None  # position of the buffered text's first and last characters
+        last: Pos = (0, 0)
+
+        def add(text: str, a: int, b: int) -> None:
+            nonlocal first, last
+            buf.append(text)
+            if first is None:
+                first = self.pos[a]
+            last = self.pos[b - 1]
 
         def flush() -> None:
+            nonlocal first
             if buf:
-                parts.append(nodes.Text("".join(buf), span=span_of(buf_pos[0], buf_pos[-1])))
+                parts.append(nodes.Text("".join(buf), span=span_of(first, last)))  # type: ignore[arg-type]
                 buf.clear()
-                buf_pos.clear()
+                first = None
 
         i = 0
         while i < n:
+            m = _SPECIAL.search(chars, i)
+            k = n if m is None else m.start()
+            if k > i:  # plain text up to the next bracket, copied as one slice
+                add(chars[i:k], i, k)
+                i = k
+                continue
             ch = chars[i]
             nxt = chars[i + 1] if i + 1 < n else ""
-            if ch in "[]{}" and nxt == ch:
-                buf.append(ch)
-                buf_pos.append(self.pos[i])
+            if nxt == ch:
+                add(ch, i, i + 1)
                 i += 2
             elif ch == "[":
                 flush()
@@ -228,12 +322,8 @@ class PromptScanner:
                 flush()
                 field, i = self.interp(i)
                 parts.append(field)
-            elif ch in "]}":
-                self.err.syntax_at(f"single '{ch}' in prompt string; write '{ch * 2}' for a literal '{ch}'", self.pos[i])
             else:
-                buf.append(ch)
-                buf_pos.append(self.pos[i])
-                i += 1
+                self.err.syntax_at(f"single '{ch}' in prompt string; write '{ch * 2}' for a literal '{ch}'", self.pos[i])
         flush()
         return tuple(parts)
 

@@ -445,3 +445,79 @@ def test_malformed_vocabulary_is_a_serve_error(fake_server, case: str) -> None:
     srv = fake_server(_routes(info=info, vocab=bodies[case] if case in bodies else _GARBAGE[case]))
     with pytest.raises(ServeError):
         _ = _client(srv.endpoint).vocabulary
+
+
+# -- very large queries: parse memory and error positions ----------------------------------------------------
+
+
+def _peak_parse_mib(source: str) -> float:
+    """Peak Python allocation while parsing ``source`` (MiB), the source itself excluded."""
+    import tracemalloc
+
+    from lmqc.compiler.parser import parse
+
+    parse('argmax\n    "warm [X]"\n')  # imports and caches outside the measurement
+    tracemalloc.start()
+    try:
+        parse(source)
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("a" * 1_000_000, id="plain"),
+        pytest.param("line of text\n" * 77_000, id="multiline"),
+    ],
+)
+def test_one_megabyte_query_string_parses_in_little_memory(body: str) -> None:
+    """A 1 MB query string took ~130 MB to parse (a (line, col) tuple per character, copied three times); its
+    positions are now two int32 arrays."""
+    quote = '"""' if "\n" in body else '"'
+    source = f"argmax\n    {quote}{body}[X]{quote}\nwhere len(TOKENS(X)) < 5\n"
+    assert _peak_parse_mib(source) < 50
+
+
+def test_error_positions_in_a_huge_string() -> None:
+    from lmqc.compiler.parser import parse
+    from lmqc.errors import QuerySyntaxError
+
+    n = 300_000
+    # a single ']' after n characters on line 2 (the string starts after 4 spaces and a quote)
+    with pytest.raises(QuerySyntaxError, match="single ']'") as e:
+        parse(f'argmax\n    "{"a" * n}]"\n')
+    assert (e.value.line, e.value.column) == (2, 6 + n)
+    # escapes before the error: decoded characters are fewer than source characters
+    with pytest.raises(QuerySyntaxError, match="single '}'") as e:
+        parse('argmax\n    "' + "\\x41" * n + '}"\n')
+    assert (e.value.line, e.value.column) == (2, 6 + 4 * n)
+    # an error on a late line of a long triple-quoted string, after dedent of the continuation lines
+    lines = "\n".join(["    some text"] * 5000)
+    with pytest.raises(QuerySyntaxError, match="never closed") as e:
+        parse(f'argmax\n    """start\n{lines}\n    bad {{x"""\n')
+    assert (e.value.line, e.value.column) == (5003, 9)
+    # a lone surrogate escape at the end of a long string: located at its backslash
+    with pytest.raises(QuerySyntaxError, match="lone surrogate") as e:
+        parse('argmax\n    "' + "b" * n + '\\ud800"\n')
+    assert (e.value.line, e.value.column) == (2, 6 + n)
+
+
+def test_hole_positions_survive_long_text() -> None:
+    from lmqc.compiler import nodes
+    from lmqc.compiler.parser import parse
+
+    n = 200_000
+    q = parse('argmax\n    "' + "\\t" * n + '[X]"\n    """x\n    ' + "y" * n + ' [Y]"""\n')
+    holes = [p for ps in q.prompts for p in ps.parts if isinstance(p, nodes.Hole)]
+    assert [(h.name, h.span.line, h.span.column) for h in holes] == [("X", 2, 6 + 2 * n), ("Y", 4, 6 + n)]
+
+
+def test_query_size_limit() -> None:
+    from lmqc.compiler.parser import MAX_QUERY_CHARS, parse
+    from lmqc.errors import QuerySyntaxError
+
+    assert MAX_QUERY_CHARS >= 1 << 20  # a 1 MB query parses (above)
+    with pytest.raises(QuerySyntaxError, match=f"at most {MAX_QUERY_CHARS:,}"):
+        parse('argmax\n    "' + "a" * MAX_QUERY_CHARS + '"\n')
