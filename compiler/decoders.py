@@ -92,13 +92,15 @@ SETTINGS: dict[str, Setting] = {
 }
 
 #: Decoder -> the arguments it takes. ``beam_var`` is LMQL's beam variant; lmqc runs it as ``beam`` (RUNS_AS).
+#: ``beam_sample`` is beam search whose beams propose sampled tokens (``Beam.temperature``; default 1).
 DECODERS: dict[str, frozenset[str]] = {
     "argmax": frozenset({"max_len", "n"}),
     "sample": frozenset({"n", "temperature", "top_k", "top_p", "seed", "max_len"}),
     "beam": frozenset({"n", "max_len"}),
     "beam_var": frozenset({"n", "max_len"}),
+    "beam_sample": frozenset({"n", "temperature", "seed", "max_len"}),
 }
-RUNS_AS = {"beam_var": "beam"}
+RUNS_AS = {"beam_var": "beam", "beam_sample": "beam"}
 
 #: Options LMQL's decoders accept that mean nothing for a local llama.cpp model: accepted and ignored.
 IGNORED_DECODER_ARGS = frozenset(

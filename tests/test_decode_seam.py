@@ -90,9 +90,10 @@ def test_wire_codec_round_trips_a_request(hole) -> None:
 
 def test_one_settings_table_for_every_decoder() -> None:
     # every strategy field is a setting of the decoder that builds it; the parser and the CLI read the same table
-    for name, cls in (("sample", Sample), ("beam", Beam), ("argmax", Argmax)):
+    for name, cls in (("sample", Sample), ("beam_sample", Beam), ("argmax", Argmax)):
         for f in dataclasses.fields(cls):
             assert f.name in SETTINGS and f.name in DECODERS[name]
+    assert DECODERS["beam"] == DECODERS["beam_sample"] - {"temperature", "seed"}  # plain beam search does not sample
     assert parse_decoder("sample(n=2, temperature=0.5, top_k=4)").args == (("n", 2), ("temperature", 0.5), ("top_k", 4))
     assert str(parse_decoder("beam_var(n=3)")) == "beam_var(n=3)" and parse_strategy("beam_var", n=3) == Beam(3)
     for text, msg in (("beam(n=0)", ">= 1"), ("sample(top_p=0)", "top_p"), ("argmax(temperature=1)", "unknown argument"),

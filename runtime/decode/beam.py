@@ -14,7 +14,7 @@ from lmqc.errors import DecodeError
 from .request import Completion
 from .scoring import lse
 from .sequences import Seq, Sequencer
-from .strategies import top_n
+from .strategies import sample_n, top_n
 
 __all__ = ["BeamSearch"]
 
@@ -22,9 +22,15 @@ __all__ = ["BeamSearch"]
 class BeamSearch:
     """The beam of one hole: ``live`` sequences (at most ``n`` after the first step) and ``finished`` ones."""
 
-    def __init__(self, dec: Sequencer, seqs: list[Seq], n: int) -> None:
+    def __init__(
+        self, dec: Sequencer, seqs: list[Seq], n: int, temperature: float = 0.0, rng: np.random.Generator | None = None
+    ) -> None:
+        if temperature > 0 and rng is None:
+            raise DecodeError("beam_sample needs a random generator")
         self.dec = dec
         self.n = n
+        self.temperature = temperature
+        self.rng = rng
         self.live = [s for s in seqs if s.ending is None]
         self.finished: list[Seq] = [s for s in seqs if s.ending is not None]
         self.over = False
@@ -55,7 +61,10 @@ class BeamSearch:
                 finished.append(s)
                 continue
             ids, dense = dec.allowed(s)
-            toks, vals = top_n(logits[k], ids, dense, n)
+            if self.temperature > 0:
+                toks, vals = sample_n(logits[k], ids, dense, self.temperature, n, self.rng)  # type: ignore[arg-type]
+            else:
+                toks, vals = top_n(logits[k], ids, dense, n)
             if len(toks) == 0:
                 continue  # a dead beam simply drops out
             cand_score.append(s.score + (vals.astype(np.float64) - norm[k]))

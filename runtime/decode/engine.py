@@ -135,7 +135,7 @@ class HoleRun:
                 h = holes[spec] = HoleTables(spec, backend.n_vocab, backend.eos_id, special, eog)
             self.seqs.append(self._start(i, h, list(ctx), init[i], backend, special))
         if isinstance(strategy, Beam):
-            self.beam = BeamSearch(dec, self.seqs, strategy.n)
+            self.beam = BeamSearch(dec, self.seqs, strategy.n, strategy.temperature, request.rng)
 
     def _start(self, i: int, h: HoleTables, ctx: list[int], score0: float, backend: Any, special: np.ndarray) -> Seq:
         """Branch ``i``'s sequence at the start of the hole (healing set up, hopeless holes refused)."""

@@ -54,9 +54,15 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class Beam:
-    """Beam search keeping the ``n`` best sequences by total log-probability; finished ones compete too."""
+    """Beam search keeping the ``n`` best sequences by total log-probability; finished ones compete too.
+
+    ``temperature > 0`` is LMQL's ``beam_sample``: each beam proposes ``n`` tokens drawn from its allowed
+    distribution at that temperature (duplicates merged) instead of its ``n`` most likely ones; candidates are
+    still ranked by their model log-probability.
+    """
 
     n: int = 2
+    temperature: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self)
@@ -74,6 +80,7 @@ def _check(strategy: Any) -> None:
 Strategy = Argmax | Sample | Beam
 
 _CLASSES: dict[str, type] = {"argmax": Argmax, "sample": Sample, "beam": Beam, "beam_search": Beam}
+_DEFAULTS: dict[str, dict[str, Any]] = {"beam_sample": {"temperature": 1.0}}  # LMQL's beam_sample samples at T=1
 _NAMES = {Argmax: "argmax", Sample: "sample", Beam: "beam"}
 
 
@@ -93,6 +100,7 @@ def parse_strategy(name: str, *, strict: bool = False, **params: Any) -> Strateg
     if cls is None:
         raise DecodeError(f"unknown decoder {name!r}: use argmax, sample or beam")
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    params = {**_DEFAULTS.get(name, {}), **{k: v for k, v in params.items() if v is not None}}
     if strict and set(params) - set(fields):
         raise DecodeError(f"unknown {name} parameter(s): {', '.join(sorted(set(params) - set(fields)))}")
     kwargs = {}
@@ -154,6 +162,28 @@ def top_n(row: np.ndarray, ids: np.ndarray | None, dense: Dense | None, n: int) 
 
 
 _BLOCK = 512  # sampling from a full row: pick a block by its mass, then a token inside it
+
+
+def sample_n(
+    row: np.ndarray, ids: np.ndarray | None, dense: Dense | None, temperature: float, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` draws (with replacement) from softmax(row / T) over the allowed tokens, duplicates merged:
+    (token ids int32, their logits float32), at most ``n`` each; empty when nothing is allowed."""
+    if ids is not None:
+        cand: np.ndarray | None = ids
+        z = row[ids].astype(np.float32)
+    else:
+        cand = None
+        z = np.add(row, dense.bias, dtype=np.float32)
+    if len(z) == 0 or not np.isfinite(m := z.max()):
+        return np.empty(0, np.int32), np.empty(0, np.float32)
+    z -= m
+    _weights(z, temperature)
+    cum = np.cumsum(z, dtype=np.float64)
+    picks = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
+    picks = np.unique(np.minimum(picks, int(np.flatnonzero(z)[-1])))
+    toks = picks if cand is None else cand[picks]
+    return toks.astype(np.int32), row[toks]
 
 
 def _draw(w: np.ndarray, rng: np.random.Generator) -> int:
