@@ -325,6 +325,15 @@ def minimize(a: CharDFA) -> CharDFA:
     """Hopcroft's partition refinement; states with the same future (and the same flags) merge."""
     if _MINIMAL.get(id(a)) is a:
         return a
+    if a.n_states * a.n_classes <= _SMALL_CELLS:
+        got = _minimize_small(a)
+        if got is not None:
+            return got
+    return _minimize_arrays(a)
+
+
+def _minimize_arrays(a: CharDFA) -> CharDFA:
+    """``minimize`` in NumPy (any size)."""
     a = compress_alphabet(trim(a))
     s, k = a.trans.shape
     if s <= 1:
@@ -384,6 +393,106 @@ def minimize(a: CharDFA) -> CharDFA:
 
 _MOORE_ROUNDS = 48
 _HOPCROFT_MAX = 4000
+_SMALL_CELLS = 2048  # a DFA of at most this many (state, class) cells is minimized over Python lists
+_SMALL_ROUNDS = 64  # ... unless its Moore refinement takes more rounds than this (then NumPy, from scratch)
+
+
+def _minimize_small(a: CharDFA) -> CharDFA | None:
+    """``minimize`` of a small DFA over Python lists, the same result as ``_minimize_arrays`` (trim, merge
+    identical class columns numbered by lowest code point, Moore refinement to the coarsest stable partition,
+    blocks numbered breadth-first from the initial state in class order). A DFA of a few dozen states spends
+    far more in NumPy's per-call overhead than in the work itself. None when refinement needs too many rounds.
+    """
+    rows = a.trans.tolist()
+    k = a.n_classes
+    flags = [int(f) + 2 * int(st) for f, st in zip(a.final.tolist(), a.stopped.tolist(), strict=True)]
+    # -- trim: co-reachable from an end, then reachable from the initial state
+    s = len(rows)
+    rev: list[list[int]] = [[] for _ in range(s)]
+    for u, row in enumerate(rows):
+        for t in row:
+            if t >= 0:
+                rev[t].append(u)
+    alive = [f > 0 for f in flags]
+    stack = [i for i in range(s) if alive[i]]
+    while stack:
+        for u in rev[stack.pop()]:
+            if not alive[u]:
+                alive[u] = True
+                stack.append(u)
+    initial = a.initial
+    if not alive[initial]:
+        rows, flags, initial = [[-1] * k], [0], 0
+    else:
+        rows = [[t if t >= 0 and alive[t] else -1 for t in row] for row in rows]
+        seen = [False] * s
+        seen[initial] = True
+        stack = [initial]
+        while stack:
+            for t in rows[stack.pop()]:
+                if t >= 0 and not seen[t]:
+                    seen[t] = True
+                    stack.append(t)
+        keep = [i for i in range(s) if seen[i] and alive[i]]
+        if len(keep) < s:
+            new_id = [-1] * (s + 1)
+            for j, i in enumerate(keep):
+                new_id[i] = j
+            rows = [[new_id[t] for t in rows[i]] for i in keep]
+            flags = [flags[i] for i in keep]
+            initial = new_id[initial]
+    # -- classes with identical columns merge; merged classes numbered by their first interval
+    cols = list(zip(*rows, strict=True))
+    col_group: dict[tuple, int] = {}
+    inv = np.fromiter((col_group.setdefault(c, len(col_group)) for c in cols), dtype=np.int64, count=k)
+    group_cols = list(col_group)
+    by_cp = inv[a.iclass]
+    _, firsts = np.unique(by_cp, return_index=True)
+    order = np.argsort(firsts).tolist()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    iclass = rank[by_cp].astype(np.int32)
+    keep_iv = np.ones(len(a.starts), dtype=bool)
+    keep_iv[1:] = iclass[1:] != iclass[:-1]
+    starts, iclass = a.starts[keep_iv], iclass[keep_iv]
+    rows = [list(r) for r in zip(*(group_cols[g] for g in order), strict=True)]
+    s = len(rows)
+    if s <= 1:
+        return _make(starts, iclass, rows, initial, [f & 1 for f in flags], [f >> 1 for f in flags])
+    # -- Moore refinement (the sink is state s, label 4)
+    comp = [[t if t >= 0 else s for t in row] for row in rows]
+    comp.append([s] * len(order))
+    label = [*flags, 4]
+    n_blocks = len(set(label))
+    for _ in range(_SMALL_ROUNDS):
+        sig: dict[tuple, int] = {}
+        new = [sig.setdefault((label[i], *[label[t] for t in comp[i]]), len(sig)) for i in range(s + 1)]
+        label = new
+        if len(sig) == n_blocks:
+            break
+        n_blocks = len(sig)
+    else:
+        return None
+    # -- quotient, blocks numbered breadth-first from the initial state's block, successors in class order
+    rep = [-1] * n_blocks
+    for i in range(s, -1, -1):
+        rep[label[i]] = i  # smallest state of each block
+    new_of_block = [-1] * n_blocks
+    start = label[initial]
+    new_of_block[start] = 0
+    sink_block = label[s]
+    order_b = [start]
+    i = 0
+    while i < len(order_b):
+        for t in comp[rep[order_b[i]]]:
+            b = label[t]
+            if b != sink_block and new_of_block[b] < 0:
+                new_of_block[b] = len(order_b)
+                order_b.append(b)
+        i += 1
+    reps = [rep[b] for b in order_b]
+    trans = [[new_of_block[label[t]] for t in comp[r]] for r in reps]
+    return _make(starts, iclass, trans, 0, [flags[r] & 1 for r in reps], [flags[r] >> 1 for r in reps])
 
 
 def _renumber(a: CharDFA, trans: np.ndarray, block: np.ndarray, n_blocks: int) -> CharDFA:

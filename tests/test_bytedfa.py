@@ -163,3 +163,46 @@ def test_golden_errors(constraint, name):
 
 def test_alphabet_constant_is_small():
     assert len(ALPHABET) < 10
+
+
+# -- small-DFA fast paths produce exactly what the NumPy paths produce ------------------------------------------
+
+
+def _same_chardfa(x, y) -> bool:
+    return (
+        x.initial == y.initial
+        and all(
+            np.array_equal(getattr(x, f), getattr(y, f)) and getattr(x, f).dtype == getattr(y, f).dtype
+            for f in ("starts", "iclass", "trans", "final", "stopped")
+        )
+    )
+
+
+@st.composite
+def _raw_chardfas(draw):
+    """Arbitrary small char DFAs: dead and unreachable states, duplicate columns, classes over several intervals."""
+    from lmqc.compiler import charlang
+
+    s, k = draw(st.integers(1, 10)), draw(st.integers(1, 4))
+    trans = draw(st.lists(st.integers(-1, s - 1), min_size=s * k, max_size=s * k))
+    final = draw(st.lists(st.booleans(), min_size=s, max_size=s))
+    stopped = draw(st.lists(st.booleans(), min_size=s, max_size=s))
+    extra = draw(st.lists(st.integers(0, k - 1), max_size=4))
+    iclass = draw(st.permutations(list(range(k)))) + extra
+    starts = sorted(draw(st.sets(st.integers(1, 0x10FFFF), min_size=len(iclass) - 1, max_size=len(iclass) - 1)))
+    return charlang._make([0, *starts], iclass, trans, draw(st.integers(0, s - 1)), final, stopped)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_raw_chardfas(), constraints()))
+def test_small_minimize_is_the_numpy_minimize(d):
+    from lmqc.compiler import charlang
+
+    if not isinstance(d, charlang.CharDFA):
+        try:
+            d = charlang.compile_language(d)
+        except ConstraintError:  # token bounds under or/not: no character language
+            return
+    fast = charlang._minimize_small(d)
+    assert fast is not None
+    assert _same_chardfa(fast, charlang._minimize_arrays(d))
