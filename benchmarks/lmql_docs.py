@@ -991,7 +991,7 @@ def query_functions(scope: dict[str, Any]) -> dict[str, Any]:
                 exec(f"def {v.name}({v.params}): pass", ns)  # noqa: S102 - a stand-in with the same parameters
                 fn = ns.pop(v.name)
                 fn.__doc__ = v.text
-                ns[name] = QueryFunction(fn, None, None, {})
+                ns[name] = QueryFunction.from_function(fn, None, None, {})
             except (SyntaxError, LmqcError):
                 continue
     return ns

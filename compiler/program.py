@@ -38,11 +38,15 @@ from . import nodes
 from .parser import find_prompts
 
 FUNCTION = "__lmqc_query__"
+# The value the program returns when its body ends without a `return` (LMQL tells `return None` from no return:
+# a query function call gives its return value only when one was returned; a nested query's prompt is replaced
+# by str(value) only then). The runtime binds this name to a sentinel object.
+NO_RETURN = "__lmqc_no_return__"
 EV_TEXT, EV_ROLE, EV_HOLE, EV_DIST, EV_AWAIT = "text", "role", "hole", "dist", "await"
 
 # Names the runtime provides to every query: LMQL code refers to `lmql.` (lmqc answers for it) and reads
 # `context.prompt` (an input or global named `context` replaces it).
-PROVIDED = frozenset({"lmql", "lmqc", "context", "__name__", "__file__"})
+PROVIDED = frozenset({"lmql", "lmqc", "context", NO_RETURN, "__name__", "__file__"})
 _BUILTINS = frozenset(dir(builtins))
 
 
@@ -290,6 +294,9 @@ def _build(query: nodes.Query) -> Program:
     if not rewriter.yields:
         # a body without query strings is still a generator (the runtime drives every query the same way)
         stmts.insert(0, ast.If(ast.Constant(False), [ast.Expr(ast.Yield(None))], []))
+    if stmts:
+        end = ast.Return(ast.Name(NO_RETURN, ast.Load()))
+        stmts.append(ast.fix_missing_locations(ast.copy_location(end, stmts[-1])))
     if not stmts:
         stmts = [ast.Pass()]
     for stmt in stmts[:1]:

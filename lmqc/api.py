@@ -494,7 +494,9 @@ class QueryFunction:
         dec = _decoder_with(compiled, decoder or self.decoder, settings)
         on_event = sink(listeners.get("on_token"), listeners.get("output_writer"), put)
         result = _execute(compiled, model, dec, scope, on_event, call)
-        return _values(result) if self.single_value else result
+        if self.single_value:
+            return _values(result)
+        return _returned(result)
 
     def __lmqc_nested__(self, model: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[CompiledQuery, dict[str, Any]]:
         # a nested query decodes on the outer query's model
@@ -521,6 +523,16 @@ def _decoder_with(compiled: CompiledQuery, decoder: Any, settings: dict[str, Any
         except ValueError as e:
             raise QueryTypeError(str(e)) from None
     return nodes.Decoder(base.name, tuple(sorted(args.items())), span=base.span)
+
+
+def _returned(result: Any) -> Any:
+    """A query function call's value, as LMQL's: what the body returned when it ran ``return`` (even ``return
+    None``; a list of them for several results), else the result object(s)."""
+    results = result if isinstance(result, list) else [result]
+    if results and all(r.returned for r in results):
+        values = [r.return_value for r in results]
+        return values if isinstance(result, list) else values[0]
+    return result
 
 
 def _values(result: Any) -> Any:

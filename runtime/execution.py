@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmqc.compiler.program import EV_AWAIT, EV_DIST, EV_HOLE, EV_ROLE, EV_TEXT
+from lmqc.compiler.program import EV_AWAIT, EV_DIST, EV_HOLE, EV_ROLE, EV_TEXT, NO_RETURN
 from lmqc.errors import DecodeError, SourceError
 
 
@@ -67,6 +67,18 @@ class _Frame:
     compiled: Any
     var: str | None = None  # the outer hole this nested frame fills
     last_value: Any = None
+
+
+class _NoReturn:
+    """What a program returns when its body ends without ``return`` (bound to ``compiler.program.NO_RETURN``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<no return>"
+
+
+NO_RETURN_VALUE = _NoReturn()
 
 
 class QueryContext:
@@ -114,6 +126,7 @@ class Execution:
     trace: list[Any] = field(default_factory=list)
     finished: bool = False
     return_value: Any = None
+    returned: bool = False  # the body ran a `return` (even `return None`), as opposed to reaching its end
     _replay: deque[Any] = field(default_factory=deque)
     viewer: BranchView | None = None
     context: QueryContext | None = None
@@ -158,10 +171,12 @@ class Execution:
                 self.frames.pop()
                 if not self.frames:
                     self.finished = True
-                    self.return_value = stop.value
+                    self.returned = stop.value is not NO_RETURN_VALUE
+                    self.return_value = stop.value if self.returned else None
                     return None
                 rv = stop.value
-                send, throw = (rv if rv is not None else frame.last_value), None
+                # a nested query that returned (even None) stands for its value; one that did not is a macro
+                send, throw = (rv if rv is not NO_RETURN_VALUE else frame.last_value), None
                 effects.append(Effect("leave", (rv, send)))
                 self.frames[-1].last_value = send
                 continue
@@ -269,7 +284,9 @@ def new_generator(compiled: Any, scope: Mapping[str, Any], context: QueryContext
     from .lmqlcompat import query_builtins
 
     program = compiled.program
-    ns: dict[str, Any] = {"__name__": "__lmqc_query__", "lmql": lmqc, "lmqc": lmqc, "context": context}
+    ns: dict[str, Any] = {
+        "__name__": "__lmqc_query__", "lmql": lmqc, "lmqc": lmqc, "context": context, NO_RETURN: NO_RETURN_VALUE,
+    }
     params = set(program.params)
     # inputs the program reads are its function's parameters (locals, as in LMQL); the rest of the scope (a
     # query function's module and defining scope) are its globals

@@ -25,7 +25,7 @@ from lmqc.errors import ArtifactError, DecodeError, MaxLenError, QueryTypeError
 
 from . import decode
 from .decode import DecodeRequest, HoleSpec
-from .execution import Effect, Execution, Request
+from .execution import NO_RETURN_VALUE, Effect, Execution, Request
 from .models import model_spec
 from .service import LocalDecoder, decoder_service
 
@@ -62,6 +62,7 @@ class LMQLResult:
     spans: list[tuple[int, int, str]] = field(default_factory=list)
     n_tokens: int = 0
     return_value: Any = None
+    returned: bool = field(default=False, repr=False, compare=False)  # the body ran `return` (even `return None`)
 
     def to_json(self) -> dict[str, Any]:
         out = {"prompt": self.prompt, "variables": self.variables, "distribution": self.distribution}
@@ -204,7 +205,7 @@ class _Driver:
                 self.flush(b)
                 mark = b.marks.pop()
                 rv, value = e.value
-                if rv is not None:
+                if rv is not NO_RETURN_VALUE:
                     # the nested query's prompt is replaced by its return value (LMQL's stack-frame semantics)
                     text = str(rv)
                     b.prompt = b.prompt[: mark.prompt] + text
@@ -357,7 +358,7 @@ class _Driver:
             elif e.kind == "leave":
                 start, var = marks.pop()
                 rv, value = e.value
-                if rv is not None:
+                if rv is not NO_RETURN_VALUE:
                     prompt = prompt[:start] + str(rv)
                 if not marks:
                     variables[var] = value
@@ -645,7 +646,8 @@ def _schema_type(compiled: Any, req: Request) -> Any:
 
 def _result(b: _Branch) -> LMQLResult:
     return LMQLResult(
-        b.prompt, dict(b.variables), b.distribution, b.logprob, list(b.spans), b.n_tokens, b.ex.return_value
+        b.prompt, dict(b.variables), b.distribution, b.logprob, list(b.spans), b.n_tokens, b.ex.return_value,
+        b.ex.returned,
     )
 
 

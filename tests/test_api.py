@@ -17,9 +17,11 @@ def tiny_default():
 
 
 def test_query_from_a_string_with_positional_inputs(tiny_default) -> None:
-    q = lmqc.query('"Q: {a} and {b}? [X]" where len(X) < 4\nreturn X\n')
+    q = lmqc.query('"Q: {a} and {b}? [X]" where len(X) < 4\n')
     r = q("one", b="two")
-    assert r.prompt.startswith("Q: one and two? ") and r.return_value == r.variables["X"]
+    assert r.prompt.startswith("Q: one and two? ") and r.return_value is None and not r.returned
+    # a query that returns gives its return value, as LMQL's query functions do
+    assert lmqc.query('"Q: {a} and {b}? [X]" where len(X) < 4\nreturn X.upper()\n')("one", b="two") == r.variables["X"].upper()
     named = lmqc.query('"{x}{y} [X]" where len(X) < 3', input_variables=["y", "x"])
     assert named("Y", "X").prompt.startswith("XY ")
     with pytest.raises(TypeError):
@@ -92,7 +94,7 @@ def test_async_run_and_async_query_functions(tiny_default) -> None:
         return await asyncio.gather(lmqc.run_async('"[X]" where len(X) < 3'), ask("cats"), ask("dogs"))
 
     a, b, c = asyncio.run(main())
-    assert a.prompt is not None and b.prompt.startswith("About cats: ") and c.return_value is not None
+    assert a.prompt is not None and isinstance(b, str) and 0 < len(b) < 5 and isinstance(c, str)  # returned X
     assert asyncio.run(lmqc.generate("Hi", max_tokens=3)) is not None
 
 
@@ -114,3 +116,18 @@ def test_from_a_model_expression_and_is_async_for_source_queries(tiny_default) -
     awaitable = q("owls")
     assert asyncio.iscoroutine(awaitable)
     assert asyncio.run(awaitable).prompt == lmqc.run('"About {t}: [X]" where len(X) < 4', t="owls").prompt
+
+
+def test_query_function_returns_what_the_body_returned(tiny_default) -> None:
+    # LMQL's test_return_value: `return None` is a return value; no `return` gives the result object
+    none = lmqc.query('"Hi, [C]." where len(TOKENS(C)) == 2\nreturn None\n')
+    some = lmqc.query('"Hi, [C]." where len(TOKENS(C)) == 2\nreturn "Something"\n')
+    plain = lmqc.query('"Hi,[C]" where len(TOKENS(C)) == 2\n')
+    assert none() is None and none(decoder="beam", n=2) == [None, None] and some() == "Something"
+    assert plain().prompt.startswith("Hi,")
+    scope = {"none": none, "some": some, "plain": plain}
+    # as nested queries: a returned value (even None) replaces the nested prompt; no return keeps its text
+    assert lmqc.run('"[T: none]."\nreturn context.prompt\n', **scope).return_value == "None."
+    assert lmqc.run('"[T: some]."\nreturn context.prompt\n', **scope).return_value == "Something."
+    r = lmqc.run('"[T: plain]."\nreturn context.prompt\n', **scope)
+    assert r.return_value == "Hi," + r.variables["T"] + "."

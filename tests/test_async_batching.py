@@ -80,11 +80,11 @@ def test_async_query_functions_generate_and_score_batch_too(tiny) -> None:
         '''
 
     sync_ask = lmqc.query('"About {topic}: [X]" where len(TOKENS(X)) < 6\nreturn X\n')
-    expected = [sync_ask(t).return_value for t in ("cats", "dogs", "owls")]
+    expected = [sync_ask(t) for t in ("cats", "dogs", "owls")]  # query functions that return give the value
     scheduler = scheduler_for(tiny)
     before = scheduler.stats["merged_steps"]
     results = asyncio.run(_together(scheduler, [ask(t) for t in ("cats", "dogs", "owls")], expect=3))
-    assert [r.return_value for r in results] == expected
+    assert results == expected and all(isinstance(r, str) for r in results)
     assert scheduler.stats["merged_steps"] > before
 
     async def both():
