@@ -206,6 +206,19 @@ class _Template:
             got = self._groups = (first, group)
         return got
 
+    def small_tables(self) -> tuple[list[list[int]], list[list[int]], np.ndarray]:
+        """For the list expansion: each node's child entry per byte group (``children[n][first byte of the
+        group]``), each node's leaf classes, and the group of every byte."""
+        got = getattr(self, "_small", None)
+        if got is None:
+            rep_bytes, group = self.byte_groups()
+            got = self._small = (
+                [ch[rep_bytes].tolist() for ch in self.children],
+                [lv.tolist() for lv in self.leaves],
+                group,
+            )
+        return got
+
     def _build(self, entries: tuple, memo: dict) -> int:
         got = memo.get(entries)
         if got is not None:
@@ -232,6 +245,7 @@ class _Template:
 
 
 _TEMPLATES: dict[tuple[bytes, bytes], _Template] = {}
+_SMALL_EXPAND = 1024  # (char states) x (template nodes) up to which the byte table is built over Python lists
 
 
 def _template(starts: np.ndarray, iclass: np.ndarray) -> _Template:
@@ -375,6 +389,14 @@ class ByteDFA:
 
     @classmethod
     def _from_minimal(cls, c: CharDFA) -> ByteDFA:
+        tmpl = _template(c.starts, c.iclass)
+        if c.n_states * len(tmpl.children) <= _SMALL_EXPAND:
+            return cls._from_minimal_small(c, tmpl)
+        return cls._from_minimal_arrays(c)
+
+    @classmethod
+    def _from_minimal_arrays(cls, c: CharDFA) -> ByteDFA:
+        """``_from_minimal`` in NumPy (any size)."""
         table, final, stopped, group = _expand_grouped(c)
         # byte equivalence classes: identical columns (groups are in order of their first byte, so classes are
         # numbered by first byte, as over all 256 columns)
@@ -388,6 +410,71 @@ class ByteDFA:
             int(c.initial),
             final,
             stopped,
+        )
+
+    @classmethod
+    def _from_minimal_small(cls, c: CharDFA, tmpl: _Template) -> ByteDFA:
+        """``_from_minimal`` of a small DFA over Python lists: the same table, built without NumPy's per-call
+        overhead (``_expand_grouped``, the byte classes and ``_merge_identical_rows`` step for step)."""
+        child_g, leaves, group = tmpl.small_tables()
+        s = c.n_states
+        g_n = len(child_g[0])
+        stopped_l = c.stopped.tolist()
+        ctrans = [[-1] * c.n_classes if st else row for row, st in zip(c.trans.tolist(), stopped_l, strict=True)]
+        inst = [[-1] * len(child_g) for _ in range(s)]
+        reps: list[tuple[int, list[int]]] = []
+        next_id = s
+        for n in range(len(child_g) - 1, 0, -1):  # children first
+            under = leaves[n]
+            ids: dict[tuple, int] = {}
+            rep: list[int] = []
+            for st, row in enumerate(ctrans):
+                key = tuple([row[k] for k in under])
+                got = ids.get(key)
+                if got is None:
+                    got = ids[key] = next_id if key and max(key) >= 0 else -1
+                    if got >= 0:
+                        next_id += 1
+                        rep.append(st)
+                inst[st][n] = got
+            reps.append((n, rep))
+
+        def fill(st: int, n: int) -> list[int]:
+            row, own = ctrans[st], inst[st]
+            return [row[-ch - 2] if ch <= -2 else own[ch] if ch >= 0 else -1 for ch in child_g[n]]
+
+        table: list[list[int]] = [fill(st, 0) for st in range(s)]
+        table.extend([] for _ in range(next_id - s))
+        for n, rep in reps:
+            for st in rep:
+                table[inst[st][n]] = fill(st, n)
+        for st in range(s):
+            if stopped_l[st]:
+                table[st] = [st] * g_n  # absorbs every byte
+        # byte classes: identical columns (numbered by first byte, as over all 256 columns)
+        col_class: dict[tuple, int] = {}
+        cls_of_group = [col_class.setdefault(col, len(col_class)) for col in zip(*table, strict=True)]
+        firsts = [cls_of_group.index(k) for k in range(len(col_class))]
+        table = [[row[j] for j in firsts] for row in table]
+        final = c.final.tolist() + [False] * (next_id - s)
+        stopped = stopped_l + [False] * (next_id - s)
+        # partial characters with identical rows merge, until nothing changes
+        while len(table) - s > 1:
+            seen: dict[tuple, int] = {}
+            inv = [seen.setdefault(tuple(row), len(seen)) for row in table[s:]]
+            if len(seen) == len(inv):
+                break
+            keep = list(range(s)) + [s + inv.index(k) for k in range(len(seen))]
+            remap = list(range(s)) + [s + k for k in inv]
+            table = [[remap[t] if t >= 0 else -1 for t in table[i]] for i in keep]
+            final = [final[i] for i in keep]
+            stopped = [stopped[i] for i in keep]
+        return cls(
+            np.asarray(table, dtype=np.int32).reshape(len(table), len(firsts)),
+            np.asarray(cls_of_group, dtype=np.uint8)[group],
+            int(c.initial),
+            np.asarray(final, dtype=bool),
+            np.asarray(stopped, dtype=bool),
         )
 
     @classmethod

@@ -206,3 +206,23 @@ def test_small_minimize_is_the_numpy_minimize(d):
     fast = charlang._minimize_small(d)
     assert fast is not None
     assert _same_chardfa(fast, charlang._minimize_arrays(d))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_raw_chardfas(), constraints()), st.lists(st.sampled_from(["a", ".", "é", "\n", "ab"]), max_size=2))
+def test_small_byte_expansion_is_the_numpy_expansion(d, phrases):
+    from lmqc.compiler import bytedfa, charlang
+
+    if not isinstance(d, charlang.CharDFA):
+        try:
+            d = charlang.compile_language(d)
+        except ConstraintError:
+            return
+    d = charlang.minimize(d)
+    if phrases:  # stopped states (absorbing) come from stop rules
+        d = charlang.minimize(bytedfa.apply_stops(d, tuple(Stop(p, i % 2 == 0) for i, p in enumerate(phrases))))
+    fast = ByteDFA._from_minimal_small(d, bytedfa._template(d.starts, d.iclass))
+    slow = ByteDFA._from_minimal_arrays(d)
+    assert fast.initial == slow.initial
+    for f in ("trans", "classes", "final", "stopped"):
+        assert np.array_equal(getattr(fast, f), getattr(slow, f)) and getattr(fast, f).dtype == getattr(slow, f).dtype
