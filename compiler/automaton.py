@@ -480,6 +480,8 @@ class TokenAutomaton:
 
 
 _WEIGHTS: dict[int, np.ndarray] = {}
+_SMALL_WALK = 2048  # (DFA states) x (byte classes) up to which the walk keeps class-node rows as tuples
+_SMALL_DEDUPE = 512  # cells up to which rows are deduped with a dict (``unique_rows``' small path)
 
 
 def _dedupe_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -490,8 +492,8 @@ def _dedupe_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Candidates are verified; larger inputs or a collision take ``unique_rows``.
     """
     n, m = a.shape
-    if n <= 1 or m >= 1 << 17 or int(a.max(initial=0)) >= (1 << 16) - 2:
-        return unique_rows(a)
+    if n * m <= _SMALL_DEDUPE or m >= 1 << 17 or int(a.max(initial=0)) >= (1 << 16) - 2:
+        return unique_rows(a)  # (small tables: its dict of tuples)
     w = _WEIGHTS.get(m)
     if w is None:
         w = _WEIGHTS[m] = np.random.default_rng(0x5EED + m).integers(1, 1 << 20, size=m).astype(np.float64)
@@ -546,6 +548,14 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     # one row per class node: the state its prefix leads each state to (rows, not columns: gathered whole)
     node_rows = np.full((2, s_n), -1, dtype=np.int32)
     node_rows[1] = np.arange(s_n)
+    # A small DFA keeps its class-node rows as Python tuples: a level then costs a few dozen list operations
+    # instead of two dozen NumPy calls (the trie side stays vectorized: it can be wide).
+    small = s_n * c_n <= _SMALL_WALK
+    if small:
+        dead_row = (-1,) * s_n
+        rows_l: list[tuple] = [dead_row, tuple(range(s_n))]
+        tcol = [col + [-1] for col in dfa.trans.T.tolist()]  # column per class; index -1 rejects
+        columns_l: list[tuple] = []
     for d in range(len(trie.parent)):
         n_d = len(trie.parent[d])
         if cn_all is not None:
@@ -562,23 +572,39 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
         if not len(pc):
             break
         key = pc * c_n + classes[byt]
-        n_keys = node_rows.shape[0] * c_n
+        n_keys = (len(rows_l) if small else node_rows.shape[0]) * c_n
         present = np.zeros(n_keys, dtype=bool)
         present[key] = True
         uniq = np.flatnonzero(present)
-        parent, ucls = uniq // c_n, uniq % c_n
-        src = node_rows[parent]
-        nxt = trans_flat[np.where(src >= 0, src * c_n, s_n * c_n) + ucls[:, None]]
-        live = np.flatnonzero((nxt >= 0).any(axis=1))
-        if not len(live):
-            break
-        rows = nxt[live]
-        # Prefixes that lead every state to the same place behave the same from now on: one class node.
-        first, inv = _dedupe_rows(rows)
         new_local = np.zeros(n_keys, dtype=np.int32)
-        new_local[uniq[live]] = 1 + inv
+        # Prefixes that lead every state to the same place behave the same from now on: one class node.
+        if small:
+            groups: dict[tuple, int] = {}
+            live_keys: list[int] = []
+            ids: list[int] = []
+            for q in uniq.tolist():
+                p, k = divmod(q, c_n)
+                col = tcol[k]
+                r = tuple([col[x] for x in rows_l[p]])
+                if max(r) >= 0:
+                    live_keys.append(q)
+                    ids.append(1 + groups.setdefault(r, len(groups)))
+            if not live_keys:
+                break
+            new_local[live_keys] = ids
+            rows_l = [dead_row, *groups]
+        else:
+            parent, ucls = uniq // c_n, uniq % c_n
+            src = node_rows[parent]
+            nxt = trans_flat[np.where(src >= 0, src * c_n, s_n * c_n) + ucls[:, None]]
+            live = np.flatnonzero((nxt >= 0).any(axis=1))
+            if not len(live):
+                break
+            rows = nxt[live]
+            first, inv = _dedupe_rows(rows)
+            new_local[uniq[live]] = 1 + inv
+            node_rows = np.concatenate([np.full((1, s_n), -1, np.int32), rows[first]])
         cn = new_local[key]
-        node_rows = np.concatenate([np.full((1, s_n), -1, np.int32), rows[first]])
         ok = np.flatnonzero(cn)
         if len(ok) * 8 >= n_d:  # most of this depth lives on
             if idx is None:
@@ -600,20 +626,28 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             toks = trie.end_tok[d][at]
             ce = live_cn[which]
         if len(ce):
-            seen = np.zeros(node_rows.shape[0], dtype=bool)
+            seen = np.zeros(len(rows_l) if small else node_rows.shape[0], dtype=bool)
             seen[ce] = True
             u_nodes = np.flatnonzero(seen)
             rank = np.cumsum(seen, dtype=np.int32) - 1
-            columns.append(node_rows[u_nodes])
+            if small:
+                columns_l.extend([rows_l[i] for i in u_nodes.tolist()])
+            else:
+                columns.append(node_rows[u_nodes])
             tok_parts.append(toks)
             seq_parts.append(n_seq + rank[ce])
             n_seq += len(u_nodes)
-    if not columns:
+    if not n_seq:
         return np.zeros((s_n, 0), np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32)
-    table = np.concatenate(columns)
     toks = np.concatenate(tok_parts).astype(np.int32)
     seqs = np.concatenate(seq_parts)
     # the same behaviour can end tokens of different lengths: one column per distinct behaviour
+    if small:
+        distinct: dict[tuple, int] = {}
+        inv = np.fromiter((distinct.setdefault(r, len(distinct)) for r in columns_l), np.int64, len(columns_l))
+        table = np.asarray(list(distinct), dtype=np.int32).reshape(len(distinct), s_n)
+        return np.ascontiguousarray(table.T), toks, inv[seqs].astype(np.int32)
+    table = np.concatenate(columns)
     first, inv = _dedupe_rows(table)
     return np.ascontiguousarray(table[first].T), toks, inv[seqs].astype(np.int32)
 
@@ -625,7 +659,9 @@ def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.nd
     that reaches it.
     """
     s_n = table.shape[0]
-    if s_n > 4096:  # large automata are long chains (counters): thousands of tiny levels, cheaper in Python
+    if s_n > 4096 or table.size <= _SMALL_TABLE:
+        # large automata are long chains (counters): thousands of tiny levels, cheaper in Python; small ones
+        # spend more in NumPy's per-call overhead than in the work
         return _token_reachable_lists(table, initial)
     parent_state = np.full(s_n, -1, dtype=np.int64)
     parent_seq = np.full(s_n, -1, dtype=np.int64)
@@ -687,9 +723,14 @@ def _pending_text(state, parent_state, parent_seq, toks, seqs, vocab: Vocabulary
     return b"".join(reversed(pieces)).decode("utf-8", errors="replace")
 
 
+_SMALL_TABLE = 4096  # (states x sequences) up to which the BFS passes run over Python lists
+
+
 def _min_tokens_to_end(table: np.ndarray, end: np.ndarray) -> np.ndarray:
     """BFS layers backwards from the end states, evaluating only rows not yet settled."""
     s_n = table.shape[0]
+    if table.size <= _SMALL_TABLE:
+        return _min_tokens_to_end_lists(table, end)
     dist = np.where(end, 0, UNREACHABLE).astype(np.int32)
     dist_ext = np.append(dist, UNREACHABLE)  # index -1 -> unreachable
     todo = np.flatnonzero(~end)
@@ -702,6 +743,25 @@ def _min_tokens_to_end(table: np.ndarray, end: np.ndarray) -> np.ndarray:
         dist_ext[todo[hit]] = level
         todo = todo[~hit]
     return dist_ext[:s_n].copy()
+
+
+def _min_tokens_to_end_lists(table: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """``_min_tokens_to_end`` over Python lists (the same layers)."""
+    unreachable = int(UNREACHABLE)
+    dist = [0 if e else unreachable for e in end.tolist()]
+    dist.append(unreachable)  # index -1 -> unreachable
+    rows = table.tolist()
+    todo = [s for s, e in enumerate(end.tolist()) if not e]
+    level = 0
+    while todo:
+        level += 1
+        hit = [s for s in todo if any(dist[t] == level - 1 for t in rows[s])]
+        if not hit:
+            break
+        for s in hit:
+            dist[s] = level
+        todo = [s for s in todo if dist[s] != level]
+    return np.asarray(dist[:-1], dtype=np.int32)
 
 
 def _forced(mask_seqs, mask_final, seq_count, toks, seqs) -> np.ndarray:

@@ -271,3 +271,39 @@ def test_large_bound_token_automaton():
     assert s >= 0 and a.is_final(s)
     assert a.step(s, 3) == -1 and a.step(s, 2) >= 0  # 4998 letters: two more fit, three do not
     assert a.step(a.initial, 5) == -1 and a.step(a.initial, 6) == -1  # "a1", "é"
+
+
+# -- small-automaton list paths build exactly what the NumPy paths build -----------------------------------------
+
+
+def _build_with(dfa: ByteDFA, vocab: Vocabulary, monkeypatch, small: bool) -> dict[str, np.ndarray] | str:
+    from lmqc.compiler import automaton
+
+    with monkeypatch.context() as m:
+        if not small:  # every threshold at zero: the NumPy paths throughout
+            m.setattr(automaton, "_SMALL_WALK", 0)
+            m.setattr(automaton, "_SMALL_TABLE", 0)
+            m.setattr(automaton, "_SMALL_DEDUPE", 0)
+        try:
+            return TokenAutomaton.build(dfa, vocab).to_arrays()
+        except ConstraintError as e:
+            return str(e)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.one_of(constraints(), st.sampled_from(_NARROW)), st.one_of(vocabularies(), _wide_vocabularies()))
+def test_small_paths_build_the_numpy_automaton(monkeypatch, c, spec):
+    pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
+    vocab = Vocabulary(pieces, 0, specials)
+    try:
+        dfa = ByteDFA.from_ir(lower_hole("X", c))
+    except ConstraintError:
+        return
+    fast = _build_with(dfa, vocab, monkeypatch, small=True)
+    slow = _build_with(dfa, vocab, monkeypatch, small=False)
+    if isinstance(fast, str) or isinstance(slow, str):
+        assert fast == slow
+        return
+    assert fast.keys() == slow.keys()
+    for k in fast:
+        assert np.array_equal(fast[k], slow[k]) and fast[k].dtype == slow[k].dtype, k
