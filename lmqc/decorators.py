@@ -6,7 +6,7 @@ also change the text the prompt (and the model) continues from. Several decorato
 right to left. ``@lmqc.decorators.pre`` marks a decorator called before generation with ``(variable,
 context)``: returning a string fixes the value without decoding, returning ``variable`` generates as usual.
 ``@lmqc.decorators.streaming`` marks one called with ``(value, context)`` for every intermediate value while
-``X`` is decoded (the text so far; beam search and served models give whole values only) and once more with the
+``X`` is decoded (the text so far; beam search gives whole values only) and once more with the
 final value. Query code may spell these ``lmql.decorators.pre`` etc.
 """
 

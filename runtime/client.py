@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -139,9 +139,19 @@ class RemoteModel:
     # -- HTTP ---------------------------------------------------------------------------------------------
 
     def _request(
-        self, method: str, path: str, body: bytes | None = None, *, content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        content_type: str = "application/json",
+        on_line: Callable[[dict[str, Any]], None] | None = None,
     ) -> tuple[int, bytes, str]:
-        """One HTTP exchange: ``(status, body, content type)``; every failure is a :class:`ServeError`."""
+        """One HTTP exchange: ``(status, body, content type)``; every failure is a :class:`ServeError`.
+
+        With ``on_line``, an NDJSON response (a streamed ``/decode``) is read line by line: ``on_line`` gets each
+        ``progress`` object as it arrives, and the last line's ``result`` (or error) is returned as the body.
+        """
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
         where = f"lmqc serve at {self.endpoint}"
         try:
@@ -183,10 +193,14 @@ class RemoteModel:
             headers = {"Content-Type": content_type} if body is not None else {}
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
-            data = _read_bounded(resp)
+            ctype = resp.getheader("Content-Type", "") or ""
+            if on_line is not None and resp.status == 200 and ctype.startswith("application/x-ndjson"):
+                status, data = self._read_stream(resp, on_line)
+            else:
+                status, data = resp.status, _read_bounded(resp)
             if expired.is_set():
                 raise TimeoutError
-            return resp.status, data, resp.getheader("Content-Type", "") or ""
+            return status, data, ctype
         except (TimeoutError, OSError, http.client.HTTPException) as e:
             if expired.is_set() or isinstance(e, TimeoutError):
                 raise ServeTimeoutError(
@@ -200,9 +214,44 @@ class RemoteModel:
                 timer.cancel()
             conn.close()
 
-    def _json(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _read_stream(self, resp: http.client.HTTPResponse, on_line: Callable[[dict[str, Any]], None]) -> tuple[int, bytes]:
+        """(status, body) of a streamed response: progress lines to ``on_line``, the final line as the body."""
+        where = f"lmqc serve at {self.endpoint}"
+        total = 0
+        while True:
+            line = resp.readline(MAX_RESPONSE_BYTES - total + 1)
+            total += len(line)
+            if total > MAX_RESPONSE_BYTES:
+                raise _TooLarge
+            if not line:
+                raise ServeError(f"{where} ended a streamed response without a result")
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                raise ServeError(f"{where} sent a malformed stream line: {_excerpt(line)}") from None
+            if not isinstance(item, dict):
+                raise ServeError(f"{where} sent a malformed stream line: {_excerpt(line)}")
+            if "progress" in item:
+                on_line(item)
+                continue
+            if "result" in item:
+                return 200, json.dumps(item["result"]).encode()
+            status = item.get("status")
+            if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status < 600:
+                raise ServeError(f"{where} sent a malformed stream line: {_excerpt(line)}")
+            return status, json.dumps({"error": item.get("error"), "message": item.get("message")}).encode()
+
+    def _json(
+        self,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None = None,
+        on_line: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         body = None if payload is None else json.dumps(payload, allow_nan=False).encode("utf-8")
-        status, data, _ = self._request(method, path, body)
+        status, data, _ = self._request(method, path, body, on_line=on_line)
         return self._check(status, data, f"{method} {path}")
 
     def _check(self, status: int, data: bytes, what: str = "the request") -> dict[str, Any]:
@@ -309,11 +358,16 @@ class RemoteModel:
                 self._tok_cache.popitem(last=False)
         return list(ids)
 
-    def decode(self, request: DecodeRequest) -> list[Completion]:
+    #: ``decode`` takes an observer (streams progress), as ``LocalDecoder.decode`` does
+    streams_progress = True
+
+    def decode(self, request: DecodeRequest, observer: Callable[[Any], None] | None = None) -> list[Completion]:
         """:func:`runtime.decode.decode` on the server, same request and results (one HTTP request).
 
         The request's generator is advanced exactly as an in-process decode would advance it (its state travels
-        with the request and comes back), so seeded sampling gives the same values.
+        with the request and comes back), so seeded sampling gives the same values. With ``observer`` the
+        response is streamed and ``observer`` gets each branch's value bytes so far after every step, as
+        in-process (``runtime.service.progress``; argmax and sample holes; a beam hole reports nothing).
         """
         if not request.contexts:
             return []
@@ -331,9 +385,13 @@ class RemoteModel:
         for h, arr in arrays.items():
             if h not in self._uploaded:
                 self._upload(h, arr)
+        on_line = None
+        if observer is not None:
+            payload = {**payload, "stream": True}
+            on_line = self._progress_reader(observer, len(request.contexts))
         for _attempt in range(3):
             try:
-                out = self._json("POST", "/decode", payload)
+                out = self._json("POST", "/decode", payload, on_line)
                 break
             except _Missing as m:
                 for h in m.missing:
@@ -357,6 +415,29 @@ class RemoteModel:
             except (ProtocolError, TypeError, ValueError, KeyError) as e:
                 raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed generator state: {e}") from None
         return completions
+
+    def _progress_reader(self, observer: Callable[[Any], None], branches: int) -> Callable[[dict[str, Any]], None]:
+        """A stream-line handler: appends each branch's new bytes and hands ``observer`` the values so far."""
+        import base64
+        import binascii
+
+        values: dict[int, bytes] = {}
+
+        def on_line(item: dict[str, Any]) -> None:
+            items = item.get("progress")
+            if not isinstance(items, list):
+                raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed progress line")
+            for x in items:
+                ok = isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and isinstance(x[1], str)
+                if not ok or isinstance(x[0], bool) or not 0 <= x[0] < branches:
+                    raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed progress line")
+                try:
+                    values[x[0]] = values.get(x[0], b"") + base64.b64decode(x[1], validate=True)
+                except (binascii.Error, ValueError):
+                    raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed progress line") from None
+            observer(sorted(values.items()))
+
+        return on_line
 
     def _upload(self, digest: str, arrays: dict[str, np.ndarray]) -> None:
         status, data, _ = self._request(

@@ -473,7 +473,7 @@ def run_compiled(
             )
             shown: dict[int, str] = {}
             streaming = any(decorator_stage(d) == "streaming" for b in live for d in b.request.decorators)
-            if (on_event is not None or streaming) and isinstance(backend, LocalDecoder):
+            if (on_event is not None or streaming) and getattr(backend, "streams_progress", False):
                 names = [b.request.compiled.hole_name(b.request.index) for b in live]
                 observe, shown = driver.observer(live, names)
                 completions = backend.decode(request, observe)

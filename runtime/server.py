@@ -21,6 +21,16 @@ the model's context), 422 ``decode_error`` (the decoder's own ``DecodeError``, e
 within the token budget) or ``over_limit`` (``max_len`` above ``--max-len``), 503 ``shutting_down``,
 500 ``internal`` (the server keeps serving; the KV cache is reset).
 
+Streaming
+---------
+A ``/decode`` body with ``"stream": true`` is answered as NDJSON (``application/x-ndjson``) once the request is
+accepted (errors found before decoding starts keep their status): one ``{"progress": [[branch, base64 bytes],
+...]}`` line per step with the bytes each branch added to its value (a value's possible stop-phrase tail is held
+back, so what was sent is always a prefix of the value; beam holes and ``--no-merge`` holes send none), then
+``{"result": <the /decode response>}``, or ``{"error": code, "message": text, "status": HTTP status}`` if decoding
+failed. The client (``RemoteModel.decode(request, observer)``) turns the lines into the same progress as
+in-process decoding, so ``on_token=`` events and streaming decorators work against a server too.
+
 Scheduling
 ----------
 One worker thread owns the backend (llama.cpp contexts are not thread-safe) and does step-level continuous
@@ -348,12 +358,25 @@ def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _progress_lines(progress: Any, sent: dict[int, int]) -> bytes:
+    """An NDJSON ``progress`` line of the bytes each branch decoded since the last line (empty: nothing new)."""
+    import base64
+
+    items = []
+    for parent, data in progress:
+        k = sent.get(parent, 0)
+        if len(data) > k:
+            items.append([int(parent), base64.b64encode(data[k:]).decode("ascii")])
+            sent[parent] = len(data)
+    return (json.dumps({"progress": items}) + "\n").encode() if items else b""
+
+
 def create_app(state: ServerState) -> Any:
     """The Starlette application of a server state (routes as in the module docstring)."""
     try:
         from starlette.applications import Starlette
         from starlette.requests import Request
-        from starlette.responses import JSONResponse, Response
+        from starlette.responses import JSONResponse, Response, StreamingResponse
         from starlette.routing import Route
     except ImportError as e:
         raise ServeError("lmqc serve needs the 'serve' extra: pip install 'lmqc[serve]'") from e
@@ -491,9 +514,49 @@ def create_app(state: ServerState) -> Any:
             return Response(status_code=499)
         return JSONResponse(_jsonable(result))
 
+    async def stream(job: Job) -> Response:
+        """A decode job answered as NDJSON: ``{"progress": [[branch, base64 bytes], ...]}`` lines while it decodes
+        (each branch's new value bytes; a value's possible stop-phrase tail is held back), then one
+        ``{"result": <the /decode response>}`` or ``{"error": code, "message": text, "status": http status}``."""
+        from .service import progress
+
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        job.on_step = lambda run: loop.call_soon_threadsafe(events.put_nowait, progress(run))
+        fut = asyncio.wrap_future(state.scheduler.submit(job))
+        fut.add_done_callback(lambda _: events.put_nowait(None))
+
+        async def lines() -> Any:
+            sent: dict[int, int] = {}
+            try:
+                while (item := await events.get()) is not None:
+                    if line := _progress_lines(item, sent):
+                        yield line
+                try:
+                    out: dict[str, Any] = {"result": _jsonable(fut.result())}
+                except HTTPError as e:
+                    out = {"error": e.code, "message": e.message, "status": e.status}
+                except DecodeError as e:
+                    out = {"error": "decode_error", "message": str(e), "status": 422}
+                except LmqcError as e:
+                    out = {"error": "bad_request", "message": str(e), "status": 400}
+                except Exception as e:  # noqa: BLE001 - the stream has begun: the error travels in it
+                    out = {"error": "internal", "message": f"{type(e).__name__}: {e}", "status": 500}
+                yield (json.dumps(out) + "\n").encode()
+            finally:
+                if not fut.done():  # the client went away (Starlette cancels the stream): drop the hole
+                    job.cancelled = True
+                    fut.cancel()
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
     @handler
     async def decode_(request: Request) -> Response:
-        return await respond(request, state.decode_job(await read_json(request)))
+        body = await read_json(request)
+        job = state.decode_job(body)
+        if isinstance(body, dict) and body.get("stream") is True:
+            return await stream(job)
+        return await respond(request, job)
 
     @handler
     async def score(request: Request) -> Response:

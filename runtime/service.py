@@ -103,6 +103,9 @@ class LocalDecoder:
     :func:`decode.score_options` on a loaded backend.
     """
 
+    #: ``decode`` takes an observer that gets each branch's progress after every step (streaming)
+    streams_progress = True
+
     def __init__(self, backend: Any) -> None:
         self.backend = backend = _loaded(backend)
         self.lock = backend_lock(backend)

@@ -492,3 +492,58 @@ def test_concurrent_seeded_samples_equal_in_process(server: _Server) -> None:
         ref = decode.decode_hole(TinyBackend(), ctxs, None, strategy=strategy, rng=gen, min_tokens=n, max_tokens=n)
         assert [c["tokens"] for c in res["completions"]] == [c.tokens for c in ref]
         assert res["rng"] == json.loads(json.dumps(rng_state(gen)))  # the generator advanced exactly as in-process
+
+
+# ---- streaming ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decoder", ["argmax", "sample(n=2, seed=5)"])
+def test_streamed_tokens_through_the_server_equal_in_process(server: _Server, decoder: str) -> None:
+    src = TWO_HOLES.format(decoder=decoder)
+    local: list = []
+    remote: list = []
+    a = lmqc.run(src, name="Bob", on_token=local.append)
+    b = lmqc.run(src, name="Bob", endpoint=server.endpoint, on_token=remote.append)
+    _same(a, b)
+    tokens = [(e.kind, e.variable, e.text, e.branch) for e in remote if e.kind == "token"]
+    assert tokens == [(e.kind, e.variable, e.text, e.branch) for e in local if e.kind == "token"]
+    assert sum(1 for e in tokens if e[1] == "X") >= 2  # X arrived in pieces, not as one value
+
+
+def test_streaming_decorator_through_the_server(server: _Server) -> None:
+    seen: list[str] = []
+    src = '''argmax
+    @lmql.decorators.streaming
+    def show(value, context):
+        seen.append(value)
+    "Q: [@show X]" where len(TOKENS(X)) < 6
+from "lmqc:tiny"
+'''
+    r = lmqc.run(src, endpoint=server.endpoint, seen=seen)
+    x = r.variables["X"]
+    assert len(seen) >= 3 and seen[-1] == x and all(x.startswith(v) for v in seen)
+
+
+def test_stream_wire_format_and_errors_in_the_stream(server: _Server) -> None:
+    # the raw protocol: NDJSON progress lines, then the result line; a decode error after the stream began
+    # arrives as an error line and is raised as the same DecodeError as in-process
+    src = '"A: [X]" from "lmqc:tiny" where REGEX(X, r"[0-9]{9}") and len(TOKENS(X)) < 3'
+    seen: list = []
+    with pytest.raises(DecodeError) as remote:
+        lmqc.run(src, endpoint=server.endpoint, on_token=seen.append)
+    with pytest.raises(DecodeError) as local:
+        lmqc.run(src)
+    assert str(local.value) == str(remote.value)
+    model = RemoteModel(server.endpoint)
+    compiled = lmqc.compile('"A: [X]" where len(TOKENS(X)) < 5', endpoint=server.endpoint)
+    from lmqc.runtime import decode
+    from lmqc.runtime.decode import DecodeRequest
+
+    spec = decode.HoleSpec(compiled.automaton("X"), [], 0, 4, False)
+    ctx = model.tokenize("A:", bos=True)
+    steps: list = []
+    req = DecodeRequest((ctx,), (spec,), decode.Argmax(), 64, None, None)
+    out = model.decode(req, steps.append)
+    assert out[0].value and steps and steps[-1] == [(0, bytes(out[0].value))]
+    assert all(steps[i][0][1].startswith(steps[i - 1][0][1]) for i in range(1, len(steps)))
+    assert model.decode(req)[0].text == out[0].text  # the unstreamed path gives the same completion
