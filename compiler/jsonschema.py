@@ -108,6 +108,12 @@ _OBJECT_KEYS = {"properties", "required", "additionalProperties", "patternProper
 _ARRAY_KEYS = {"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "unevaluatedItems"}
 _STRING_KEYS = {"minLength", "maxLength", "pattern", "format"}
 _NUMBER_KEYS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
+# every keyword lmqc reads or refuses; any other keyword is an annotation (validators ignore unknown keywords)
+_KNOWN = (_OBJECT_KEYS | _ARRAY_KEYS | _STRING_KEYS | _NUMBER_KEYS | set(REFUSED)
+          | {"type", "enum", "const", "anyOf", "oneOf", "allOf", "not", "$ref", "then", "else", "dependentRequired",
+             "$defs", "definitions"})
+_EXACT_STRING_KEYS = {"type", "pattern", "minLength", "maxLength", "format", "enum", "const", "not", "_patterns",
+                      "_not_values", "_not_strings"}
 
 
 class SchemaError(ValueError):
@@ -553,6 +559,11 @@ class _Compiler:
                 langs.append(charlang.complement(_pattern_dfa(p)))
             except regular.PatternError as e:
                 raise SchemaError(f"pattern {p!r}: {e}", path, "not") from None
+        for other in s.get("_not_strings", ()):
+            cover = self.string_cover(other, path)
+            if cover is None:  # pragma: no cover - make_reject only records schemas that have a cover
+                raise SchemaError("oneOf: a branch's strings cannot be excluded", path, "oneOf")
+            langs.append(charlang.complement(cover))
         not_strings = [v for v in s.get("_not_values", ()) if isinstance(v, str)]
         if not_strings:
             langs.append(charlang.complement(charlang.literal_set_dfa(tuple(dict.fromkeys(not_strings)))))
@@ -808,6 +819,16 @@ class _Compiler:
             v is None or isinstance(v, bool | str) for v in vb
         ):
             return {**a, "_not_values": [*a.get("_not_values", []), *vb]}
+        if overlap <= {"string"}:
+            cover = self.string_cover(b, path)
+            if cover is not None:
+                va = _literal_values(a)
+                if va is not None:  # string literals b accepts are dropped
+                    keep = [v for v in va if not (isinstance(v, str) and cover.accepts(v))]
+                    out = {k: v for k, v in a.items() if k not in ("const", "enum")}
+                    out["enum"] = keep
+                    return out if keep else False
+                return {**a, "_not_strings": [*a.get("_not_strings", []), b]}
         if overlap <= {"object"}:
             got = self._object_reject(a, b, path, depth)
             if got is not None:
@@ -858,7 +879,66 @@ class _Compiler:
                 got = self.make_reject(sa if sa is not True else {}, sb, path, depth + 1)
                 if got is not None and got is not False:
                     return {**a, "properties": {**pa, key: got}}
+        for key in pa:  # a property both describe: a always writes it, with a value that fails b's
+            if key in pb and key not in omitted:
+                sa, sb = self.inline(pa[key], path), self.inline(pb[key], path)
+                if isinstance(sb, dict) and isinstance(sa, dict | bool):
+                    got = self.make_reject(sa if sa is not True else {}, sb, path, depth + 1)
+                    if got is not None and got is not False:
+                        return {**a, "properties": {**pa, key: got}, "required": list(dict.fromkeys([*ra, key]))}
         return None
+
+    def string_cover(self, b: Any, path: str) -> CharDFA | None:
+        """A DFA over string contents accepting every string ``b`` accepts (a superset), or None.
+
+        Used to write strings that fail ``b`` (oneOf), so it must never miss one of ``b``'s strings: formats are
+        ignored (a superset), a ``maxLength`` over ``LENGTH_CAP`` too, and patterns are used only when lmqc reads
+        them as Python's ``re`` does (no ``.``, class escapes such as ``\\d``, or ``$`` before the end).
+        """
+        b = self.inline(b, path)
+        if b is True or not isinstance(b, dict):
+            return None
+        if {k for k in b if k in _KNOWN or k.startswith("_")} - _EXACT_STRING_KEYS:
+            return None
+        if "type" in b and "string" not in ([b["type"]] if isinstance(b["type"], str) else b["type"]):
+            return regular.compile_node(EMPTY)
+        langs: list[CharDFA] = []
+        try:
+            for p in ([b["pattern"]] if "pattern" in b else []) + list(b.get("_patterns", [])):
+                pat = _python_like_pattern(p)
+                if pat is None:
+                    return None
+                langs.append(_pattern_dfa(pat))
+        except regular.PatternError:
+            return None
+        lo = _count(b, "minLength", path, 0)
+        hi = _count(b, "maxLength", path, None)
+        if hi is not None and hi > max(LENGTH_CAP, lo):
+            hi = None
+        if lo or hi is not None:
+            langs.append(_length_dfa(lo, hi))
+        values = _literal_values(b)
+        if values is not None:
+            langs.append(charlang.literal_set_dfa(tuple(dict.fromkeys(v for v in values if isinstance(v, str)))))
+        not_values = [v for v in b.get("_not_values", ()) if isinstance(v, str)]
+        if "not" in b:
+            n = self.inline(b["not"], path)
+            nv = _literal_values(n)
+            if not isinstance(n, dict) or nv is None or set(n) - _ANNOTATIONS - {"enum", "const", "type"}:
+                return None
+            if "type" in n and n["type"] != "string":
+                return None
+            not_values += [v for v in nv if isinstance(v, str)]
+        if not_values:
+            langs.append(charlang.complement(charlang.literal_set_dfa(tuple(dict.fromkeys(not_values)))))
+        if b.get("_not_strings"):
+            return None  # b restricted by a oneOf itself: not needed, stay simple
+        if not langs:
+            return charlang.complement(regular.compile_node(EMPTY))
+        d = langs[0]
+        for other in langs[1:]:
+            d = regular.intersect(d, other)
+        return d
 
     def negate(self, s: dict, path: str) -> Any:
         """``s`` without its ``not``, the negation folded into restrictions lmqc can write; an error otherwise."""
@@ -930,8 +1010,8 @@ class _Compiler:
                 out[key] = vb
                 continue
             va = out[key]
-            if key in _ANNOTATIONS or _json_equal(va, vb):
-                continue
+            if key in _ANNOTATIONS or _json_equal(va, vb) or (key not in _KNOWN and not key.startswith("_")):
+                continue  # annotations (and unknown keywords, which validators ignore): either value will do
             if key.startswith("_"):
                 out[key] = (va or vb) if isinstance(va, bool) else [*va, *vb]
                 continue
@@ -1435,6 +1515,38 @@ def _literal_values(s: Any) -> list[Any] | None:
     if "enum" in s and isinstance(s["enum"], list):
         return list(s["enum"])
     return None
+
+
+def _python_like_pattern(p: Any) -> str | None:
+    """``p`` where lmqc's reading covers every string Python's ``re.search`` finds a match in, else None.
+
+    lmqc reads classes as ECMA-262 does (``\\d`` is ASCII, ``.`` excludes ``\\r``) and ``$`` as the end; Python's
+    ``\\d`` is Unicode, its ``.`` takes ``\\r`` and its ``$`` also matches before a final newline. A trailing ``$``
+    becomes ``\\n?$``; a pattern with ``.`` or a letter escape outside that is refused.
+    """
+    if not isinstance(p, str):
+        return None
+    in_class = False
+    i = 0
+    while i < len(p):
+        ch = p[i]
+        if ch == "\\":
+            if i + 1 >= len(p) or p[i + 1].isalnum():
+                return None
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+            if p[i + 1: i + 2] == "^":
+                return None  # a negated class takes what lmqc's ANY leaves out (surrogates): keep it simple
+        elif ch == ".":
+            return None
+        elif ch == "$" and i != len(p) - 1:
+            return None
+        i += 1
+    return p[:-1] + "\n?$" if p.endswith("$") and not p.endswith("\\$") else p
 
 
 def _has_numeric_bounds(s: dict) -> bool:
