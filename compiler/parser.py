@@ -24,9 +24,11 @@ import ast
 import gc
 import io
 import re
+import sys
 import tokenize
 import warnings
 from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -132,10 +134,79 @@ class _Layout:
     first_body_token: tokenize.TokenInfo | None = None
 
 
+_STRING_OR_COMMENT = re.compile(r"""[#'"]""")
+# a string literal's body and closing quote(s), matched possessively: no backtracking stack, constant memory
+_STRING_REST = {
+    (False, "'"): re.compile(r"""[^'\\\n]*+(?:\\.[^'\\\n]*+)*+'""", re.S),
+    (False, '"'): re.compile(r"""[^"\\\n]*+(?:\\.[^"\\\n]*+)*+\"""", re.S),
+    (True, "'"): re.compile(r"""[^'\\]*+(?:(?:\\.|'(?!''))[^'\\]*+)*+'''""", re.S),
+    (True, '"'): re.compile(r'''[^"\\]*+(?:(?:\\.|"(?!""))[^"\\]*+)*+"""''', re.S),
+}
+# what is masked: backslashes and the string's quote character, except (one-quote strings) a backslash that
+# continues the string onto the next line; everything else stays (tokenize looks at a last line's first character)
+_MASK = {
+    (False, "'"): re.compile(r"\\(?!\n)|'"), (False, '"'): re.compile(r'\\(?!\n)|"'),
+    (True, "'"): re.compile(r"[\\']"), (True, '"'): re.compile(r'[\\"]'),
+}
+
+
+def _mask_strings(text: str) -> str | None:
+    """``text`` with the backslashes and quotes inside string literals masked as ``x`` (``_MASK``); None if no
+    string has any.
+
+    Python 3.11's ``tokenize`` matches a string with a regex whose backtracking stack grows with every escape
+    and embedded quote: 1 MB of ``\\n`` escapes took ~210 MB. Masked bodies have the same length and lines, so
+    every token keeps its position; the strings' text is put back from the source (``_generate_tokens``). A
+    string that is not terminated ends the masking: from there on ``tokenize`` sees the source as written.
+    """
+    pieces: list[str] = []
+    done = 0
+    i, n = 0, len(text)
+    while i < n:
+        m = _STRING_OR_COMMENT.search(text, i)
+        if m is None:
+            break
+        k = m.start()
+        quote = text[k]
+        if quote == "#":
+            i = text.find("\n", k)
+            if i < 0:
+                break
+            continue
+        triple = text.startswith(quote * 3, k)
+        body = k + (3 if triple else 1)
+        rest = _STRING_REST[triple, quote].match(text, body)
+        if rest is None:
+            break  # not terminated: the rest is left to tokenize, which reports it
+        i = rest.end()
+        end = i - (3 if triple else 1)
+        segment = text[body:end]
+        if "\\" in segment or (triple and quote in segment):
+            pieces.append(text[done:body])
+            pieces.append(_MASK[triple, quote].sub("x", segment))
+            done = end
+    if not pieces:
+        return None
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
+def _generate_tokens(text: str, starts: list[int]) -> Iterator[tokenize.TokenInfo]:
+    """``tokenize.generate_tokens`` over ``text`` (line ``k`` starting at offset ``starts[k - 1]``), with string
+    bodies masked while tokenizing where the pure-Python tokenizer needs it (``_mask_strings``)."""
+    masked = _mask_strings(text) if sys.version_info < (3, 12) else None
+    for tok in tokenize.generate_tokens(io.StringIO(masked if masked is not None else text).readline):
+        if masked is not None and tok.type == tokenize.STRING:
+            a = starts[tok.start[0] - 1] + tok.start[1]
+            b = starts[tok.end[0] - 1] + tok.end[1]
+            tok = tok._replace(string=text[a:b])
+        yield tok
+
+
 def _tokens(src: _Text, err: Errors) -> list[tokenize.TokenInfo]:
     out: list[tokenize.TokenInfo] = []
     try:
-        for tok in tokenize.generate_tokens(io.StringIO(src.text).readline):
+        for tok in _generate_tokens(src.text, src.starts):
             if tok.type == tokenize.ERRORTOKEN and not tok.string.isspace():
                 if tok.string[:1] in "'\"":
                     err.syntax("unterminated string literal", tok.start[0], tok.start[1] + 1)
@@ -952,7 +1023,7 @@ def _stray_backslashes(text: str) -> list[int]:
         starts.append(starts[-1] + len(line) + 1)
     out: list[int] = []
     try:
-        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        for tok in _generate_tokens(text, starts):
             if tok.type == tokenize.ERRORTOKEN and tok.string == "\\":
                 out.append(starts[tok.start[0] - 1] + tok.start[1])
     except SyntaxError as e:  # 3.12+: "unexpected character after line continuation character"

@@ -135,6 +135,43 @@ _PREFIX_CHARS = set("rRbBfFuU")
 _HEX = set("0123456789abcdefABCDEF")
 
 
+# escape letter -> decoded code point for the one-letter escapes; -1: a backslash-newline (decodes to nothing)
+_LETTER_CODES = np.full(128, -2, np.int32)  # -2: unknown escape, kept as written
+for _letter, _decoded in _SIMPLE_ESCAPES.items():
+    _LETTER_CODES[ord(_letter)] = ord(_decoded) if _decoded else -1
+_NUMERIC_ESCAPES = frozenset(map(ord, "01234567xuUN"))
+
+
+def _decode_simple(body: str) -> tuple[str, np.ndarray] | None:
+    """Decode a literal body whose escapes are all one-letter ones (``\\n``, ``\\\\``, ``\\"``, a line
+    continuation, unknown ones kept as written) with array operations: (value, source index of each decoded
+    character). None when an escape needs more (octal, ``\\x``, ``\\u``, ``\\N{...}``): the loop decodes those."""
+    codes = np.frombuffer(body.encode("utf-32-le", "surrogatepass"), np.int32).copy()  # code points fit
+    backslashes = np.flatnonzero(codes == 92)
+    # in a run of backslashes, every other one starts an escape (the first of each pair)
+    run_start = np.ones(len(backslashes), bool)
+    run_start[1:] = backslashes[1:] != backslashes[:-1] + 1
+    first = np.flatnonzero(run_start)
+    offset = np.arange(len(backslashes)) - first[np.cumsum(run_start) - 1]
+    starts = backslashes[offset % 2 == 0]
+    if not len(starts) or starts[-1] + 1 >= len(codes):
+        return None
+    letters = codes[starts + 1]
+    if np.isin(letters, list(_NUMERIC_ESCAPES)).any():
+        return None
+    decoded = np.where(letters < 128, _LETTER_CODES[np.minimum(letters, 127)], -2)
+    keep = np.ones(len(codes), bool)
+    one = decoded >= 0
+    codes[starts[one]] = decoded[one]
+    keep[starts[one] + 1] = False
+    gone = decoded == -1
+    keep[starts[gone]] = False
+    keep[starts[gone] + 1] = False
+    index = np.flatnonzero(keep)
+    value = codes[index].tobytes().decode("utf-32-le", "surrogatepass")
+    return value, index
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Lit:
     """A decoded string literal, with the source position of every decoded character."""
@@ -172,16 +209,19 @@ def decode_literal(chars: str, pos: Positions, err: Errors) -> Lit:
     if "r" in prefix or "\\" not in chars[body_start:body_end]:
         # a raw string keeps every character as written (a backslash only protects the next one from ending it)
         value, out_pos = chars[body_start:body_end], pos[body_start:body_end]
+    elif (simple := _decode_simple(chars[body_start:body_end])) is not None:
+        value, index = simple
+        out_pos = pos.take(index + body_start)
     else:
         out: list[str] = []
-        index = array("q")  # the source index of each decoded character
+        index_q = array("q")  # the source index of each decoded character
         j = body_start
         while j < body_end:
             k = chars.find("\\", j, body_end)
             if k != j:
                 stop = body_end if k < 0 else k
                 out.append(chars[j:stop])
-                index.extend(range(j, stop))
+                index_q.extend(range(j, stop))
                 j = stop
                 continue
             at = pos[j]
@@ -220,10 +260,10 @@ def decode_literal(chars: str, pos: Positions, err: Errors) -> Lit:
                 decoded = "\\"
                 step = 1
             out.append(decoded)
-            index.extend([j] * len(decoded))  # decoded characters point at their escape's backslash
+            index_q.extend([j] * len(decoded))  # decoded characters point at their escape's backslash
             j += step
         value = "".join(out)
-        out_pos = pos.take(np.frombuffer(index, np.int64)) if index else Positions.concat([])
+        out_pos = pos.take(np.frombuffer(index_q, np.int64)) if index_q else Positions.concat([])
     bad = _SURROGATE.search(value)
     if bad is not None:
         # prompts, stop phrases and options are UTF-8 text for the model; a lone surrogate has no encoding
