@@ -226,3 +226,33 @@ def test_small_byte_expansion_is_the_numpy_expansion(d, phrases):
     assert fast.initial == slow.initial
     for f in ("trans", "classes", "final", "stopped"):
         assert np.array_equal(getattr(fast, f), getattr(slow, f)) and getattr(fast, f).dtype == getattr(slow, f).dtype
+
+
+@st.composite
+def _regexes(draw, depth: int = 0):
+    """Regexes of literals, sets, groups, alternation and every repetition form (some with categories or '.',
+    which the position construction leaves to interegular)."""
+    atoms = ["a", "b", "1", r"\.", "é", "-", "[ab]", "[^a]", "[a-c1]", "[^.é]", "[b-b]", r"\d", "."]
+    parts = []
+    for _ in range(draw(st.integers(1, 3))):
+        if depth < 1 and draw(st.booleans()):  # one level of groups: interegular is slow on deeper nests
+            alts = draw(st.lists(_regexes(depth + 1), min_size=1, max_size=2))
+            atom = "(" + "|".join(alts) + ")"
+        else:
+            atom = draw(st.sampled_from(atoms))
+        atom += draw(st.sampled_from(["", "", "?", "*", "+", "{2}", "{0,2}", "{2,}", "*?"]))
+        parts.append(atom)
+    return "".join(parts)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_regexes())
+def test_position_dfa_is_interegulars_language(pattern):
+    from lmqc.compiler import charlang
+
+    fast = charlang.position_dfa(pattern)
+    if fast is None:
+        assert "\\d" in pattern or "." in pattern.replace("\\.", "")
+        return
+    slow = charlang.minimize(charlang.regex_dfa(pattern))
+    assert _same_chardfa(charlang.minimize(fast), slow)
