@@ -209,7 +209,7 @@ def decode_literal(chars: str, pos: Positions, err: Errors) -> Lit:
     if "r" in prefix or "\\" not in chars[body_start:body_end]:
         # a raw string keeps every character as written (a backslash only protects the next one from ending it)
         value, out_pos = chars[body_start:body_end], pos[body_start:body_end]
-    elif (simple := _decode_simple(chars[body_start:body_end])) is not None:
+    elif chars.count("\\", body_start, body_end) > 64 and (simple := _decode_simple(chars[body_start:body_end])):
         value, index = simple
         out_pos = pos.take(index + body_start)
     else:

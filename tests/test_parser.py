@@ -759,3 +759,84 @@ def test_prompt_text_round_trips(text: str, quote: str, prefix: str) -> None:
             assert got == text
     elif quote[0] not in text and "\\" not in text and "\r" not in text:
         assert got == text
+
+
+# -- large queries: the generated program and the tokenizer stay proportional ------------------------------------
+
+
+def _drive(program: object, sent: list[str]) -> tuple[list[tuple], object]:
+    """Run a program's generator, sending ``sent`` values to its holes in turn: (events, return value)."""
+    from lmqc.compiler.program import FUNCTION, NO_RETURN
+
+    namespace: dict[str, object] = {NO_RETURN: "<no return>", "y": [1, 2]}
+    if program.prologue is not None:  # type: ignore[attr-defined]
+        exec(program.prologue, namespace)  # type: ignore[attr-defined]
+    exec(program.code, namespace)  # type: ignore[attr-defined]
+    gen = namespace[FUNCTION](*(namespace[p] for p in program.params))  # type: ignore[attr-defined,operator]
+    events: list[tuple] = []
+    values = iter(sent)
+    value = None
+    try:
+        while True:
+            event = gen.send(value)
+            events.append(event)
+            value = next(values) if event[0] in ("hole", "dist") else None
+    except StopIteration as stop:
+        return events, stop.value
+
+
+def test_runs_of_constant_query_strings_are_one_statement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long runs of query strings whose events are constants compile to one ``yield from`` statement: the same
+    events, sent values and bindings as one statement per event."""
+    from lmqc.compiler import program as program_module
+
+    run = "".join(f'    "Q{i}: [X{i % 5}] {{:user}}[Y]\\n"\n    ""\n' for i in range(20))
+    source = (
+        "argmax\n"
+        '    "start {y}"\n'
+        + run
+        + "    a = X0 + Y\n"
+        + "    for i in y:\n"
+        + run.replace("\n    ", "\n        ").replace('    "Q', '        "Q', 1)
+        + '        "mid [Z: int] {a}"\n'
+        + run.replace("\n    ", "\n        ").replace('    "Q', '        "Q', 1)
+        + "    return dict(locals())\n"
+    )
+    q = parse(source)
+    compact = program_module._build(q)
+    assert "__lmqc_events__" in compact.source and compact.source.count("yield from") == 3
+    monkeypatch.setattr(program_module, "RUN_MIN", 10**9)
+    inline = program_module._build(q)
+    assert "__lmqc_events__" not in inline.source
+    sent = [f"v{k}" if k % 7 else str(k) for k in range(400)]
+    events, value = _drive(compact, sent)
+    assert len(events) > 300 and {"a", "i", "X4", "Y", "Z"} <= set(value)  # type: ignore[arg-type]
+    assert (events, value) == _drive(inline, sent)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([
+    '"a\\nb"', "'x\\'y'", '"""a"b""c\\"""', "'''q'q\\n'''", "#c'\n", "x = '", '"\\\n cont"', "f'{a!r}\\t'", "\n",
+    " ", "(", ")", "r'\\d'", "b'\\x00'", '"', "'", "\\", "'''", '"""', "[X]", "\\\n", "#", "abc", '"\\\\"',
+]), max_size=16))
+def test_masked_tokenizing_gives_the_same_tokens(pieces: list[str]) -> None:
+    """String bodies masked for tokenize (its string regex is quadratic in memory on escapes) give the tokens
+    and errors of the source as written."""
+    import io
+    import re
+    import tokenize
+
+    from lmqc.compiler.parser import _generate_tokens
+
+    text = "".join(pieces)
+
+    def tokens(gen: object) -> list[object]:
+        out: list[object] = []
+        try:
+            out.extend((t.type, t.string, t.start, t.end) for t in gen)  # type: ignore[attr-defined]
+        except (tokenize.TokenError, SyntaxError) as e:
+            out.append((type(e).__name__, str(e)))
+        return out
+
+    starts = [0, *(m.end() for m in re.finditer("\n", text))]
+    assert tokens(_generate_tokens(text, starts)) == tokens(tokenize.generate_tokens(io.StringIO(text).readline))
