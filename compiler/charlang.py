@@ -350,7 +350,7 @@ def _minimize_arrays(a: CharDFA) -> CharDFA:
         nb = int(new.max()) + 1
         labels = new
         if nb == n_blocks:
-            return _renumber(a, trans, labels.astype(np.int64), n_blocks)
+            return _merged_classes(_renumber(a, trans, labels.astype(np.int64), n_blocks))
         n_blocks = nb
     if s > _HOPCROFT_MAX:
         return a  # long chains in a large DFA: left unminimized (correct, only larger) rather than slow
@@ -388,7 +388,14 @@ def _minimize_arrays(a: CharDFA) -> CharDFA:
                     work.add((nid, cc))
                 else:
                     work.add((nid, cc) if len(moved) <= len(blocks[y]) else (y, cc))
-    return _renumber(a, trans, np.asarray(block_of, dtype=np.int64), len(blocks))
+    return _merged_classes(_renumber(a, trans, np.asarray(block_of, dtype=np.int64), len(blocks)))
+
+
+def _merged_classes(a: CharDFA) -> CharDFA:
+    """``a`` with classes whose columns became identical when states merged made one (rare), so that the
+    minimal DFA of a language is one automaton whichever construction produced it (classes are compressed
+    before refinement too: that is where most merge)."""
+    return compress_alphabet(a) if len(unique_rows(a.trans.T)[0]) < a.n_classes else a
 
 
 _MOORE_ROUNDS = 48
@@ -492,7 +499,8 @@ def _minimize_small(a: CharDFA) -> CharDFA | None:
         i += 1
     reps = [rep[b] for b in order_b]
     trans = [[new_of_block[label[t]] for t in comp[r]] for r in reps]
-    return _make(starts, iclass, trans, 0, [flags[r] & 1 for r in reps], [flags[r] >> 1 for r in reps])
+    out = _make(starts, iclass, trans, 0, [flags[r] & 1 for r in reps], [flags[r] >> 1 for r in reps])
+    return out if len(set(zip(*trans, strict=True))) == len(order) else compress_alphabet(out)
 
 
 def _renumber(a: CharDFA, trans: np.ndarray, block: np.ndarray, n_blocks: int) -> CharDFA:
