@@ -480,7 +480,6 @@ class TokenAutomaton:
 
 
 _WEIGHTS: dict[int, np.ndarray] = {}
-_SMALL_WALK = 2048  # (DFA states) x (byte classes) up to which the walk keeps class-node rows as tuples
 _SMALL_DEDUPE = 512  # cells up to which rows are deduped with a dict (``unique_rows``' small path)
 
 
@@ -510,11 +509,11 @@ def _dedupe_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The indices ``start..stop-1`` of every range laid end to end, and the range each index came from."""
+    # array methods rather than np.* wrappers: this runs once or twice per trie depth on a few dozen ranges
     counts = stops - starts
-    total = int(counts.sum())
-    which = np.repeat(np.arange(len(starts)), counts)
-    offset = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    return starts[which] + offset, which
+    ends = counts.cumsum()
+    which = np.arange(len(starts)).repeat(counts)
+    return (starts - ends + counts).repeat(counts) + np.arange(int(ends[-1]) if len(ends) else 0), which
 
 
 def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -548,19 +547,11 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     # one row per class node: the state its prefix leads each state to (rows, not columns: gathered whole)
     node_rows = np.full((2, s_n), -1, dtype=np.int32)
     node_rows[1] = np.arange(s_n)
-    # A small DFA keeps its class-node rows as Python tuples: a level then costs a few dozen list operations
-    # instead of two dozen NumPy calls (the trie side stays vectorized: it can be wide).
-    small = s_n * c_n <= _SMALL_WALK
-    if small:
-        dead_row = (-1,) * s_n
-        rows_l: list[tuple] = [dead_row, tuple(range(s_n))]
-        tcol = [col + [-1] for col in dfa.trans.T.tolist()]  # column per class; index -1 rejects
-        columns_l: list[tuple] = []
     for d in range(len(trie.parent)):
         n_d = len(trie.parent[d])
         if cn_all is not None:
             pc = cn_all[trie.parent[d]]
-            idx = None if pc.all() else np.flatnonzero(pc)
+            idx = None if pc.all() else pc.nonzero()[0]
             if idx is not None:
                 pc = pc[idx]
             byt = trie.byte[d] if idx is None else trie.byte[d][idx]
@@ -572,40 +563,24 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
         if not len(pc):
             break
         key = pc * c_n + classes[byt]
-        n_keys = (len(rows_l) if small else node_rows.shape[0]) * c_n
+        n_keys = node_rows.shape[0] * c_n
         present = np.zeros(n_keys, dtype=bool)
         present[key] = True
-        uniq = np.flatnonzero(present)
-        new_local = np.zeros(n_keys, dtype=np.int32)
+        uniq = present.nonzero()[0]
+        parent, ucls = uniq // c_n, uniq % c_n
+        src = node_rows[parent]
+        nxt = trans_flat[np.where(src >= 0, src * c_n, s_n * c_n) + ucls[:, None]]
+        live = (nxt >= 0).any(axis=1).nonzero()[0]
+        if not len(live):
+            break
+        rows = nxt[live]
         # Prefixes that lead every state to the same place behave the same from now on: one class node.
-        if small:
-            groups: dict[tuple, int] = {}
-            live_keys: list[int] = []
-            ids: list[int] = []
-            for q in uniq.tolist():
-                p, k = divmod(q, c_n)
-                col = tcol[k]
-                r = tuple([col[x] for x in rows_l[p]])
-                if max(r) >= 0:
-                    live_keys.append(q)
-                    ids.append(1 + groups.setdefault(r, len(groups)))
-            if not live_keys:
-                break
-            new_local[live_keys] = ids
-            rows_l = [dead_row, *groups]
-        else:
-            parent, ucls = uniq // c_n, uniq % c_n
-            src = node_rows[parent]
-            nxt = trans_flat[np.where(src >= 0, src * c_n, s_n * c_n) + ucls[:, None]]
-            live = np.flatnonzero((nxt >= 0).any(axis=1))
-            if not len(live):
-                break
-            rows = nxt[live]
-            first, inv = _dedupe_rows(rows)
-            new_local[uniq[live]] = 1 + inv
-            node_rows = np.concatenate([np.full((1, s_n), -1, np.int32), rows[first]])
+        first, inv = _dedupe_rows(rows)
+        new_local = np.zeros(n_keys, dtype=np.int32)
+        new_local[uniq[live]] = 1 + inv
         cn = new_local[key]
-        ok = np.flatnonzero(cn)
+        node_rows = np.concatenate([np.full((1, s_n), -1, np.int32), rows[first]])
+        ok = cn.nonzero()[0]
         if len(ok) * 8 >= n_d:  # most of this depth lives on
             if idx is None:
                 cn_all = cn
@@ -626,14 +601,11 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             toks = trie.end_tok[d][at]
             ce = live_cn[which]
         if len(ce):
-            seen = np.zeros(len(rows_l) if small else node_rows.shape[0], dtype=bool)
+            seen = np.zeros(node_rows.shape[0], dtype=bool)
             seen[ce] = True
-            u_nodes = np.flatnonzero(seen)
-            rank = np.cumsum(seen, dtype=np.int32) - 1
-            if small:
-                columns_l.extend([rows_l[i] for i in u_nodes.tolist()])
-            else:
-                columns.append(node_rows[u_nodes])
+            u_nodes = seen.nonzero()[0]
+            rank = seen.cumsum(dtype=np.int32) - 1
+            columns.append(node_rows[u_nodes])
             tok_parts.append(toks)
             seq_parts.append(n_seq + rank[ce])
             n_seq += len(u_nodes)
@@ -642,11 +614,6 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     toks = np.concatenate(tok_parts).astype(np.int32)
     seqs = np.concatenate(seq_parts)
     # the same behaviour can end tokens of different lengths: one column per distinct behaviour
-    if small:
-        distinct: dict[tuple, int] = {}
-        inv = np.fromiter((distinct.setdefault(r, len(distinct)) for r in columns_l), np.int64, len(columns_l))
-        table = np.asarray(list(distinct), dtype=np.int32).reshape(len(distinct), s_n)
-        return np.ascontiguousarray(table.T), toks, inv[seqs].astype(np.int32)
     table = np.concatenate(columns)
     first, inv = _dedupe_rows(table)
     return np.ascontiguousarray(table[first].T), toks, inv[seqs].astype(np.int32)

@@ -281,7 +281,6 @@ def _build_with(dfa: ByteDFA, vocab: Vocabulary, monkeypatch, small: bool) -> di
 
     with monkeypatch.context() as m:
         if not small:  # every threshold at zero: the NumPy paths throughout
-            m.setattr(automaton, "_SMALL_WALK", 0)
             m.setattr(automaton, "_SMALL_TABLE", 0)
             m.setattr(automaton, "_SMALL_DEDUPE", 0)
         try:
