@@ -380,37 +380,65 @@ def _split(src: _Text, toks: list[tokenize.TokenInfo], err: Errors) -> _Layout:
 
 
 def _blank(text: str) -> str:
-    return "".join(ch if ch == "\n" else " " for ch in text)
+    return _NOT_NEWLINE.sub(" ", text)
+
+
+_NOT_NEWLINE = re.compile(r"[^\n]")
+_CODE_LINE = re.compile(r"^([^\S\n]*)[^\s#]", re.M)  # a line with code: its indentation
 
 
 def _parse_body(src: _Text, lay: _Layout, err: Errors) -> tuple[ast.Module, int]:
     """Parse the body as Python, positions kept; returns the module and the body's indentation (columns)."""
     text = src.text
     start, end = lay.body
-    chars = list(_blank(text[:start]) + text[start:end] + _blank(text[end:]))
-    for inl in lay.inline:
-        chars[inl.start : inl.end] = list(_blank(text[inl.start : inl.end]))
-    view = "".join(chars)
+    # the source with everything but the body blanked, built from slices (a list of characters cost 8 bytes each)
+    blanks = sorted([(0, start), (end, len(text)), *((inl.start, inl.end) for inl in lay.inline)])
+    pieces: list[str] = []
+    at = 0
+    for a, b in blanks:
+        a = max(a, at)
+        if b > a:
+            pieces += (text[at:a], _blank(text[a:b]))
+            at = b
+    pieces.append(text[at:])
+    view = "".join(pieces)
     first = lay.first_body_token
     if first is None:
         return ast.Module(body=[], type_ignores=[]), 0
     first_line = first.start[0]
     shift_col = 0
-    lines = view.split("\n")
     indent = first.start[1]
+    edits: list[tuple[int, int, str]] = []  # (start, end, text) replacing a part of a line of the view
     if lay.decoder is not None and src.pos(lay.decoder[0])[0] == first_line:
         # one-line form (`argmax "..."`): the first body line shares the decoder's line; indent it like the
         # body's next line so Python sees one block (positions on that line are shifted back after parsing)
-        rest = [ln for ln in lines[first_line:] if ln.strip() and not ln.lstrip().startswith("#")]
-        indent = len(rest[0]) - len(rest[0].lstrip()) if rest else 0
+        rest = _CODE_LINE.search(view, src.starts[first_line]) if first_line < len(src.starts) else None
+        indent = len(rest.group(1)) if rest else 0
         shift_col = first.start[1] - indent
-        lines[first_line - 1] = " " * indent + lines[first_line - 1][first.start[1] :]
+        line_start = src.starts[first_line - 1]
+        edits.append((line_start, line_start + first.start[1], " " * indent))
     wrapped = indent > 0
-    code = ("if 1:\n" if wrapped else "") + "\n".join(lines)
+    # an indented body is parsed as the block of an `if 1:`; written on the line before the body (blank or a
+    # comment there: the decoder and prologue are blanked) it keeps every line number, where a line put in front
+    # needed ast.increment_lineno over the whole tree (seconds for a large query)
+    in_place = wrapped and first_line > 1
+    if in_place:
+        edits.insert(0, (src.starts[first_line - 2], src.starts[first_line - 1] - 1, "if 1:"))
+    if edits:
+        pieces = ["if 1:\n"] if wrapped and not in_place else []
+        at = 0
+        for a, b, new in edits:
+            pieces += (view[at:a], new)
+            at = b
+        pieces.append(view[at:])
+        code = "".join(pieces)
+    else:
+        code = ("if 1:\n" if wrapped else "") + view
+    del pieces, view
     try:
         tree = ast.parse(code, filename=err.filename)
     except SyntaxError as e:
-        line = (e.lineno or 1) - (1 if wrapped else 0)
+        line = (e.lineno or 1) - (1 if wrapped and not in_place else 0)
         col = e.offset or 1
         if line == first_line and shift_col:
             col += shift_col
@@ -421,7 +449,8 @@ def _parse_body(src: _Text, lay: _Layout, err: Errors) -> tuple[ast.Module, int]
     except (ValueError, RecursionError, MemoryError, OverflowError) as e:
         err.syntax(python_message(e), first_line, first.start[1] + 1)
     if wrapped:
-        ast.increment_lineno(tree, -1)
+        if not in_place:
+            ast.increment_lineno(tree, -1)
         inner = tree.body[0]
         tree = ast.Module(body=inner.body, type_ignores=[])  # type: ignore[attr-defined]
     if shift_col:
@@ -468,8 +497,10 @@ class _Builder:
     def __init__(self, src: _Text, toks: list[tokenize.TokenInfo], err: Errors) -> None:
         self.src = src
         self.err = err
-        self.strings = [t for t in toks if t.type == tokenize.STRING]
-        self.string_starts = [src.offset(t.start) for t in self.strings]
+        # string tokens as (start, end) offsets: the tokens themselves (~300 bytes each with their positions) are
+        # dropped once the layout is known
+        self.string_starts = [src.offset(t.start) for t in toks if t.type == tokenize.STRING]
+        self.string_ends = [src.offset(t.end) for t in toks if t.type == tokenize.STRING]
         self.var_spans: dict[int, Span] = {}
         self.hole_names: set[str] = set()  # holes a constraint being parsed may mention (disambiguates `a in b`)
 
@@ -495,10 +526,9 @@ class _Builder:
         values: list[str] = []
         positions: list[Positions] = []
         lit: Lit | None = None
-        while k < len(self.strings) and self.string_starts[k] < end:
-            tok = self.strings[k]
-            a, b = self.string_starts[k], self.src.offset(tok.end)
-            lit = decode_literal(tok.string, self.src.positions(a, b), self.err)
+        while k < len(self.string_starts) and self.string_starts[k] < end:
+            a, b = self.string_starts[k], self.string_ends[k]
+            lit = decode_literal(self.src.text[a:b], self.src.positions(a, b), self.err)
             values.append(lit.value)
             positions.append(lit.positions)
             k += 1
@@ -837,7 +867,7 @@ def _dedent(lit: Lit, indent: int, src: _Text) -> Lit:
     (LMQL removes the prompt's common indentation from every source line, string contents included): up to
     ``indent`` columns of a line's leading whitespace, written as such in the source (not escapes)."""
     lines, cols = lit.positions.lines, lit.positions.cols
-    if indent <= 0 or not len(lines) or int(lines.max()) == lit.span.line:
+    if indent <= 0 or lit.span.end_line == lit.span.line or not len(lines) or int(lines.max()) == lit.span.line:
         return lit
     # candidates by position (a few per source line), then checked one by one against the source text
     cand = np.flatnonzero((lines > lit.span.line) & (cols <= indent))
@@ -919,11 +949,11 @@ def _parse(source: str, filename: str) -> nodes.Query:
         err.syntax("empty query: expected at least one query string", 1, 1)
     text = _loose_continuations(text)
     src = _Text(text)
-    toks: list[tokenize.TokenInfo] = []
     try:
         toks = _tokens(src, err)
         lay = _split(src, toks, err)
         b = _Builder(src, toks, err)
+        del toks
         decoder = b.decoder(*lay.decoder) if lay.decoder else None
         prologue = None
         if lay.prologue is not None:
@@ -962,7 +992,7 @@ def _parse(source: str, filename: str) -> nodes.Query:
             else:
                 expr, base = _parse_expr(src, start, end, err, "distribution clause")
                 clauses["distribution"] = b.distribution(expr, base, src.pos(kw))
-        lines = text.split("\n")
+        last_line_start = text.rfind("\n") + 1
         query = nodes.Query(
             prompts=tuple(prompts),
             body=body,
@@ -973,7 +1003,7 @@ def _parse(source: str, filename: str) -> nodes.Query:
             distribution=clauses.get("distribution"),
             source=source,
             filename=filename,
-            span=Span(1, 1, len(lines), len(lines[-1]) + 1),
+            span=Span(1, 1, len(src.starts), len(text) - last_line_start + 1),
         )
         checker.check(query, b.var_spans)
         return query
@@ -981,7 +1011,7 @@ def _parse(source: str, filename: str) -> nodes.Query:
         err.syntax("query is nested too deeply", 1, 1)
     except LmqcError as e:
         if "(unicode error)" in e.message:
-            _string_error(src, toks, err, e.line)
+            _string_error(src, _tokens(src, err), err, e.line)  # tokenized again: the tokens were dropped
         raise
     except (MemoryError, OverflowError) as e:
         err.syntax(f"query too large to parse ({type(e).__name__})", 1, 1)
