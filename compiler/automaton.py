@@ -508,12 +508,12 @@ def _dedupe_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The indices ``start..stop-1`` of every range laid end to end, and the range each index came from."""
-    # array methods rather than np.* wrappers: this runs once or twice per trie depth on a few dozen ranges
+    """The indices ``start..stop-1`` of every range laid end to end, and each range's length (``x.repeat(counts)``
+    gives each index the value of its range)."""
+    # array methods rather than np.* wrappers: this runs twice per trie depth, mostly on a few dozen ranges
     counts = stops - starts
     ends = counts.cumsum()
-    which = np.arange(len(starts)).repeat(counts)
-    return (starts - ends + counts).repeat(counts) + np.arange(int(ends[-1]) if len(ends) else 0), which
+    return (starts - ends + counts).repeat(counts) + np.arange(int(ends[-1]) if len(ends) else 0), counts
 
 
 def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -557,8 +557,8 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             byt = trie.byte[d] if idx is None else trie.byte[d][idx]
         else:
             ptr = trie.child_ptr[d]
-            idx, which = _ranges(ptr[live_nodes], ptr[live_nodes + 1])
-            pc = live_cn[which]
+            idx, counts = _ranges(ptr[live_nodes], ptr[live_nodes + 1])
+            pc = live_cn.repeat(counts)
             byt = trie.byte[d][idx]
         if not len(pc):
             break
@@ -597,17 +597,16 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             live_cn = cn[ok]
             cn_all = None
             eptr = trie.end_ptr[d]
-            at, which = _ranges(eptr[live_nodes], eptr[live_nodes + 1])
+            at, counts = _ranges(eptr[live_nodes], eptr[live_nodes + 1])
             toks = trie.end_tok[d][at]
-            ce = live_cn[which]
+            ce = live_cn.repeat(counts)
         if len(ce):
             seen = np.zeros(node_rows.shape[0], dtype=bool)
             seen[ce] = True
             u_nodes = seen.nonzero()[0]
-            rank = seen.cumsum(dtype=np.int32) - 1
             columns.append(node_rows[u_nodes])
             tok_parts.append(toks)
-            seq_parts.append(n_seq + rank[ce])
+            seq_parts.append(n_seq + u_nodes.searchsorted(ce))  # rank among this depth's ending class nodes
             n_seq += len(u_nodes)
     if not n_seq:
         return np.zeros((s_n, 0), np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32)
@@ -713,22 +712,27 @@ def _min_tokens_to_end(table: np.ndarray, end: np.ndarray) -> np.ndarray:
 
 
 def _min_tokens_to_end_lists(table: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """``_min_tokens_to_end`` over Python lists (the same layers)."""
+    """``_min_tokens_to_end`` over Python lists: one BFS over the reversed edges (the same shortest distances)."""
+    s_n = table.shape[0]
+    rev: list[list[int]] = [[] for _ in range(s_n)]
+    for s, row in enumerate(table.tolist()):
+        for t in set(row):
+            if t >= 0:
+                rev[t].append(s)
     unreachable = int(UNREACHABLE)
     dist = [0 if e else unreachable for e in end.tolist()]
-    dist.append(unreachable)  # index -1 -> unreachable
-    rows = table.tolist()
-    todo = [s for s, e in enumerate(end.tolist()) if not e]
+    frontier = [s for s in range(s_n) if dist[s] == 0]
     level = 0
-    while todo:
+    while frontier:
         level += 1
-        hit = [s for s in todo if any(dist[t] == level - 1 for t in rows[s])]
-        if not hit:
-            break
-        for s in hit:
-            dist[s] = level
-        todo = [s for s in todo if dist[s] != level]
-    return np.asarray(dist[:-1], dtype=np.int32)
+        nxt = []
+        for t in frontier:
+            for s in rev[t]:
+                if dist[s] == unreachable:
+                    dist[s] = level
+                    nxt.append(s)
+        frontier = nxt
+    return np.asarray(dist, dtype=np.int32)
 
 
 def _forced(mask_seqs, mask_final, seq_count, toks, seqs) -> np.ndarray:
