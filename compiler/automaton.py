@@ -533,8 +533,11 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     lv = vocab.levels
     trie = lv.trie
     s_n, c_n = dfa.n_states, dfa.n_classes
-    # flat (state, class) -> state, with the row of state -1 rejecting: one gather per step
-    trans_flat = np.concatenate([dfa.trans.reshape(-1), np.full(c_n, -1, np.int32)])
+    # States are carried as row offsets ``state * c_n`` into the flat table, the dead state as ``dead`` (a row
+    # of its own that rejects): one add and one gather per step, no masking.
+    dead = s_n * c_n
+    trans_flat = np.concatenate([np.where(dfa.trans >= 0, dfa.trans * c_n, dead).reshape(-1),
+                                 np.full(c_n, dead, np.int32)]).astype(np.int32)
     classes = dfa.classes.astype(np.int32)
     columns: list[np.ndarray] = []
     tok_parts: list[np.ndarray] = []
@@ -545,8 +548,8 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     cn_all: np.ndarray | None = np.ones(1, dtype=np.int32)  # the root: class node 1
     live_nodes = live_cn = np.zeros(0, dtype=np.int64)
     # one row per class node: the state its prefix leads each state to (rows, not columns: gathered whole)
-    node_rows = np.full((2, s_n), -1, dtype=np.int32)
-    node_rows[1] = np.arange(s_n)
+    node_rows = np.full((2, s_n), dead, dtype=np.int32)
+    node_rows[1] = np.arange(0, dead, c_n)
     for d in range(len(trie.parent)):
         n_d = len(trie.parent[d])
         if cn_all is not None:
@@ -568,9 +571,8 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
         present[key] = True
         uniq = present.nonzero()[0]
         parent, ucls = uniq // c_n, uniq % c_n
-        src = node_rows[parent]
-        nxt = trans_flat[np.where(src >= 0, src * c_n, s_n * c_n) + ucls[:, None]]
-        live = (nxt >= 0).any(axis=1).nonzero()[0]
+        nxt = trans_flat[node_rows[parent] + ucls[:, None]]
+        live = (nxt != dead).any(axis=1).nonzero()[0]
         if not len(live):
             break
         rows = nxt[live]
@@ -579,7 +581,7 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
         new_local = np.zeros(n_keys, dtype=np.int32)
         new_local[uniq[live]] = 1 + inv
         cn = new_local[key]
-        node_rows = np.concatenate([np.full((1, s_n), -1, np.int32), rows[first]])
+        node_rows = np.concatenate([np.full((1, s_n), dead, np.int32), rows[first]])
         ok = cn.nonzero()[0]
         if len(ok) * 8 >= n_d:  # most of this depth lives on
             if idx is None:
@@ -615,7 +617,9 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     # the same behaviour can end tokens of different lengths: one column per distinct behaviour
     table = np.concatenate(columns)
     first, inv = _dedupe_rows(table)
-    return np.ascontiguousarray(table[first].T), toks, inv[seqs].astype(np.int32)
+    table = table[first]
+    table = np.where(table == dead, -1, table // c_n).astype(np.int32)  # offsets back to states
+    return np.ascontiguousarray(table.T), toks, inv[seqs].astype(np.int32)
 
 
 def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
