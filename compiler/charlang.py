@@ -326,9 +326,7 @@ def minimize(a: CharDFA) -> CharDFA:
     if _MINIMAL.get(id(a)) is a:
         return a
     if a.n_states * a.n_classes <= _SMALL_CELLS:
-        got = _minimize_small(a)
-        if got is not None:
-            return got
+        return _minimize_small(a)
     return _minimize_arrays(a)
 
 
@@ -339,7 +337,6 @@ def _minimize_arrays(a: CharDFA) -> CharDFA:
     if s <= 1:
         return a
     trans = _complete(a.trans)  # sink = s
-    n = s + 1
     labels = np.append(a.final.astype(np.int64) + 2 * a.stopped, 4)
     # Moore rounds in NumPy first (each splits blocks by their successors' blocks); most DFAs settle in a few
     # dozen rounds. Long chains (counters) that do not settle continue with Hopcroft from that partition.
@@ -354,6 +351,14 @@ def _minimize_arrays(a: CharDFA) -> CharDFA:
         n_blocks = nb
     if s > _HOPCROFT_MAX:
         return a  # long chains in a large DFA: left unminimized (correct, only larger) rather than slow
+    block_of, n_blocks = _hopcroft(trans, labels.tolist())
+    return _merged_classes(_renumber(a, trans, np.asarray(block_of, dtype=np.int64), n_blocks))
+
+
+def _hopcroft(trans: np.ndarray, labels: list[int]) -> tuple[list[int], int]:
+    """Hopcroft's refinement of the partition ``labels`` (blocks ``0..B-1``) of a complete DFA ``trans`` to the
+    coarsest stable one: ``(block of every state, number of blocks)``."""
+    n, k = trans.shape
     # inverse transitions per class, as CSR
     inv_ptr: list[list[int]] = []
     inv_src: list[list[int]] = []
@@ -362,7 +367,7 @@ def _minimize_arrays(a: CharDFA) -> CharDFA:
         order = np.argsort(dst, kind="stable")
         inv_src.append(order.tolist())
         inv_ptr.append(np.searchsorted(dst[order], np.arange(n + 1)).tolist())
-    block_of = labels.tolist()
+    block_of = list(labels)
     blocks: list[set[int]] = [set() for _ in range(max(block_of) + 1)]
     for st, b in enumerate(block_of):
         blocks[b].add(st)
@@ -388,7 +393,7 @@ def _minimize_arrays(a: CharDFA) -> CharDFA:
                     work.add((nid, cc))
                 else:
                     work.add((nid, cc) if len(moved) <= len(blocks[y]) else (y, cc))
-    return _merged_classes(_renumber(a, trans, np.asarray(block_of, dtype=np.int64), len(blocks)))
+    return block_of, len(blocks)
 
 
 def _merged_classes(a: CharDFA) -> CharDFA:
@@ -401,14 +406,15 @@ def _merged_classes(a: CharDFA) -> CharDFA:
 _MOORE_ROUNDS = 48
 _HOPCROFT_MAX = 4000
 _SMALL_CELLS = 2048  # a DFA of at most this many (state, class) cells is minimized over Python lists
-_SMALL_ROUNDS = 64  # ... unless its Moore refinement takes more rounds than this (then NumPy, from scratch)
+_SMALL_ROUNDS = 16  # Moore rounds before Hopcroft takes over (long chains settle one state per round)
 
 
-def _minimize_small(a: CharDFA) -> CharDFA | None:
+def _minimize_small(a: CharDFA) -> CharDFA:
     """``minimize`` of a small DFA over Python lists, the same result as ``_minimize_arrays`` (trim, merge
     identical class columns numbered by lowest code point, Moore refinement to the coarsest stable partition,
     blocks numbered breadth-first from the initial state in class order). A DFA of a few dozen states spends
-    far more in NumPy's per-call overhead than in the work itself. None when refinement needs too many rounds.
+    far more in NumPy's per-call overhead than in the work itself. Refinement that does not settle within
+    ``_SMALL_ROUNDS`` Moore rounds (a long chain) finishes with Hopcroft.
     """
     rows = a.trans.tolist()
     k = a.n_classes
@@ -478,8 +484,8 @@ def _minimize_small(a: CharDFA) -> CharDFA | None:
         if len(sig) == n_blocks:
             break
         n_blocks = len(sig)
-    else:
-        return None
+    else:  # a long chain: Hopcroft finishes from this partition
+        label, n_blocks = _hopcroft(np.asarray(comp, dtype=np.int32), label)
     # -- quotient, blocks numbered breadth-first from the initial state's block, successors in class order
     rep = [-1] * n_blocks
     for i in range(s, -1, -1):

@@ -11,7 +11,7 @@ from _oracle import ALPHABET, all_strings, constraints, stream_status
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lmqc.compiler.bytedfa import ByteDFA, cut_value, utf8_ranges
+from lmqc.compiler.bytedfa import ByteDFA, apply_stops, cut_value, utf8_ranges
 from lmqc.compiler.ir import HoleIR, Stop
 from lmqc.compiler.lower import lower_hole
 from lmqc.compiler.nodes import And, LenCmp, Not, OneOf, Or, Regex, Span, StopsAt, StopsBefore
@@ -258,3 +258,16 @@ def test_position_dfa_is_interegulars_language(pattern):
         return
     slow = charlang.minimize(charlang.regex_dfa(pattern))
     assert _same_chardfa(charlang.minimize(fast), slow)
+
+
+@pytest.mark.parametrize("n", [17, 60, 400])
+def test_small_minimize_of_long_chains(n):
+    """Chains longer than the Moore rounds of the list path finish with Hopcroft: still the NumPy result."""
+    from lmqc.compiler import charlang
+
+    chain = charlang.length_dfa("<", n)
+    stopped = apply_stops(charlang.minimize(chain), (Stop("\n", True),))
+    both = charlang.product(chain, charlang.contains_dfa("ab"), "and")
+    for d in (chain, stopped, both):
+        if d.n_states * d.n_classes <= charlang._SMALL_CELLS:
+            assert _same_chardfa(charlang._minimize_small(d), charlang._minimize_arrays(d))
