@@ -737,13 +737,13 @@ class _Compiler:
             key_schema: dict[str, Any] = {"type": "string", "pattern": pattern, **extra}
             if isinstance(names, dict):
                 key_schema = self.merge(key_schema, names, path)
-            key = self.string(key_schema, f"{path}/patternProperties")
+            key = self.key(key_schema, f"{path}/patternProperties")
             value = self.node(value_schema, f"{path}/patternProperties/{_escape(pattern)}")
         elif ap is False:
             return lit("{}") if lo == 0 else EMPTY
         else:
             if isinstance(names, dict):
-                key = self.string({**self.inline(names, path), "type": "string", **extra}, f"{path}/propertyNames")
+                key = self.key({**self.inline(names, path), "type": "string", **extra}, f"{path}/propertyNames")
             elif names is False:
                 return lit("{}") if lo == 0 else EMPTY
             else:
@@ -761,8 +761,13 @@ class _Compiler:
             return None
         if names is False:
             return regular.compile_node(EMPTY)
-        node = self.string({**self.inline(names, path), "type": "string"}, f"{path}/propertyNames")
+        node = self.key({**self.inline(names, path), "type": "string"}, f"{path}/propertyNames")
         return regular.compile_node(node)
+
+    def key(self, s: dict, path: str) -> Node:
+        """Object keys: the JSON strings of ``s`` with every keyword applied (:meth:`string` reads only the
+        string keywords: ``enum``, ``anyOf``, ``not`` ... of ``propertyNames`` were dropped)."""
+        return self.node({**s, "type": "string"}, path)
 
     # ---- oneOf -----------------------------------------------------------------------------------------------
 
@@ -1052,6 +1057,8 @@ class _Compiler:
                 out[key] = combos
             elif key == "allOf":
                 out[key] = [*va, *vb]
+            elif key == "not":  # not A and not B: the second one waits in allOf (node() folds one 'not' at a time)
+                out["allOf"] = [*out.get("allOf", []), {"not": vb}]
             elif key == "uniqueItems":
                 out[key] = bool(va) or bool(vb)
             elif key in ("$defs", "definitions", "patternProperties"):

@@ -658,6 +658,14 @@ def _edges(items: list, search: bool) -> Node:
     if len(items) == 1 and str(items[0][0]) == "SUBPATTERN" and _has_anchor(list(items[0][1][3])):
         _check_group_flags(items[0][1])
         return _edges(list(items[0][1][3]), search)
+    # Python's parser factors a common prefix out of a top-level alternation ("^$|^a+$" is "^" then a branch of
+    # "$" and "a+$"): an alternation whose branches hold anchors is distributed over the rest of the sequence
+    for i, (op, av) in enumerate(items):
+        if str(op) == "BRANCH" and any(_has_anchor(list(b)) for b in av[1]):
+            return alt(*(_edges([*items[:i], *b, *items[i + 1:]], search) for b in av[1]))
+        if str(op) == "SUBPATTERN" and _has_anchor(list(av[3])):  # a group only groups: its items in place
+            _check_group_flags(av)
+            return _edges([*items[:i], *av[3], *items[i + 1:]], search)
     anchored_start = anchored_end = not search
     if items and str(items[0][0]) == "AT" and str(items[0][1]) in ("AT_BEGINNING", "AT_BEGINNING_STRING"):
         anchored_start = True

@@ -302,9 +302,32 @@ def test_allof_merges_unknown_keywords_as_annotations() -> None:
                         {"minimum": 0, "x-entity": "b", "info": {"k": 2}}]}
     assert accepts(schema, "3") and not accepts(schema, "-1")
     assert_sound(schema, n=10)
+    two_nots = {"allOf": [{"not": {"type": "string"}}, {"not": {"type": "null"}}]}  # 'not' twice: both hold
+    assert accepts(two_nots, "1") and not accepts(two_nots, '"s"') and not accepts(two_nots, "null")
+    assert_sound(two_nots, n=10)
     with pytest.raises(J.SchemaError) as e:  # a known keyword still conflicts
         J.compile_schema({"allOf": [{"format": "date"}, {"format": "email"}]})
     assert e.value.keyword == "format"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "propertyNames": {"enum": ["a", "b"]}, "additionalProperties": {"type": "integer"}},
+        {"type": "object", "propertyNames": {"$ref": "#/$defs/name"}, "patternProperties": {".*": {"type": "number"}},
+         "additionalProperties": False, "$defs": {"name": {"type": "string", "enum": ["a", "b"]}}},
+        {"type": "object", "propertyNames": {"const": "a"}, "properties": {"a": {"type": "integer"}, "z": {}}},
+        {"type": "object", "propertyNames": {"anyOf": [{"const": "a"}, {"pattern": "^b$"}]},
+         "additionalProperties": {"type": "integer"}},
+    ],
+)
+def test_property_names_enum_is_kept(schema) -> None:
+    # propertyNames with enum/const (also through $ref): keys outside it were written (found on JSONSchemaBench)
+    lang = J.compile_schema(schema)
+    assert lang.dfa.accepts('{"a": 1}')
+    assert not lang.dfa.accepts('{"c": 1}') and not lang.dfa.accepts('{"a": 1, "z": 2}')
+    assert_exact(schema, ['{"a": 1}', '{"a": 1, "b": 2}', '{"c": 1}', '{"z": 1}', '{"a": 1, "z": 2}', "{}"])
+    assert_sound(schema, n=15)
 
 
 @pytest.mark.parametrize(
@@ -325,6 +348,24 @@ def test_refused_keywords_are_named(schema, keyword) -> None:
         J.compile_schema(schema)
     assert e.value.keyword == keyword, str(e.value)
     assert keyword.strip("$") in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "good", "bad"),
+    [
+        ("^$|^[a-z][a-z0-9A-Z]*$", ["", "abC", "a1"], ["1a", "a-", " a"]),  # Python factors out the common "^"
+        ("^a$|^b", ["a", "b", "bcd"], ["ab", "ca"]),
+        ("^(x|y$)", ["xz", "y"], ["yz", "zx"]),
+    ],
+)
+def test_anchors_in_alternations(pattern, good, bad) -> None:
+    schema = {"type": "string", "pattern": pattern}
+    for text in good:
+        assert accepts(schema, json.dumps(text)), text
+    for text in bad:
+        assert not accepts(schema, json.dumps(text)), text
+    assert_exact(schema, [json.dumps(t) for t in good + bad + ["", "a\n", "x"]])
+    assert_sound(schema, n=15)
 
 
 def test_unknown_formats_are_annotations_and_noted() -> None:
