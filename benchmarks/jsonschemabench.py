@@ -328,13 +328,15 @@ def generate(splits: dict[str, list[tuple[str, str]]], per_split: int, compiled:
             except lmqc.LmqcError as e:
                 out["samples"].append({"split": split, "id": sid, "error": str(e)[:200]})
                 continue
-            value_text = r.prompt.rsplit("JSON: ", 1)[1]
+            head, sep, value_text = r.prompt.rpartition("\nJSON: ")
             cls = jsonschema.validators.validator_for(schema)
             try:
+                if not sep:  # the prompt does not end with the value: an error of the run, counted as invalid
+                    raise ValueError(f"no value at the end of the prompt: {r.prompt[-200:]!r}")
                 errors = [e.message for e in cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(
                     json.loads(value_text))]
-            except Exception as e:  # noqa: BLE001 - a schema the validator itself cannot read
-                errors = [f"validator failed: {type(e).__name__}: {e}"]
+            except Exception as e:  # noqa: BLE001 - a text that is not JSON, or a schema the validator cannot read
+                errors = [f"{type(e).__name__}: {e}"]
             out["n"] += 1
             out["invalid"] += bool(errors)
             out["samples"].append({"split": split, "id": sid, "text": value_text[:400], "errors": errors[:3],
