@@ -565,7 +565,8 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             byt = trie.byte[d][idx]
         if not len(pc):
             break
-        key = pc * c_n + classes[byt]
+        key = classes[byt]
+        key += pc * c_n
         n_keys = node_rows.shape[0] * c_n
         present = np.zeros(n_keys, dtype=bool)
         present[key] = True
@@ -582,8 +583,7 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
         new_local[uniq[live]] = 1 + inv
         cn = new_local[key]
         node_rows = np.concatenate([np.full((1, s_n), dead, np.int32), rows[first]])
-        ok = cn.nonzero()[0]
-        if len(ok) * 8 >= n_d:  # most of this depth lives on
+        if np.count_nonzero(cn) * 8 >= n_d:  # most of this depth lives on
             if idx is None:
                 cn_all = cn
             else:
@@ -595,6 +595,7 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             toks = lv.tokens[int(lv.count[d + 1]) : int(lv.count[d])][good]
             ce = ce[good]
         else:
+            ok = cn.nonzero()[0]
             live_nodes = ok if idx is None else idx[ok]
             live_cn = cn[ok]
             cn_all = None
@@ -606,20 +607,22 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             seen = np.zeros(node_rows.shape[0], dtype=bool)
             seen[ce] = True
             u_nodes = seen.nonzero()[0]
+            rank = np.zeros(len(seen), dtype=np.int32)  # rank among this depth's ending class nodes
+            rank[u_nodes] = np.arange(n_seq, n_seq + len(u_nodes), dtype=np.int32)
             columns.append(node_rows[u_nodes])
             tok_parts.append(toks)
-            seq_parts.append(n_seq + u_nodes.searchsorted(ce))  # rank among this depth's ending class nodes
+            seq_parts.append(rank[ce])
             n_seq += len(u_nodes)
     if not n_seq:
         return np.zeros((s_n, 0), np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32)
-    toks = np.concatenate(tok_parts).astype(np.int32)
+    toks = np.concatenate(tok_parts).astype(np.int32, copy=False)
     seqs = np.concatenate(seq_parts)
     # the same behaviour can end tokens of different lengths: one column per distinct behaviour
     table = np.concatenate(columns)
     first, inv = _dedupe_rows(table)
     table = table[first]
     table = np.where(table == dead, -1, table // c_n).astype(np.int32)  # offsets back to states
-    return np.ascontiguousarray(table.T), toks, inv[seqs].astype(np.int32)
+    return np.ascontiguousarray(table.T), toks, inv.astype(np.int32)[seqs]
 
 
 def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
