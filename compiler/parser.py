@@ -47,6 +47,8 @@ from .qstrings import (
     check_regex,
     closest,
     decode_literal,
+    forget_interned,
+    interned,
     python_message,
 )
 
@@ -108,7 +110,9 @@ def _node_span(node: ast.AST, line_shift: int = 0, col_base: tuple[int, int] | N
         col = col + base_col if line == 1 else col
         end_col = end_col + base_col if end_line == 1 else end_col
         line, end_line = line + base_line - 1, end_line + base_line - 1
-    return Span(line + line_shift, col + 1, end_line + line_shift, end_col + 1)
+    if line_shift:
+        line, end_line = line + line_shift, end_line + line_shift
+    return Span(interned(line), col + 1, interned(end_line), end_col + 1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -932,6 +936,7 @@ def parse(source: str, filename: str = "<query>") -> nodes.Query:
             warnings.simplefilter("ignore", DeprecationWarning)
             return _parse(source, filename)
     finally:
+        forget_interned()
         if gc_was_on:
             gc.enable()
 

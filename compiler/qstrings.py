@@ -23,6 +23,19 @@ from .nodes import Span
 Pos = tuple[int, int]  # (line, column), 1-based
 
 
+# Line numbers as shared int objects while a query is parsed: every span of a large query holds two, and each
+# above 256 was a 32-byte object of its own. ``parser.parse`` empties the table when it is done.
+_INTS: dict[int, int] = {}
+
+
+def interned(value: int) -> int:
+    return _INTS.setdefault(value, value)
+
+
+def forget_interned() -> None:
+    _INTS.clear()
+
+
 class Positions(Sequence[Pos]):
     """The source position of each character of a run of text: two int32 arrays, 8 bytes a character.
 
@@ -74,7 +87,7 @@ class Positions(Sequence[Pos]):
     def __getitem__(self, k: int | slice) -> Pos | Positions:
         if isinstance(k, slice):
             return Positions(self.lines[k], self.cols[k])
-        return int(self.lines[k]), int(self.cols[k])
+        return interned(int(self.lines[k])), int(self.cols[k])
 
     def __iter__(self) -> Iterator[Pos]:
         return zip(self.lines.tolist(), self.cols.tolist(), strict=True)

@@ -480,6 +480,40 @@ def test_one_megabyte_query_string_parses_in_little_memory(body: str) -> None:
     assert _peak_parse_mib(source) < 50
 
 
+def _query_of_shape(shape: str, size: int) -> str:
+    """A query of about ``size`` characters: many short query strings, many holes, or one string of escapes."""
+    if shape == "escapes":
+        return 'argmax\n    "' + "ab\\n" * (size // 4) + '[X]"\nwhere len(TOKENS(X)) < 5\n'
+    line = '    "Some prompt text line {i} here.\\n"\n' if shape == "many_strings" else '    "Q{i}: [X{i}]\\n"\n'
+    lines: list[str] = []
+    total = 0
+    while total < size:
+        lines.append(line.format(i=len(lines)))
+        total += len(lines[-1])
+    last = '    "[X]"\nwhere len(TOKENS(X)) < 5\n' if shape == "many_strings" else "where len(TOKENS(X0)) < 5\n"
+    return "argmax\n" + "".join(lines) + last
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "mib_per_mb"),
+    [
+        pytest.param("escapes", 1_000_000, 50, id="escapes"),
+        # a quarter of a MB for the many-strings shapes keeps the test a few seconds under tracemalloc
+        pytest.param("many_strings", 250_000, 50, id="many_strings"),
+        # ~1.7 KB a query string stays alive in the parsed query itself (its body's AST, the PromptString, parts
+        # and spans) plus ~1 KB while its hole binding is compiled: ~120 MiB for 1 MB of "Q: [X]" lines
+        pytest.param("many_holes", 120_000, 150, id="many_holes"),
+    ],
+)
+def test_large_query_of_each_shape_parses_in_proportional_memory(shape: str, size: int, mib_per_mb: float) -> None:
+    """Parse memory per shape of a large query, in MiB per MB of source (issue 11). Before: 1 MB of \\n escapes
+    ~210 MiB (tokenize's string regex keeps a backtracking frame per escape), of short query strings ~125 MiB
+    and of ``"Q: [X]"`` lines ~480 MiB (the program's AST deep-copied, ~20 AST nodes a query string, compiled
+    twice and kept in a cache)."""
+    source = _query_of_shape(shape, size)
+    assert _peak_parse_mib(source) < mib_per_mb * len(source) / 1e6
+
+
 def test_error_positions_in_a_huge_string() -> None:
     from lmqc.compiler.parser import parse
     from lmqc.errors import QuerySyntaxError
