@@ -157,17 +157,18 @@ class TokenAutomaton:
         seq = np.where(ok, self.tok_seq[np.where(ok, tokens, 0)], -1)
         return self.next_table[states, seq]
 
+    # ``item`` returns a Python scalar without a NumPy scalar in between: these run on every decoding step
     def is_final(self, state: int) -> bool:
-        return bool(self.final[state])
+        return self.final.item(state)
 
     def is_stopped(self, state: int) -> bool:
-        return bool(self.stopped[state])
+        return self.stopped.item(state)
 
     def mask_id(self, state: int) -> int:
-        return int(self.mask_of_state[state])
+        return self.mask_of_state.item(state)
 
     def forced(self, state: int) -> int:
-        return int(self.forced_token[state])
+        return self.forced_token.item(state)
 
     @property
     def masks(self) -> list[np.ndarray]:
