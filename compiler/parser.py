@@ -60,9 +60,10 @@ _ALIASES = {"int": "INT", "float": "FLOAT", "bool": "BOOL", "json": "JSON", "reg
             "starts_with": "STARTS_WITH", "tokens": "TOKENS"}
 
 #: Longest query source parsed, in characters. Parsing costs memory in proportion to the source, most for many
-#: short query strings with holes (each becomes Python statements of the generated program): measured ~0.5 GB
-#: for 1 MB of ``"Q: [X]"`` lines, ~0.15 GB for 1 MB of plain query strings, ~25 MB for one 1 MB string. Real
-#: queries are a few kB; the limit turns a runaway input into an error instead of an exhausted machine.
+#: short query strings with holes (the parsed query keeps ~1.7 KB for each, its AST and spans): tracemalloc peak
+#: ~110 MiB for 1 MB of ``"Q: [X]"`` lines, ~45 MiB for 1 MB of short query strings, ~40 MiB for 1 MB of escapes,
+#: ~15 MiB for one 1 MB string. Real queries are a few kB; the limit turns a runaway input into an error instead
+#: of an exhausted machine.
 MAX_QUERY_CHARS = 2 << 20
 
 _SKIP = {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING, tokenize.ENDMARKER}
