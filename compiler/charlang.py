@@ -457,17 +457,26 @@ def _minimize_small(a: CharDFA) -> CharDFA:
     # -- classes with identical columns merge; merged classes numbered by their first interval
     cols = list(zip(*rows, strict=True))
     col_group: dict[tuple, int] = {}
-    inv = np.fromiter((col_group.setdefault(c, len(col_group)) for c in cols), dtype=np.int64, count=k)
+    inv = [col_group.setdefault(c, len(col_group)) for c in cols]
     group_cols = list(col_group)
-    by_cp = inv[a.iclass]
-    _, firsts = np.unique(by_cp, return_index=True)
-    order = np.argsort(firsts).tolist()
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    iclass = rank[by_cp].astype(np.int32)
-    keep_iv = np.ones(len(a.starts), dtype=bool)
-    keep_iv[1:] = iclass[1:] != iclass[:-1]
-    starts, iclass = a.starts[keep_iv], iclass[keep_iv]
+    # merged class of each interval, numbered by first appearance; adjacent intervals of one class merge
+    if len(a.iclass) <= 256:
+        rank_of: dict[int, int] = {}
+        by_cp = [rank_of.setdefault(inv[c], len(rank_of)) for c in a.iclass.tolist()]
+        order = list(rank_of)
+        keep_iv = [0] + [i for i in range(1, len(by_cp)) if by_cp[i] != by_cp[i - 1]]
+        starts = a.starts[keep_iv]
+        iclass = np.asarray([by_cp[i] for i in keep_iv], dtype=np.int32)
+    else:  # many intervals (Unicode categories): NumPy
+        by_cp_a = np.asarray(inv, dtype=np.int64)[a.iclass]
+        _, firsts = np.unique(by_cp_a, return_index=True)
+        order = np.argsort(firsts).tolist()
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        iclass = rank[by_cp_a].astype(np.int32)
+        keep_m = np.ones(len(a.starts), dtype=bool)
+        keep_m[1:] = iclass[1:] != iclass[:-1]
+        starts, iclass = a.starts[keep_m], iclass[keep_m]
     rows = [list(r) for r in zip(*(group_cols[g] for g in order), strict=True)]
     s = len(rows)
     if s <= 1:

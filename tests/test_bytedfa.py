@@ -271,3 +271,15 @@ def test_small_minimize_of_long_chains(n):
     for d in (chain, stopped, both):
         if d.n_states * d.n_classes <= charlang._SMALL_CELLS:
             assert _same_chardfa(charlang._minimize_small(d), charlang._minimize_arrays(d))
+
+
+def test_small_minimize_with_many_intervals():
+    """Hundreds of alphabet intervals take the NumPy class merge inside the list path: still the same result."""
+    from lmqc.compiler import charlang
+
+    starts = [0] + [0x100 + 3 * i + j for i in range(200) for j in (0, 1)]
+    iclass = [0] + [(i % 4) + 1 if j == 0 else 0 for i in range(200) for j in (0, 1)]
+    trans = [[-1, 1, 2, 1, 3], [-1, 2, 2, 2, 3], [-1, 3, -1, 3, -1], [-1, -1, -1, -1, -1]]  # classes 1 and 3 merge
+    d = charlang._make(starts, iclass, trans, 0, [False, True, False, True])
+    assert len(d.iclass) > 256 and d.n_states * d.n_classes <= charlang._SMALL_CELLS
+    assert _same_chardfa(charlang._minimize_small(d), charlang._minimize_arrays(d))
