@@ -1067,11 +1067,19 @@ def compile_language(c: Constraint | None, error: ErrorFactory = _default_error)
         except jsonschema.SchemaError as e:
             raise error(str(e), c.span) from None
     if isinstance(c, Regex):
+        # The direct constructions accept only patterns without any problem feature, so the check (another
+        # parse of the pattern) is needed only for what goes on to interegular.
+        try:
+            fast = _counted_class(c.pattern) or position_dfa(c.pattern)
+        except Exception:  # noqa: BLE001 - anything odd takes the checked path below
+            fast = None
+        if fast is not None:
+            return fast
         problem = regex_feature_problem(c.pattern)
         if problem:
             raise error(problem, c.span)
         try:
-            return _counted_class(c.pattern) or position_dfa(c.pattern) or regex_dfa(c.pattern)
+            return regex_dfa(c.pattern)
         except Exception as e:  # interegular's own "Unsupported"/parse errors name the feature
             raise error(f"regular expression not supported: {e}", c.span) from None
     if isinstance(c, StartsWith):
