@@ -191,6 +191,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[low, high]`` (argparse reports anything else as a usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+
+    return parse
+
+
 def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
@@ -203,13 +219,13 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="gemma-3-270m", help="model spec to load (default: gemma-3-270m)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument("--port", type=_bounded_int(0, 65535), default=8080, help="port (default: 8080)")
     p.add_argument(
-        "--max-batch", type=int, default=16, metavar="N",
+        "--max-batch", type=_bounded_int(1), default=16, metavar="N",
         help="most branches decoded together, across requests (default: 16); larger requests get 413",
     )
-    p.add_argument("--max-len", type=int, default=None, metavar="N", help="refuse requests with a larger max_len (422)")
-    p.add_argument("--n-ctx", type=int, default=None, metavar="N", help="KV-cache cells shared by all sequences")
+    p.add_argument("--max-len", type=_bounded_int(1), default=None, metavar="N", help="refuse requests with a larger max_len (422)")
+    p.add_argument("--n-ctx", type=_bounded_int(1), default=None, metavar="N", help="KV-cache cells shared by all sequences")
     p.add_argument(
         "--no-merge", action="store_true",
         help="decode every request alone (results bit-identical to in-process; no cross-client batching)",

@@ -112,6 +112,10 @@ class LlamaBackend(KVCacheBackend):
         n_threads: int | None = None,
         vocabulary: Vocabulary | None = None,
     ) -> None:
+        for name, value in (("n_ctx", n_ctx), ("n_seq", n_seq), ("n_batch", n_batch)):
+            # llama.cpp takes these as unsigned: -5 would become 4 billion cells
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ModelError(f"{name} must be a positive integer, got {value!r}")
         L = llama_lib()
         self._L = L
         if n_threads is None:
@@ -133,6 +137,7 @@ class LlamaBackend(KVCacheBackend):
         self._ctx = L.llama_init_from_model(self._model, cp)
         if not self._ctx:
             L.llama_model_free(self._model)
+            self._model = None  # freed: close() (also run by __del__) must not free it again
             raise ModelError(f"llama.cpp could not create a context for {self.model_path} (n_ctx={n_ctx})")
         self._mem = L.llama_get_memory(self._ctx)
         self._vocab_p = L.llama_model_get_vocab(self._model)

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import socket
+import subprocess
+import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -194,3 +199,230 @@ def test_every_numpy_bit_generator_state_round_trips(tiny_state: ServerState, ki
     from lmqc.runtime.server import _jsonable
 
     assert json.loads(json.dumps(_jsonable(res)))["rng"] == json.loads(json.dumps(rng_state(gen)))
+
+
+# -- 2. memory bounded by bytes ----------------------------------------------------------------------------------
+
+
+def test_server_memory_stays_under_its_byte_bound_under_distinct_uploads() -> None:
+    """Distinct automata uploaded and used one after another: after every answer the automata and the tables
+    decoding derived from them (masks, token-budget, healing tables) stay within ``automata_bytes``."""
+    bound = 150_000
+    state = ServerState(TinyBackend(n_seq=16), model="lmqc:tiny", automata_bytes=bound)
+    try:
+        for k in range(12):
+            src = f'"A: [X]" from "lmqc:tiny" where len(X) < {k + 3} and len(TOKENS(X)) < 8'
+            digest, arrays = automaton_hash(lmqc.compile(src).automaton("X"))
+            state.put_automaton(digest, arrays_to_npz(arrays))
+            body = _body(state.fingerprint, [[1, 300]], 0, automata=[digest], max_tokens=[6])
+            res = state.scheduler.submit(state.decode_job(body)).result(30)
+            assert res["completions"][0].ending in {"eos", "max_tokens"}
+            assert state.automata_nbytes() <= bound or len(state.automata) == 1
+        assert state.info()["automata_bytes"] <= bound
+        _healthy(state)
+    finally:
+        state.scheduler.close()
+
+
+# -- 3. bodies: chunked ones counted, deep JSON ------------------------------------------------------------------
+
+
+def _asgi(state: ServerState, method: str, path: str, chunks: Iterator[bytes], headers: list | None = None) -> tuple[int, dict]:
+    """One request straight through the ASGI app (a body without Content-Length, as uvicorn passes a chunked one)."""
+    import asyncio
+
+    from lmqc.runtime.server import create_app
+
+    app = create_app(state)
+    out: dict[str, Any] = {}
+    ended = False
+    answered: asyncio.Event | None = None
+
+    async def receive() -> dict:
+        nonlocal ended, answered
+        if ended:  # the client waits for its answer, then hangs up
+            answered = answered or asyncio.Event()
+            await answered.wait()
+            return {"type": "http.disconnect"}
+        chunk = next(chunks, None)
+        if chunk is None:
+            ended = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict) -> None:
+        nonlocal answered
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            out["body"] = out.get("body", b"") + message.get("body", b"")
+            if not message.get("more_body"):
+                answered = answered or asyncio.Event()
+                answered.set()
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
+        "raw_path": path.encode(), "query_string": b"", "headers": headers or [], "scheme": "http",
+        "server": ("test", 80), "client": ("test", 1), "root_path": "",
+    }
+    asyncio.run(app(scope, receive, send))
+    return out["status"], json.loads(out["body"])
+
+
+def test_a_chunked_body_cannot_pass_the_body_limit(tiny_state: ServerState, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmqc.runtime import server
+
+    monkeypatch.setattr(server, "MAX_BODY", 1 << 20)
+    sent = 0
+
+    def endless() -> Iterator[bytes]:  # 4x the limit (a server that never counts would read it all)
+        nonlocal sent
+        block = b" " * (64 << 10)
+        for _ in range(64):
+            sent += len(block)
+            yield block
+
+    status, out = _asgi(tiny_state, "PUT", "/automata/" + "0" * 32, endless())
+    assert status == 413 and out["error"] == "too_large"
+    assert sent <= (1 << 20) + (64 << 10)  # refused as the limit passed, not after reading everything
+    status, out = _asgi(tiny_state, "POST", "/decode", endless())
+    assert status == 413
+    body = json.dumps(_body(tiny_state.fingerprint, [[1, 300]], 3)).encode()
+    status, out = _asgi(tiny_state, "POST", "/decode", iter([body[:10], body[10:]]))  # a small chunked body is fine
+    assert status == 200 and len(out["completions"]) == 1
+
+
+def test_deeply_nested_json_is_400(tiny_state: ServerState) -> None:
+    for depth in (10_000, 200_000):
+        status, out = _asgi(tiny_state, "POST", "/decode", iter([b"[" * depth + b"]" * depth]))
+        assert status == 400 and out["error"] == "bad_request", out
+        status, out = _asgi(tiny_state, "POST", "/decode", iter([b'{"a":' * depth + b"1" + b"}" * depth]))
+        assert status == 400 and out["error"] == "bad_request", out
+    _healthy(tiny_state)
+
+
+# -- 5, 6. the process: arguments, shutdown during a stalled upload ----------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n-ctx", "-5"], "--n-ctx: must be at least 1"),
+        (["--n-ctx", "0"], "--n-ctx: must be at least 1"),
+        (["--port", "70000"], "--port: must be between 0 and 65535"),
+        (["--port", "-1"], "--port: must be between 0 and 65535"),
+        (["--max-batch", "0"], "--max-batch: must be at least 1"),
+        (["--max-len", "-3"], "--max-len: must be at least 1"),
+    ],
+)
+def test_bad_serve_arguments_are_clear_errors(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmqc.cli", "serve", "--model", "lmqc:tiny", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_serve_api_refuses_bad_arguments() -> None:
+    from lmqc.errors import ServeError
+    from lmqc.runtime.server import serve
+
+    for kwargs, match in (({"port": 70000}, "--port"), ({"n_ctx": -5}, "--n-ctx"), ({"max_len": 0}, "--max-len")):
+        with pytest.raises(ServeError, match=match):
+            serve("lmqc:tiny", **kwargs)
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "lmqc.cli", "serve", "--model", "lmqc:tiny", "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert proc.returncode == 1 and "could not listen" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_during_a_stalled_upload_shuts_down_promptly() -> None:
+    """A client that sent its headers and part of its body, then stalls, does not hold the shutdown: its read is
+    answered 503 at once (uvicorn would otherwise wait its whole graceful period, 60 s)."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmqc.cli", "serve", "--model", "lmqc:tiny", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    stalled = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(proc.communicate()[1]) from None
+                time.sleep(0.1)
+        for path, length in (("/automata/" + "0" * 32, 10_000), ("/decode", 5_000)):
+            s = socket.create_connection(("127.0.0.1", port))
+            method = "PUT" if path.startswith("/automata") else "POST"
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode() + b"x" * 100)
+            stalled.append(s)
+        time.sleep(0.5)  # the handlers are waiting for the rest of the bodies
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)  # well below uvicorn's 60 s graceful period
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "lmqc serve: stopped" in err, err
+    for s in stalled:
+        s.settimeout(5)
+        reply = s.recv(4096)
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 503"), reply[:100]
+
+
+_LLAMA_CONTEXT_FAILS = """
+import gc, sys
+from lmqc.errors import ModelError
+from lmqc.runtime import llama, models
+path = models.resolve_model("gemma-3-270m")
+if sys.argv[1] == "refused":
+    try:
+        llama.LlamaBackend(path, n_ctx=-5)
+    except ModelError as e:
+        print("ModelError:", e)
+else:  # llama.cpp itself cannot create the context: the model it loaded is freed once
+    L = llama.llama_lib()
+    L_init = L.llama_init_from_model
+    L.llama_init_from_model = lambda model, params: None
+    try:
+        llama.LlamaBackend(path)
+    except ModelError as e:
+        print("ModelError:", e)
+    L.llama_init_from_model = L_init
+gc.collect()
+print("alive")
+"""
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("case", ["refused", "context_fails"])
+def test_a_context_llama_cannot_create_is_a_model_error_not_a_crash(case: str) -> None:
+    pytest.importorskip("llama_cpp")
+    proc = subprocess.run(
+        [sys.executable, "-c", _LLAMA_CONTEXT_FAILS, case], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "ModelError:" in proc.stdout and proc.stdout.rstrip().endswith("alive")
+    if case == "refused":
+        assert "n_ctx must be a positive integer" in proc.stdout
