@@ -33,8 +33,9 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(model_dir):
-    svc = lmqc.model(f"vllm:{model_dir}", dtype="float32", max_model_len=512, enforce_eager=True, seed=0, max_num_seqs=8)
-    assert isinstance(svc, lv.VllmDecoder)
+    m = lmqc.model(f"vllm:{model_dir}", dtype="float32", max_model_len=512, enforce_eager=True, seed=0, max_num_seqs=8)
+    svc = m.backend  # lmqc.model gives the model object; its backend is the vLLM decoder service
+    assert isinstance(svc, lv.VllmDecoder) and m.model_identifier == f"vllm:{model_dir}"
     yield svc
     lv._services.pop(model_dir, None)
     svc.llm.llm_engine.engine_core.shutdown() if hasattr(svc.llm.llm_engine, "engine_core") else None
