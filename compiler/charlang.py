@@ -235,7 +235,11 @@ def _coreachable(trans: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def _reachable(trans: np.ndarray, initial: int) -> np.ndarray:
     """bool[S]: states reachable from ``initial`` (a Python BFS: char DFAs are small but can be long chains)."""
-    rows = trans.tolist()
+    return np.asarray(_reachable_rows(trans.tolist(), initial), dtype=bool)
+
+
+def _reachable_rows(rows: list[list[int]], initial: int) -> list[bool]:
+    """Per state of a transition table given as lists (-1: no transition): reachable from ``initial``."""
     seen = [False] * len(rows)
     seen[initial] = True
     stack = [initial]
@@ -244,7 +248,7 @@ def _reachable(trans: np.ndarray, initial: int) -> np.ndarray:
             if t >= 0 and not seen[t]:
                 seen[t] = True
                 stack.append(t)
-    return np.asarray(seen, dtype=bool)
+    return seen
 
 
 _ROW_WEIGHTS: dict[int, np.ndarray] = {}
@@ -438,14 +442,7 @@ def _minimize_small(a: CharDFA) -> CharDFA:
         rows, flags, initial = [[-1] * k], [0], 0
     else:
         rows = [[t if t >= 0 and alive[t] else -1 for t in row] for row in rows]
-        seen = [False] * s
-        seen[initial] = True
-        stack = [initial]
-        while stack:
-            for t in rows[stack.pop()]:
-                if t >= 0 and not seen[t]:
-                    seen[t] = True
-                    stack.append(t)
+        seen = _reachable_rows(rows, initial)
         keep = [i for i in range(s) if seen[i] and alive[i]]
         if len(keep) < s:
             new_id = [-1] * (s + 1)
