@@ -117,17 +117,6 @@ def parse_strategy(name: str, *, strict: bool = False, **params: Any) -> Strateg
 # -- token choice --------------------------------------------------------------------------------------------
 
 
-_BUFFERS: dict[int, np.ndarray] = {}
-
-
-def _work_row(V: int) -> np.ndarray:
-    """A reusable float32[V] scratch row (decoding is single-threaded per process)."""
-    buf = _BUFFERS.get(V)
-    if buf is None:
-        buf = _BUFFERS[V] = np.empty(V, np.float32)
-    return buf
-
-
 def choose_argmax(row: np.ndarray, ids: np.ndarray | None, dense: Dense | None) -> int:
     """The most likely allowed token of a logits row (-1 if nothing is allowed)."""
     if ids is not None:
@@ -164,17 +153,20 @@ def top_n(row: np.ndarray, ids: np.ndarray | None, dense: Dense | None, n: int) 
 _BLOCK = 512  # sampling from a full row: pick a block by its mass, then a token inside it
 
 
+def _allowed_logits(row: np.ndarray, ids: np.ndarray | None, dense: Dense | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """(candidate ids, their float32 logits) to sample from: the allowed ids' logits for a sparse set (a copy),
+    else the whole row plus the dense set's bias (-inf on forbidden tokens) with candidates None (= positions)."""
+    if ids is not None:
+        return ids, row[ids].astype(np.float32)
+    return None, np.add(row, dense.bias, dtype=np.float32)
+
+
 def sample_n(
     row: np.ndarray, ids: np.ndarray | None, dense: Dense | None, temperature: float, n: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` draws (with replacement) from softmax(row / T) over the allowed tokens, duplicates merged:
     (token ids int32, their logits float32), at most ``n`` each; empty when nothing is allowed."""
-    if ids is not None:
-        cand: np.ndarray | None = ids
-        z = row[ids].astype(np.float32)
-    else:
-        cand = None
-        z = np.add(row, dense.bias, dtype=np.float32)
+    cand, z = _allowed_logits(row, ids, dense)
     if len(z) == 0 or not np.isfinite(m := z.max()):
         return np.empty(0, np.int32), np.empty(0, np.float32)
     z -= m
@@ -250,14 +242,9 @@ def choose_sample(
     """Draw from softmax(row / T) restricted to the allowed tokens, after top-k and top-p."""
     if cfg.temperature == 0:
         return choose_argmax(row, ids, dense)
-    if ids is not None:
-        if len(ids) == 0:
-            return -1
-        cand: np.ndarray | None = ids
-        z = row[ids].astype(np.float32)
-    else:
-        cand = None
-        z = np.add(row, dense.bias, dtype=np.float32)
+    if ids is not None and len(ids) == 0:
+        return -1
+    cand, z = _allowed_logits(row, ids, dense)
     if 0 < cfg.top_k < len(z):
         part = np.argpartition(z, -cfg.top_k)[-cfg.top_k :]
         z = z[part]
