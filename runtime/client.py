@@ -34,6 +34,7 @@ from .protocol import (
     automaton_hash,
     decode_completion,
     decode_float,
+    decode_progress,
     encode_request,
     encode_text,
     npz_to_arrays,
@@ -417,25 +418,15 @@ class RemoteModel:
         return completions
 
     def _progress_reader(self, observer: Callable[[Any], None], branches: int) -> Callable[[dict[str, Any]], None]:
-        """A stream-line handler: appends each branch's new bytes and hands ``observer`` the values so far."""
-        import base64
-        import binascii
-
+        """A stream-line handler: each branch's new bytes appended, ``observer`` handed the values so far."""
         values: dict[int, bytes] = {}
 
         def on_line(item: dict[str, Any]) -> None:
-            items = item.get("progress")
-            if not isinstance(items, list):
-                raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed progress line")
-            for x in items:
-                ok = isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and isinstance(x[1], str)
-                if not ok or isinstance(x[0], bool) or not 0 <= x[0] < branches:
-                    raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed progress line")
-                try:
-                    values[x[0]] = values.get(x[0], b"") + base64.b64decode(x[1], validate=True)
-                except (binascii.Error, ValueError):
-                    raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed progress line") from None
-            observer(sorted(values.items()))
+            try:
+                so_far = decode_progress(item, branches, values)
+            except ProtocolError as e:
+                raise ServeError(f"lmqc serve at {self.endpoint} sent a malformed progress line: {e}") from None
+            observer(so_far)
 
         return on_line
 

@@ -29,6 +29,9 @@ Protocol (version 1, JSON over HTTP/1.1; every JSON request carries ``"protocol"
     -> ``{"completions": [{"parent", "tokens", "value" (base64), "context", "logprob", "score", "ending",
     "state"}], "rng": state after the decode, "batch": {"requests", "branches"}}``. Floats: NaN is ``null``,
     infinities ``"inf"`` / ``"-inf"``. The rng state round-trips, so seeded sampling equals in-process.
+    With ``"stream": true`` the answer is NDJSON instead: ``{"progress": [[branch, base64 bytes]]}`` lines (each
+    branch's new value bytes since the last line: :func:`encode_progress` / :func:`decode_progress`), then
+    ``{"result": <the response above>}`` or ``{"error", "message", "status"}`` (see ``runtime.server``).
 ``POST /score``
     ``{"vocab_fingerprint", "context": [int], "options": [[int]]}`` -> ``{"logprobs": [float]}``.
 
@@ -65,11 +68,13 @@ __all__ = [
     "automaton_hash",
     "decode_completion",
     "decode_float",
+    "decode_progress",
     "decode_request",
     "decode_strategy",
     "decode_text",
     "encode_completion",
     "encode_float",
+    "encode_progress",
     "encode_request",
     "encode_strategy",
     "encode_text",
@@ -431,6 +436,35 @@ def decode_completion(d: Any, branches: int | None = None) -> Completion:
 
 
 # -- decode requests -----------------------------------------------------------------------------------------
+
+
+def encode_progress(progress: Sequence[tuple[int, bytes]], sent: dict[int, int]) -> dict[str, Any] | None:
+    """A streamed ``/decode`` progress line: the bytes each branch's value gained since the last line (``sent``:
+    branch -> bytes already sent, updated). None when nothing is new."""
+    items = []
+    for parent, data in progress:
+        k = sent.get(parent, 0)
+        if len(data) > k:
+            items.append([int(parent), base64.b64encode(data[k:]).decode("ascii")])
+            sent[parent] = len(data)
+    return {"progress": items} if items else None
+
+
+def decode_progress(item: Any, branches: int, values: dict[int, bytes]) -> list[tuple[int, bytes]]:
+    """Apply a progress line to ``values`` (branch -> value bytes so far) and return them, by branch;
+    :class:`ProtocolError` if the line is malformed."""
+    items = item.get("progress") if isinstance(item, dict) else None
+    if not isinstance(items, list):
+        raise ProtocolError("progress must be a list")
+    for x in items:
+        ok = isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and isinstance(x[1], str)
+        if not ok or isinstance(x[0], bool) or not 0 <= x[0] < branches:
+            raise ProtocolError(f"malformed progress item {x!r:.80}")
+        try:
+            values[x[0]] = values.get(x[0], b"") + base64.b64decode(x[1], validate=True)
+        except ValueError:  # binascii.Error is a ValueError
+            raise ProtocolError("progress bytes are not base64") from None
+    return sorted(values.items())
 
 
 def encode_request(request: DecodeRequest, hashes: Sequence[str | None], fingerprint: str) -> dict[str, Any]:

@@ -81,6 +81,7 @@ from .protocol import (
     decode_text,
     encode_completion,
     encode_float,
+    encode_progress,
     hash_arrays,
     npz_to_arrays,
     request_automata,
@@ -358,19 +359,6 @@ def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _progress_lines(progress: Any, sent: dict[int, int]) -> bytes:
-    """An NDJSON ``progress`` line of the bytes each branch decoded since the last line (empty: nothing new)."""
-    import base64
-
-    items = []
-    for parent, data in progress:
-        k = sent.get(parent, 0)
-        if len(data) > k:
-            items.append([int(parent), base64.b64encode(data[k:]).decode("ascii")])
-            sent[parent] = len(data)
-    return (json.dumps({"progress": items}) + "\n").encode() if items else b""
-
-
 def create_app(state: ServerState) -> Any:
     """The Starlette application of a server state (routes as in the module docstring)."""
     try:
@@ -530,8 +518,8 @@ def create_app(state: ServerState) -> Any:
             sent: dict[int, int] = {}
             try:
                 while (item := await events.get()) is not None:
-                    if line := _progress_lines(item, sent):
-                        yield line
+                    if line := encode_progress(item, sent):
+                        yield (json.dumps(line) + "\n").encode()
                 try:
                     out: dict[str, Any] = {"result": _jsonable(fut.result())}
                 except HTTPError as e:

@@ -154,3 +154,16 @@ def test_piece_ids_match_a_dictionary_of_pieces() -> None:
     ref = [index.get(raw[a : a + n], -2) for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
     assert piece_ids(v, starts, lengths).tolist() == ref
     assert (np.asarray(ref) >= 0).sum() > 100  # the probe set hits real pieces too
+
+
+def test_stream_progress_codec_round_trip_and_refusals() -> None:
+    sent: dict[int, int] = {}
+    values: dict[int, bytes] = {}
+    for progress in ([(0, b"ab"), (1, b"")], [(0, b"ab\xff"), (1, b"x")], [(0, b"ab\xff"), (1, b"x")]):
+        line = protocol.encode_progress(progress, sent)
+        if line is not None:
+            assert protocol.decode_progress(line, 2, values) == [p for p in progress if p[1]]
+    assert protocol.encode_progress([(0, b"ab\xff")], sent) is None  # nothing new: no line
+    for bad in ({"progress": [[2, ""]]}, {"progress": [[True, ""]]}, {"progress": [[0, "**"]]}, {"progress": 1}, []):
+        with pytest.raises(protocol.ProtocolError):
+            protocol.decode_progress(bad, 2, {})
