@@ -185,9 +185,10 @@ class _Driver:
                     b.turn_start = not text
                 b.pending.append(text)
             elif e.kind == "role":
-                b.prompt += f"<lmql:{e.value}/>"
+                tag = _role_tag(e.value)
+                b.prompt += tag
                 if self.on_event is not None:
-                    self.on_event(StreamEvent("prompt", text=f"<lmql:{e.value}/>", branch=b.id))
+                    self.on_event(StreamEvent("prompt", text=tag, branch=b.id))
                 self.flush(b)
                 if self.chat is None:
                     from .chat import chat_format
@@ -352,7 +353,7 @@ class _Driver:
             if e.kind == "text":
                 prompt += e.value
             elif e.kind == "role":
-                prompt += f"<lmql:{e.value}/>"
+                prompt += _role_tag(e.value)
             elif e.kind == "enter":
                 marks.append((len(prompt), e.value))
             elif e.kind == "leave":
@@ -642,6 +643,11 @@ def _schema_type(compiled: Any, req: Request) -> Any:
             if value is not None and not isinstance(value, dict | str | bool):
                 return value
     return None
+
+
+def _role_tag(role: str) -> str:
+    """How a chat role switch shows in the prompt text (LMQL's tag)."""
+    return f"<lmql:{role}/>"
 
 
 def _result(b: _Branch) -> LMQLResult:
