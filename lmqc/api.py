@@ -503,8 +503,9 @@ class QueryFunction:
         return self.compiled(model), self.scope(args, kwargs)
 
 
-def _decoder_with(compiled: CompiledQuery, decoder: Any, settings: dict[str, Any]) -> Any:
-    """The decoder to run with: a call's ``decoder=`` (else the query's own) with call-time settings merged."""
+def _decoder_with(compiled: CompiledQuery | None, decoder: Any, settings: dict[str, Any]) -> Any:
+    """The decoder to run with: a call's ``decoder=`` (else the query's own, if a query is given) with call-time
+    settings merged."""
     if not settings:
         return decoder
     from lmqc.compiler import nodes
@@ -513,7 +514,8 @@ def _decoder_with(compiled: CompiledQuery, decoder: Any, settings: dict[str, Any
 
     from .errors import QueryTypeError
 
-    base = parse_decoder(decoder) if isinstance(decoder, str) else decoder or compiled.query.decoder or nodes.Decoder("argmax")
+    own = compiled.query.decoder if compiled is not None else None
+    base = parse_decoder(decoder) if isinstance(decoder, str) else decoder or own or nodes.Decoder("argmax")
     args = dict(base.args)
     for key, value in settings.items():
         if key not in DECODERS[base.name]:
