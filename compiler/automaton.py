@@ -633,29 +633,35 @@ def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.nd
     that reaches it.
     """
     s_n = table.shape[0]
-    if s_n > 4096 or table.size <= _SMALL_TABLE:
-        # large automata are long chains (counters): thousands of tiny levels, cheaper in Python; small ones
-        # spend more in NumPy's per-call overhead than in the work
+    if table.size <= _SMALL_TABLE:
         return _token_reachable_lists(table, initial)
+    # forward edges as CSR in (state, sequence) order: a level costs its frontier's out-edges, so long chains
+    # (thousands of tiny levels) and wide levels are both cheap
+    src, col = np.nonzero(table >= 0)
+    dst = table[src, col].astype(np.int64)
+    indptr = np.zeros(s_n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=s_n), out=indptr[1:])
     parent_state = np.full(s_n, -1, dtype=np.int64)
     parent_seq = np.full(s_n, -1, dtype=np.int64)
     seen = np.zeros(s_n, dtype=bool)
     seen[initial] = True
-    order = [np.asarray([initial])]
+    order = [np.asarray([initial], dtype=np.int64)]
     frontier = order[0]
     while len(frontier):
-        sub = table[frontier]  # [F, U]
-        flat = sub.reshape(-1)
-        ok = flat >= 0
-        idx = np.flatnonzero(ok)
-        tgt = flat[idx]
-        new_mask = ~seen[tgt]
-        idx, tgt = idx[new_mask], tgt[new_mask]
-        tgt, first = np.unique(tgt, return_index=True)
-        idx = idx[first]
+        starts = indptr[frontier]
+        lens = indptr[frontier + 1] - starts
+        total = int(lens.sum())
+        if total == 0:
+            break
+        offs = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
+        tgt = dst[offs]
+        fresh = ~seen[tgt]
+        offs, tgt = offs[fresh], tgt[fresh]
+        tgt, first = np.unique(tgt, return_index=True)  # first: the earliest (frontier position, sequence)
+        offs = offs[first]
         seen[tgt] = True
-        parent_state[tgt] = frontier[idx // table.shape[1]]
-        parent_seq[tgt] = idx % table.shape[1]
+        parent_state[tgt] = src[offs]
+        parent_seq[tgt] = col[offs]
         frontier = tgt
         if len(tgt):
             order.append(tgt)
@@ -701,22 +707,36 @@ _SMALL_TABLE = 4096  # (states x sequences) up to which the BFS passes run over 
 
 
 def _min_tokens_to_end(table: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """BFS layers backwards from the end states, evaluating only rows not yet settled."""
+    """Shortest token distance to an end state: one BFS over the reversed edges (held as CSR arrays), so each
+    level costs its frontier's in-edges, not a scan of every unsettled row (deep chains have thousands of levels).
+    """
     s_n = table.shape[0]
     if table.size <= _SMALL_TABLE:
         return _min_tokens_to_end_lists(table, end)
+    src, col = np.nonzero(table >= 0)
+    dst = table[src, col].astype(np.int64)
+    # one in-edge per (target, source) pair; sorted by target for the CSR layout
+    key = np.unique(dst * s_n + src)
+    preds = (key % s_n).astype(np.int64)
+    indptr = np.zeros(s_n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key // s_n, minlength=s_n), out=indptr[1:])
     dist = np.where(end, 0, UNREACHABLE).astype(np.int32)
-    dist_ext = np.append(dist, UNREACHABLE)  # index -1 -> unreachable
-    todo = np.flatnonzero(~end)
+    frontier = np.flatnonzero(end)
     level = 0
-    while len(todo):
+    while len(frontier):
         level += 1
-        hit = (dist_ext[table[todo]] == level - 1).any(axis=1)
-        if not hit.any():
+        starts, stops = indptr[frontier], indptr[frontier + 1]
+        lens = stops - starts
+        total = int(lens.sum())
+        if total == 0:
             break
-        dist_ext[todo[hit]] = level
-        todo = todo[~hit]
-    return dist_ext[:s_n].copy()
+        # positions starts[i] .. stops[i]-1 for every frontier state, without a Python loop
+        offs = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
+        cand = preds[offs]
+        cand = np.unique(cand[dist[cand] == UNREACHABLE])
+        dist[cand] = level
+        frontier = cand
+    return dist
 
 
 def _min_tokens_to_end_lists(table: np.ndarray, end: np.ndarray) -> np.ndarray:
