@@ -789,7 +789,7 @@ class _Compiler:
                 self.notes.append(f"oneOf branch {path}/oneOf/{i} left out (it may overlap another branch)")
                 cur = False
             out.append(cur)
-        if all(x is False for x in out):
+        if all(x is False for x in out) and not all(r is False for r in resolved):  # (all False: no value at all)
             raise SchemaError("oneOf: lmqc cannot write a value that matches exactly one branch (the branches may "
                               "overlap)", path, "oneOf")
         return out
@@ -838,6 +838,10 @@ class _Compiler:
             got = self._object_reject(a, b, path, depth)
             if got is not None:
                 return got
+        if overlap <= {"array"}:
+            got = self._array_reject(a, b, path, depth)
+            if got is not None:
+                return got
         if overlap <= {"integer", "number"}:
             da, db = set(self.types_of(a, path)), set(self.types_of(b, path))
             if "number" in da and "number" not in db and "integer" in db and not _has_numeric_bounds(b):
@@ -848,10 +852,9 @@ class _Compiler:
         return None
 
     def _object_reject(self, a: dict, b: dict, path: str, depth: int) -> Any:
-        pa = a.get("properties", {}) if isinstance(a.get("properties"), dict) else {}
+        pa, ra = _object_parts(a, self)
         pb = b.get("properties", {}) if isinstance(b.get("properties"), dict) else {}
-        ra = [k for k in a.get("required", []) if isinstance(k, str)] if isinstance(a.get("required"), list) else []
-        rb = [k for k in b.get("required", []) if isinstance(k, str)] if isinstance(b.get("required"), list) else []
+        rb = _object_parts(b, self)[1]
         omitted = set(a.get("_omit", ()))
         if not pa and not ra:
             return None  # a writes a map: any keys
@@ -892,6 +895,25 @@ class _Compiler:
                     if got is not None and got is not False:
                         return {**a, "properties": {**pa, key: got}, "required": list(dict.fromkeys([*ra, key]))}
         return None
+
+    def _array_reject(self, a: dict, b: dict, path: str, depth: int) -> Any:
+        """Arrays of ``a`` that fail ``b``: when no item of ``a`` is an item of ``b``, every non-empty array of
+        ``a`` fails ``b``, so ``a`` writes at least one item (the empty array is the values they share)."""
+        ia, ib = a.get("items", True), b.get("items", True)
+        if any(k in x for x in (a, b) for k in ("prefixItems", "contains")) or isinstance(ia, list) or isinstance(
+                ib, list):
+            return None
+        ia, ib = self.inline(ia, path), self.inline(ib, path)
+        if ia is True:
+            ia = {}
+        if not isinstance(ia, dict) or not isinstance(ib, dict) or not _disjoint(ia, ib, self, depth + 1):
+            return None
+        lo_a, hi_a = _count(a, "minItems", path, 0), _count(a, "maxItems", path, None)
+        if _count(b, "minItems", path, 0) >= 1 or lo_a >= 1:
+            return a
+        if hi_a == 0:
+            return False
+        return {**a, "minItems": 1}
 
     def string_cover(self, b: Any, path: str) -> CharDFA | None:
         """A DFA over string contents accepting every string ``b`` accepts (a superset), or None.
@@ -1435,8 +1457,14 @@ def _length_dfa(lo: int, hi: int | None) -> CharDFA:
 def _types_generated(s: Any, c: _Compiler) -> set[str]:
     if not isinstance(s, dict):
         return set(JSON_TYPES) if s is True else set()
-    if "anyOf" in s or "oneOf" in s or "allOf" in s:
+    if "anyOf" in s or "oneOf" in s:
         return set(JSON_TYPES)
+    if "allOf" in s:  # what every part may generate
+        items = s["allOf"] if isinstance(s["allOf"], list) else []
+        out = _types_generated({k: v for k, v in s.items() if k != "allOf"}, c)
+        for item in items:
+            out &= _types_generated(c.inline(item, "#"), c)
+        return out
     if "const" in s or "enum" in s:
         values = [s["const"]] if "const" in s else s.get("enum", [])
         out = set()
@@ -1458,8 +1486,13 @@ def _types_accepted(s: Any) -> set[str]:
     """The JSON types ``s`` may accept (a superset): a schema without ``type`` accepts every type."""
     if s is False:
         return set()
-    if not isinstance(s, dict) or any(k in s for k in ("anyOf", "oneOf", "allOf", "$ref", "not", "if")):
+    if not isinstance(s, dict) or any(k in s for k in ("anyOf", "oneOf", "$ref", "not", "if")):
         return set(JSON_TYPES)
+    if "allOf" in s:  # a value every part accepts (a $ref part: any type, still a superset)
+        out = _types_accepted({k: v for k, v in s.items() if k != "allOf"})
+        for item in s["allOf"] if isinstance(s["allOf"], list) else []:
+            out &= _types_accepted(item)
+        return out
     values = _literal_values(s)
     if values is not None:
         out = set()
@@ -1496,10 +1529,9 @@ def _disjoint(a: Any, b: Any, c: _Compiler, depth: int = 0) -> bool:
 
 def _rejects(a: dict, b: dict, c: _Compiler, depth: int) -> bool:
     """Every object lmqc writes for ``a`` fails ``b``."""
-    pa = a.get("properties", {}) if isinstance(a.get("properties"), dict) else {}
+    pa, ra_list = _object_parts(a, c)
     pb = b.get("properties", {}) if isinstance(b.get("properties"), dict) else {}
-    ra = set(a.get("required", []) if isinstance(a.get("required"), list) else [])
-    rb = set(b.get("required", []) if isinstance(b.get("required"), list) else [])
+    ra, rb = set(ra_list), set(_object_parts(b, c)[1])
     if rb - set(pa) - ra:
         return True  # b requires a key a never writes
     if b.get("additionalProperties") is False and not b.get("patternProperties") and ra - set(pb):
@@ -1509,6 +1541,25 @@ def _rejects(a: dict, b: dict, c: _Compiler, depth: int) -> bool:
         if isinstance(sa, dict) and isinstance(sb, dict) and _disjoint(sa, sb, c, depth + 1):
             return True
     return False
+
+
+def _object_parts(s: dict, c: _Compiler, depth: int = 0) -> tuple[dict[str, Any], list[str]]:
+    """The properties and required keys of ``s`` with those of its ``allOf`` parts (what lmqc's merge writes).
+
+    Only the schema's own ``properties`` decide what its ``additionalProperties`` lets through: callers that
+    ask whether ``s`` is closed read ``s["properties"]``, not these.
+    """
+    props = dict(s.get("properties", {})) if isinstance(s.get("properties"), dict) else {}
+    req = [k for k in s.get("required", []) if isinstance(k, str)] if isinstance(s.get("required"), list) else []
+    items = s.get("allOf") if isinstance(s.get("allOf"), list) and depth < 3 else []
+    for item in items:
+        item = c.inline(item, "#")
+        if isinstance(item, dict):
+            p, r = _object_parts(item, c, depth + 1)
+            for k, v in p.items():
+                props.setdefault(k, v)
+            req += [k for k in r if k not in req]
+    return props, req
 
 
 _FRACTIONAL = seq(_INT, lit("."), rep(cset(DIGIT), 0, None), cset(NONZERO), rep(cset(DIGIT), 0, None))

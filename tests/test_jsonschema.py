@@ -296,6 +296,40 @@ def test_oneof_object_branches_apart_by_a_nested_value() -> None:
     assert_sound(schema, n=15)
 
 
+def test_oneof_arrays_of_disjoint_items_share_only_the_empty_array() -> None:
+    schema = {"oneOf": [{"type": "array", "items": {"type": "number"}},
+                        {"type": "array", "items": {"type": "string"}}]}
+    assert accepts(schema, "[1, 2.5]")
+    assert accepts(schema, '["a"]')
+    assert not accepts(schema, "[]")  # valid for both branches, so for neither
+    assert not accepts(schema, '[1, "a"]')
+    lang = J.compile_schema({"oneOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                       {"type": "array", "items": {"type": "integer"}}]})
+    assert lang.dfa.accepts("[]") and lang.dfa.accepts("[3]")  # the second branch keeps [] when the first has not
+    assert_sound(schema, n=20)
+
+
+def test_oneof_object_branches_with_allof_parts_are_told_apart() -> None:
+    base = {"type": "object", "properties": {"filetypes": {"type": "array", "items": {"type": "string"}}},
+            "required": ["filetypes"]}
+    schema = {"definitions": {"base": base}, "oneOf": [
+        {"type": "object", "allOf": [{"$ref": "#/definitions/base"}], "required": ["module"],
+         "additionalProperties": False, "properties": {"module": {"type": "string"}, "filetypes": {}}},
+        {"type": "object", "allOf": [{"$ref": "#/definitions/base"}], "required": ["command"],
+         "additionalProperties": False, "properties": {"command": {"type": "string"}, "filetypes": {}}}]}
+    assert accepts(schema, '{"module": "m", "filetypes": ["x"]}')
+    assert accepts(schema, '{"command": "c", "filetypes": []}')
+    assert_sound(schema, n=20)
+
+
+def test_oneof_of_unsatisfiable_branches_writes_nothing_instead_of_failing() -> None:
+    # type object merged into string branches: no value at all; an optional property of it is left out
+    schema = {"type": "object", "properties": {"c": {"type": "object", "oneOf": [
+        {"type": "string", "enum": ["text"]}, {"type": "string", "pattern": "^a/"}]}, "n": {"type": "integer"}}}
+    assert accepts(schema, '{"n": 1}')
+    assert not accepts(schema, '{"c": "text"}')
+
+
 def test_allof_merges_unknown_keywords_as_annotations() -> None:
     # validators ignore unknown keywords ('info', 'x-...'): two different values are no conflict
     schema = {"allOf": [{"type": "integer", "x-entity": "a", "info": {"k": 1}},
