@@ -90,7 +90,6 @@ JSON_TYPES = ("null", "boolean", "object", "array", "number", "string", "integer
 
 # keywords that constrain instances and that lmqc cannot (or does not) express: an error names them
 REFUSED = {
-    "if": "'if'/'then'/'else' (conditional schemas)",
     "contains": "'contains'",
     "minContains": "'minContains'",
     "maxContains": "'maxContains'",
@@ -110,7 +109,7 @@ _STRING_KEYS = {"minLength", "maxLength", "pattern", "format"}
 _NUMBER_KEYS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
 # every keyword lmqc reads or refuses; any other keyword is an annotation (validators ignore unknown keywords)
 _KNOWN = (_OBJECT_KEYS | _ARRAY_KEYS | _STRING_KEYS | _NUMBER_KEYS | set(REFUSED)
-          | {"type", "enum", "const", "anyOf", "oneOf", "allOf", "not", "$ref", "then", "else", "dependentRequired",
+          | {"type", "enum", "const", "anyOf", "oneOf", "allOf", "not", "$ref", "if", "then", "else", "dependentRequired",
              "$defs", "definitions"})
 _EXACT_STRING_KEYS = {"type", "pattern", "minLength", "maxLength", "format", "enum", "const", "not", "_patterns",
                       "_not_values", "_not_strings"}
@@ -193,7 +192,7 @@ def canonical(schema: Any) -> str:
 
 
 def compile_schema(schema: Any, *, ref_depth: int = REF_DEPTH, any_depth: int = ANY_DEPTH,
-                   max_states: int = MAX_STATES) -> SchemaLanguage:
+                   max_states: int | None = None) -> SchemaLanguage:
     """The language of ``schema`` (a dict or bool, or its JSON text).
 
     Raises
@@ -203,7 +202,7 @@ def compile_schema(schema: Any, *, ref_depth: int = REF_DEPTH, any_depth: int = 
         write.
     """
     text = schema if isinstance(schema, str) else canonical(schema)
-    return _compile_cached(text, ref_depth, any_depth, max_states)
+    return _compile_cached(text, ref_depth, any_depth, MAX_STATES if max_states is None else max_states)
 
 
 @lru_cache(maxsize=256)
@@ -339,6 +338,8 @@ class _Compiler:
             s = self.negate(s, path)
             if s is False:
                 return EMPTY
+        if "if" in s:
+            return self.node(self.conditional(s, path), path)
         if "allOf" in s:
             items = s["allOf"]
             if not isinstance(items, list) or not items:
@@ -382,6 +383,25 @@ class _Compiler:
                             self.stack.pop()
                 return alt(*parts)
         return self.typed(s, path)
+
+    def conditional(self, s: dict, path: str) -> Any:
+        """``if``/``then``/``else`` as two alternatives: values that pass ``if`` and ``then``, and values of ``else``
+        restricted (as for oneOf) so that they fail ``if``; without such a restriction the second is left out."""
+        rest = {k: v for k, v in s.items() if k not in ("if", "then", "else")}
+        cond = self.inline(s["if"], f"{path}/if")
+        then, other = s.get("then", True), s.get("else", True)
+        yes = self.merge(self.merge(rest, cond, f"{path}/if"), self.inline(then, f"{path}/then"), f"{path}/then")
+        no: Any = self.merge(rest, self.inline(other, f"{path}/else"), f"{path}/else")
+        if cond is True or cond == {}:
+            no = False
+        elif cond is not False and no is not False:
+            no = self.make_reject(True if no is True else no, cond, path)
+            if no is None:
+                self.notes.append(f"values failing 'if' at {path} left out (lmqc cannot tell them apart)")
+                no = False
+        if yes is False and no is False:
+            return False
+        return {"anyOf": [x for x in (yes, no) if x is not False]}
 
     def inline(self, s: Any, path: str, depth: int = 0) -> Any:
         """A schema with its top-level ``$ref`` replaced by the target (for merging)."""
@@ -1032,6 +1052,9 @@ class _Compiler:
         if a is False or b is False:
             return False
         out = dict(a)
+        if "if" in a and "if" in b:  # a second conditional waits in allOf (node() unfolds one at a time)
+            out["allOf"] = [*out.get("allOf", []), {k: b[k] for k in ("if", "then", "else") if k in b}]
+            b = {k: v for k, v in b.items() if k not in ("if", "then", "else")}
         for key, vb in b.items():
             if key not in out:
                 out[key] = vb
@@ -1057,6 +1080,8 @@ class _Compiler:
                 out[key] = props
             elif key == "required":
                 out[key] = list(dict.fromkeys([*va, *vb]))
+            elif key == "const":  # two different constants: no value is both
+                return False
             elif key in ("enum",):
                 out[key] = [x for x in va if any(_json_equal(x, y) for y in vb)]
             elif key in ("minimum", "minLength", "minItems", "minProperties", "exclusiveMinimum") and not isinstance(
