@@ -83,6 +83,7 @@ REF_DEPTH = 3  # how many times one $ref may be expanded on a path (recursive sc
 ANY_DEPTH = 1  # nesting of arrays/objects inside an unconstrained value (1: arrays/objects of scalars)
 MAX_MODULUS = 10_000  # multipleOf: largest modulus (digits of the value) handled exactly
 MAX_STATES = 60_000  # subset-construction budget per schema
+NODE_BUDGET = 20_000  # schema nodes visited before recursion is unrolled fewer times (recursive schemas only)
 LENGTH_CAP = 256  # maxLength above this is written as at most LENGTH_CAP characters (minLength stays exact)
 ITEMS_CAP = 64  # maxItems above this (and above minItems) is written as at most ITEMS_CAP items
 
@@ -211,8 +212,19 @@ def _compile_cached(text: str, ref_depth: int, any_depth: int, max_states: int) 
         schema = json.loads(text)
     except json.JSONDecodeError as e:
         raise SchemaError(f"not valid JSON ({e})") from None
-    c = _Compiler(schema, ref_depth=ref_depth, any_depth=any_depth)
-    node = c.node(schema, "#")
+    # A schema whose definitions refer to each other in many ways unfolds exponentially in the expansion
+    # depth: over a budget of schema nodes, recursion is unrolled fewer times (noted), down to once.
+    recursive = _has_recursion(schema)
+    for depth in range(ref_depth, 0, -1):
+        c = _Compiler(schema, ref_depth=depth, any_depth=any_depth,
+                      budget=NODE_BUDGET if recursive and depth > 1 else None)
+        try:
+            node = c.node(schema, "#")
+        except _OverBudget:
+            continue
+        if depth < ref_depth:
+            c.notes.insert(0, f"recursive $ref expanded {depth} times, not {ref_depth} (the schema is large)")
+        break
     try:
         dfa = regular.compile_node(node, max_states=max_states)
     except regular.TooLarge:
@@ -243,9 +255,62 @@ _NUMBER = seq(_INT, opt(_FRAC), opt(_EXP))
 _STRING_ANY = seq(lit('"'), rep(_JSON_CHAR, 0, None), lit('"'))
 
 
+class _OverBudget(Exception):
+    """The schema tree grew over ``NODE_BUDGET`` nodes (retried with less recursion)."""
+
+
+def _has_recursion(root: Any) -> bool:
+    """Whether some ``$ref`` can reach itself (through the references inside its target)."""
+    def refs_in(x: Any) -> set[str]:
+        out: set[str] = set()
+        stack = [x]
+        while stack:
+            y = stack.pop()
+            if isinstance(y, dict):
+                if isinstance(y.get("$ref"), str):
+                    out.add(y["$ref"])
+                stack.extend(y.values())
+            elif isinstance(y, list):
+                stack.extend(y)
+        return out
+
+    c = _Compiler(root, ref_depth=1, any_depth=0)
+    edges: dict[str, set[str]] = {}
+    todo = list(refs_in(root))
+    while todo:
+        r = todo.pop()
+        if r in edges:
+            continue
+        try:
+            edges[r] = refs_in(c.resolve_ref(r, "#"))
+        except SchemaError:
+            edges[r] = set()
+        todo.extend(edges[r] - edges.keys())
+    state: dict[str, int] = {}  # 1 on the DFS path, 2 done
+    for start in edges:
+        if start in state:
+            continue
+        path = [(start, iter(edges[start]))]
+        state[start] = 1
+        while path:
+            node, it = path[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                path.pop()
+            elif state.get(nxt) == 1:
+                return True
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append((nxt, iter(edges.get(nxt, ()))))
+    return False
+
+
 class _Compiler:
-    def __init__(self, root: Any, *, ref_depth: int, any_depth: int) -> None:
+    def __init__(self, root: Any, *, ref_depth: int, any_depth: int, budget: int | None = None) -> None:
         self.root = root
+        self.budget = budget
+        self.calls = 0
         self.ref_depth = ref_depth
         self.any_depth = any_depth
         self.stack: list[str] = []
@@ -314,6 +379,9 @@ class _Compiler:
     # ---- schemas ---------------------------------------------------------------------------------------------
 
     def node(self, s: Any, path: str) -> Node:
+        self.calls += 1
+        if self.budget is not None and self.calls > self.budget:
+            raise _OverBudget
         if s is True:
             return self.any_value(self.any_depth)
         if s is False:
