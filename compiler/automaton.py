@@ -264,6 +264,10 @@ class TokenAutomaton:
         """
         if dfa.unconstrained:
             return cls._unconstrained(vocab)
+        from lmqc.compiler import lazy
+
+        if dfa.n_states > lazy.LAZY_STATES:  # a dense states x sequences table would not fit: lift on visit
+            return lazy.LazyTokenAutomaton(dfa, vocab)  # type: ignore[return-value]
         next_table, toks, seqs = _walk(dfa, vocab)
         s_all = dfa.n_states
         next_table[dfa.stopped] = -1  # the hole has ended in a stopped state
@@ -381,6 +385,10 @@ class TokenAutomaton:
             version, initial, eos, unconstrained, v = (int(x) for x in meta[:5])
         except (KeyError, ValueError, TypeError) as e:
             raise ArtifactError(f"automaton arrays are malformed: {e}") from None
+        if version == 2:
+            from lmqc.compiler.lazy import LazyTokenAutomaton
+
+            return LazyTokenAutomaton.from_arrays(arrays, vocab)  # type: ignore[return-value]
         if version != 1:
             raise ArtifactError(f"automaton format version {version} is not supported")
         if vocab is not None and (v != vocab.size or eos != vocab.eos_id):

@@ -82,7 +82,7 @@ from .regular import (
 REF_DEPTH = 3  # how many times one $ref may be expanded on a path (recursive schemas)
 ANY_DEPTH = 1  # nesting of arrays/objects inside an unconstrained value (1: arrays/objects of scalars)
 MAX_MODULUS = 10_000  # multipleOf: largest modulus (digits of the value) handled exactly
-MAX_STATES = 60_000  # subset-construction budget per schema
+MAX_STATES = 500_000  # subset-construction budget per schema (above lazy.LAZY_STATES: lifted on visit)
 NODE_BUDGET = 20_000  # schema nodes visited before recursion is unrolled fewer times (recursive schemas only)
 LENGTH_CAP = 256  # maxLength above this is written as at most LENGTH_CAP characters (minLength stays exact)
 ITEMS_CAP = 64  # maxItems above this (and above minItems) is written as at most ITEMS_CAP items

@@ -344,3 +344,54 @@ def test_token_reachable_csr_bfs_matches_list_bfs(n, cols, data):
     want = A._token_reachable_lists(table, initial)
     for g, w in zip(got, want, strict=True):
         assert g.tolist() == w.tolist()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(constraints(), vocabularies())
+def test_lazy_automaton_is_bisimilar_to_the_eager_one(c, vocab_spec):
+    """Above LAZY_STATES the builder lifts states on visit: the same allowed sets, steps and ends as the eager
+    automaton from the initial state on, a min_tokens_to_end that never exceeds the eager one, and a round trip
+    through plain arrays."""
+    from lmqc.compiler.lazy import LazyTokenAutomaton
+
+    pieces, specials, _ = vocab_spec
+    vocab = Vocabulary(pieces, 0, specials)
+    try:
+        dfa = ByteDFA.from_ir(lower_hole("X", c))
+        eager = TokenAutomaton.build(dfa, vocab)
+    except ConstraintError:
+        return
+    if eager.unconstrained:
+        return
+    lazy = LazyTokenAutomaton(dfa, vocab)
+    lazy = TokenAutomaton.from_arrays(lazy.to_arrays(), vocab)
+    assert isinstance(lazy, LazyTokenAutomaton)
+    seen = {(eager.initial, lazy.initial)}
+    todo = list(seen)
+    while todo:
+        e, z = todo.pop()
+        assert eager.is_final(e) == lazy.is_final(z) and eager.is_stopped(e) == lazy.is_stopped(z)
+        assert eager.allowed(e).tolist() == lazy.allowed(z).tolist()
+        assert int(lazy.min_tokens_to_end[z]) <= int(eager.min_tokens_to_end[e])
+        toks = [t for t in eager.allowed(e).tolist() if t != vocab.eos_id or not eager.is_final(e)]
+        nz = lazy.step_many(np.full(len(toks), z), np.asarray(toks, dtype=np.int32)).tolist()
+        for t, z2 in zip(toks, nz, strict=True):
+            e2 = eager.step(e, t)
+            assert z2 == lazy.step(z, t) and (e2 < 0) == (z2 < 0), t
+            if e2 >= 0 and (e2, z2) not in seen:
+                seen.add((e2, z2))
+                todo.append((e2, z2))
+    assert lazy.step(lazy.initial, vocab.size) == -1
+
+
+def test_builder_switches_to_the_lazy_automaton_above_the_threshold(monkeypatch):
+    from lmqc.compiler import lazy
+
+    dfa = ByteDFA.from_ir(lower_hole("X", Regex("X", "[12]+\\.a")))
+    assert isinstance(TokenAutomaton.build(dfa, small_vocab()), TokenAutomaton)
+    monkeypatch.setattr(lazy, "LAZY_STATES", 0)
+    a = TokenAutomaton.build(dfa, small_vocab())
+    assert isinstance(a, lazy.LazyTokenAutomaton)
+    assert "LazyTokenAutomaton" in str(a)
+    s = a.step(a.initial, 3)  # "12"
+    assert s >= 0 and not a.is_final(s) and a.step(s, 8) < 0 and a.is_final(a.step(a.step(s, 7), 6))

@@ -47,3 +47,21 @@ def test_dataclass_hole_on_gemma() -> None:
                  Planet=Planet)
     p = r.variables["P"]
     assert isinstance(p, Planet) and p.kind in ("rocky", "gas giant", "ice giant") and isinstance(p.moons, int)
+
+
+def test_lazy_automaton_decodes_a_valid_value_on_gemma(monkeypatch) -> None:
+    """Large schemas get a token automaton lifted state by state (compiler.lazy); forced here on a small one."""
+    from lmqc.compiler import lazy
+
+    monkeypatch.setattr(lazy, "LAZY_STATES", 0)
+    walks = []
+    real = lazy._walk_one
+    monkeypatch.setattr(lazy, "_walk_one", lambda dfa, vocab, state: walks.append(state) or real(dfa, vocab, state))
+    schema = {**PERSON, "properties": {**PERSON["properties"], "name": {"type": "string", "maxLength": 20}}}
+    r = lmqc.run('"Q: Give a person record as JSON.\\nA: [P]" where JSON(P, schema) and len(TOKENS(P)) < 48',
+                 schema=schema)
+    value = r.variables["P"]
+    cls = jsonschema.validators.validator_for(schema)
+    assert not list(cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(value))
+    assert json.loads(r.prompt.split("A: ", 1)[1]) == value
+    assert walks  # the hole did run on the lazy automaton

@@ -1,0 +1,268 @@
+"""A token automaton lifted state by state, for byte DFAs too large to lift whole ahead of time.
+
+``TokenAutomaton.build`` walks every DFA state over the vocabulary's byte trie at compile time and keeps a dense
+``states x sequences`` table: that is what makes a decoding step a table lookup, but its time and memory grow with
+the state count (a Kubernetes or Vega-Lite schema unfolds to hundreds of thousands of states, i.e. gigabytes).
+Above ``LAZY_STATES`` byte-DFA states the builder returns a :class:`LazyTokenAutomaton` instead: the byte DFA is
+compiled ahead of time as always, and a state's allowed tokens come from one walk of the trie from that single state
+the first time decoding reaches it (cached by the runtime's mask tables like any mask).
+
+What it gives up, against the eager automaton:
+
+* the first visit of a state costs a trie walk (milliseconds on a 262k vocabulary) instead of a lookup;
+* ``min_tokens_to_end`` is a lower bound (fewest bytes to an end, divided by the longest token), so a token budget
+  (``len(TOKENS(X)) < n``) prunes less and a value may not fit it;
+* a state no token can continue is found when decoding reaches it (an empty allowed set), not at compile time; a
+  vocabulary with byte tokens, such as Gemma's, never has one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lmqc.compiler.automaton import UNREACHABLE
+from lmqc.compiler.bytedfa import ByteDFA
+from lmqc.compiler.vocabulary import Vocabulary
+from lmqc.errors import ArtifactError
+
+LAZY_STATES = 60_000  # byte-DFA states above which the token automaton is lifted lazily
+FORMAT = 2  # ``meta[0]`` of a lazy automaton's arrays (1 is the eager TokenAutomaton)
+
+__all__ = ["LAZY_STATES", "LazyTokenAutomaton"]
+
+
+class LazyTokenAutomaton:
+    """The runtime interface of :class:`~lmqc.compiler.automaton.TokenAutomaton` over a byte DFA's states.
+
+    A token-automaton state is a byte-DFA state; each state is its own mask (``mask_id(s) == s``).
+
+    Attributes
+    ----------
+    dfa : ByteDFA
+    initial, eos_id : int
+    final, stopped : bool[S]
+    min_tokens_to_end : int32[S]
+        A lower bound on the tokens from each state to a final or stopped state (``UNREACHABLE`` if none).
+    """
+
+    __slots__ = ("vocab", "dfa", "initial", "eos_id", "final", "stopped", "min_tokens_to_end", "tables", "_walks")
+
+    unconstrained = False
+
+    def __init__(self, dfa: ByteDFA, vocab: Vocabulary | None, *, eos_id: int | None = None,
+                 min_tokens_to_end: np.ndarray | None = None) -> None:
+        if vocab is None and eos_id is None:
+            raise ValueError("a lazy automaton needs its vocabulary or the EOS id")
+        self.vocab = vocab
+        self.dfa = dfa
+        self.initial = int(dfa.initial)
+        self.eos_id = int(vocab.eos_id if eos_id is None else eos_id)
+        self.final = dfa.final
+        self.stopped = dfa.stopped
+        if min_tokens_to_end is None:
+            longest = int(vocab.levels.lengths.max(initial=1)) if vocab is not None else 1
+            min_tokens_to_end = _min_tokens_lower_bound(dfa, max(longest, 1))
+        self.min_tokens_to_end = min_tokens_to_end
+        self.tables: object = None  # the runtime's mask tables (runtime.decode.masks.MaskTables)
+        self._walks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # -- the runtime interface -----------------------------------------------------------------------------
+
+    @property
+    def n_states(self) -> int:
+        return self.dfa.n_states
+
+    @property
+    def n_masks(self) -> int:
+        return 0  # none is built ahead of time
+
+    def mask_size(self, m: int) -> int:
+        return len(self.allowed(m))
+
+    def allowed(self, state: int) -> np.ndarray:
+        """int32 sorted token ids allowed in ``state``; EOS included iff ``is_final(state)``."""
+        toks, _ = self._walk(int(state))
+        if self.final[state]:
+            toks = np.insert(toks, np.searchsorted(toks, self.eos_id), self.eos_id)
+        return toks
+
+    def step(self, state: int, token_id: int) -> int:
+        """Next state, or -1 if ``token_id`` is rejected (EOS is never stepped: the runtime ends the hole)."""
+        if state < 0 or self.stopped[state]:
+            return -1
+        vocab = self._vocab()
+        if not 0 <= token_id < vocab.size or vocab.never[token_id]:
+            return -1
+        start = int(vocab.offsets[token_id])
+        data = vocab.buffer[start : start + int(vocab.lengths[token_id])]
+        trans, classes = self.dfa.trans, self.dfa.classes
+        s = int(state)
+        for b in data.tolist():
+            s = trans.item(s, classes.item(b))
+            if s < 0:
+                return -1
+        return s
+
+    def step_many(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Vectorized ``step``: int32[B] states and int32[B] tokens -> int32[B] next states."""
+        states = np.asarray(states, dtype=np.int64).reshape(-1)
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        out = np.full(len(states), -1, dtype=np.int32)
+        # one walk per distinct state: the allowed tokens with their next states, looked up for the batch
+        for s in np.unique(states[states >= 0]).tolist():
+            if self.stopped[s]:
+                continue
+            sel = np.flatnonzero(states == s)
+            toks, nxt = self._walk(s)
+            pos = np.searchsorted(toks, tokens[sel])
+            pos = np.minimum(pos, max(len(toks) - 1, 0))
+            hit = (toks[pos] == tokens[sel]) if len(toks) else np.zeros(len(sel), bool)
+            out[sel[hit]] = nxt[pos[hit]]
+        return out
+
+    def is_final(self, state: int) -> bool:
+        return self.final.item(state)
+
+    def is_stopped(self, state: int) -> bool:
+        return self.stopped.item(state)
+
+    def mask_id(self, state: int) -> int:
+        return int(state)
+
+    def forced(self, state: int) -> int:
+        return -1  # not precomputed; the runtime finds forced text from the masks themselves
+
+    @property
+    def tok_seq(self) -> np.ndarray:
+        """int32[V] of zeros: only its length (the vocabulary size) is meaningful here."""
+        return np.zeros(self._vocab().size, dtype=np.int32)
+
+    @property
+    def nbytes(self) -> int:
+        walked = sum(a.nbytes + b.nbytes for a, b in self._walks.values())
+        return int(self.dfa.trans.nbytes + self.final.nbytes * 2 + self.min_tokens_to_end.nbytes + walked)
+
+    # -- the walk -------------------------------------------------------------------------------------------
+
+    def _vocab(self) -> Vocabulary:
+        if self.vocab is None:
+            raise ValueError("this automaton was loaded without its vocabulary; run it with its model")
+        return self.vocab
+
+    def _walk(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens allowed from ``state`` (sorted int32) and the state after each (int32)."""
+        got = self._walks.get(state)
+        if got is None:
+            got = self._walks[state] = _walk_one(self.dfa, self._vocab(), state)
+        return got
+
+    # -- serialization --------------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        v = self.vocab.size if self.vocab is not None else -1
+        return {
+            "meta": np.asarray([FORMAT, self.initial, self.eos_id, 0, v], dtype=np.int64),
+            "trans": self.dfa.trans,
+            "classes": self.dfa.classes,
+            "final": self.final,
+            "stopped": self.stopped,
+            "min_tokens_to_end": self.min_tokens_to_end,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], vocab: Vocabulary | None = None) -> LazyTokenAutomaton:
+        try:
+            meta = np.asarray(arrays["meta"], dtype=np.int64).reshape(-1)
+            version, initial, eos, _, v = (int(x) for x in meta[:5])
+            trans = np.ascontiguousarray(arrays["trans"], dtype=np.int32)
+            classes = np.asarray(arrays["classes"], dtype=np.uint8)
+            final = np.asarray(arrays["final"], dtype=bool)
+            stopped = np.asarray(arrays["stopped"], dtype=bool)
+            mte = np.asarray(arrays["min_tokens_to_end"], dtype=np.int32)
+        except (KeyError, ValueError, TypeError) as e:
+            raise ArtifactError(f"automaton arrays are malformed: {e}") from None
+        if version != FORMAT:
+            raise ArtifactError(f"automaton format version {version} is not a lazy automaton")
+        if vocab is not None and (v != vocab.size or eos != vocab.eos_id):
+            raise ArtifactError("automaton was built for another vocabulary")
+        s = len(final)
+        ok = (trans.ndim == 2 and trans.shape[0] == s and len(stopped) == s and len(mte) == s
+              and classes.shape == (256,) and 0 <= initial < s and trans.min(initial=0) >= -1
+              and trans.max(initial=-1) < s and int(classes.max()) < trans.shape[1])
+        if not ok:
+            raise ArtifactError("automaton arrays are inconsistent (corrupt artifact?)")
+        dfa = ByteDFA(trans=trans, classes=classes, initial=initial, final=final, stopped=stopped)
+        return cls(dfa, vocab, eos_id=eos, min_tokens_to_end=mte)
+
+    def __str__(self) -> str:
+        return (f"LazyTokenAutomaton: {self.n_states} byte-DFA states, {len(self._walks)} lifted, "
+                f"initial {self.initial}")
+
+
+def _walk_one(dfa: ByteDFA, vocab: Vocabulary, state: int) -> tuple[np.ndarray, np.ndarray]:
+    """One DFA state over the vocabulary's byte trie, depth by depth, visiting only prefixes still alive.
+
+    Returns ``(toks int32[K] sorted, next int32[K])``. A stopped state allows nothing (the hole has ended).
+    """
+    if dfa.stopped[state]:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    trie = vocab.levels.trie
+    trans = dfa.trans
+    classes = dfa.classes.astype(np.int64)
+    toks: list[np.ndarray] = []
+    nexts: list[np.ndarray] = []
+    nodes = np.arange(len(trie.byte[0]), dtype=np.int64) if trie.byte else np.zeros(0, np.int64)
+    st = trans[state, classes[trie.byte[0]]] if trie.byte else np.zeros(0, np.int32)
+    for d in range(len(trie.byte)):
+        keep = st >= 0
+        nodes, st = nodes[keep], st[keep]
+        if not len(nodes):
+            break
+        eptr = trie.end_ptr[d]
+        at, counts = _ranges(eptr[nodes], eptr[nodes + 1])
+        if len(at):
+            toks.append(trie.end_tok[d][at])
+            nexts.append(st.repeat(counts))
+        if d + 1 >= len(trie.byte):
+            break
+        cptr = trie.child_ptr[d + 1]
+        nodes, counts = _ranges(cptr[nodes], cptr[nodes + 1])
+        st = trans[st.repeat(counts), classes[trie.byte[d + 1][nodes]]]
+    if not toks:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    t = np.concatenate(toks).astype(np.int32)
+    n = np.concatenate(nexts).astype(np.int32)
+    order = np.argsort(t, kind="stable")
+    return t[order], n[order]
+
+
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    counts = stops - starts
+    ends = counts.cumsum()
+    total = int(ends[-1]) if len(ends) else 0
+    return (starts - ends + counts).repeat(counts) + np.arange(total), counts
+
+
+def _min_tokens_lower_bound(dfa: ByteDFA, longest: int) -> np.ndarray:
+    """Fewest bytes from each state to a final or stopped state (reverse BFS over CSR in-edges), in tokens of at
+    most ``longest`` bytes, rounded up: a lower bound on the tokens needed."""
+    s_n = dfa.n_states
+    end = dfa.final | dfa.stopped
+    src, col = np.nonzero(dfa.trans >= 0)
+    dst = dfa.trans[src, col].astype(np.int64)
+    key = np.unique(dst * s_n + src)
+    preds = key % s_n
+    indptr = np.zeros(s_n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key // s_n, minlength=s_n), out=indptr[1:])
+    dist = np.where(end, 0, -1).astype(np.int64)
+    frontier = np.flatnonzero(end)
+    level = 0
+    while len(frontier):
+        level += 1
+        offs, _ = _ranges(indptr[frontier], indptr[frontier + 1])
+        cand = np.unique(preds[offs])
+        cand = cand[dist[cand] < 0]
+        dist[cand] = level
+        frontier = cand
+    out = np.where(dist < 0, UNREACHABLE, -(-dist // longest))
+    return out.astype(np.int32)
