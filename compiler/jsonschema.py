@@ -985,23 +985,28 @@ class _Compiler:
         return None
 
     def _array_reject(self, a: dict, b: dict, path: str, depth: int) -> Any:
-        """Arrays of ``a`` that fail ``b``: when no item of ``a`` is an item of ``b``, every non-empty array of
-        ``a`` fails ``b``, so ``a`` writes at least one item (the empty array is the values they share)."""
+        """Arrays of ``a`` that fail ``b``: more items than ``b``'s ``maxItems`` or fewer than its ``minItems``;
+        or, when no item of ``a`` is an item of ``b``, any non-empty array (the empty one is all they share)."""
         ia, ib = a.get("items", True), b.get("items", True)
         if any(k in x for x in (a, b) for k in ("prefixItems", "contains")) or isinstance(ia, list) or isinstance(
                 ib, list):
             return None
-        ia, ib = self.inline(ia, path), self.inline(ib, path)
-        if ia is True:
-            ia = {}
-        if not isinstance(ia, dict) or not isinstance(ib, dict) or not _disjoint(ia, ib, self, depth + 1):
-            return None
         lo_a, hi_a = _count(a, "minItems", path, 0), _count(a, "maxItems", path, None)
-        if _count(b, "minItems", path, 0) >= 1 or lo_a >= 1:
-            return a
-        if hi_a == 0:
-            return False
-        return {**a, "minItems": 1}
+        lo_b, hi_b = _count(b, "minItems", path, 0), _count(b, "maxItems", path, None)
+        if (hi_b is not None and lo_a > hi_b) or (hi_a is not None and hi_a < lo_b):
+            return a  # the item counts never meet
+        sa, sb = self.inline(ia, path), self.inline(ib, path)
+        if sa is True:
+            sa = {}
+        if isinstance(sa, dict) and isinstance(sb, dict) and _disjoint(sa, sb, self, depth + 1):
+            if lo_b >= 1 or lo_a >= 1:
+                return a
+            return False if hi_a == 0 else {**a, "minItems": 1}
+        if hi_b is not None and (hi_a is None or hi_a > hi_b) and not (a.get("uniqueItems") and hi_b >= 1):
+            return {**a, "minItems": hi_b + 1}  # more items than b allows (unique items: lmqc writes one at most)
+        if lo_b > 0 and lo_a < lo_b:
+            return {**a, "maxItems": lo_b - 1}  # fewer items than b needs
+        return None
 
     def string_cover(self, b: Any, path: str) -> CharDFA | None:
         """A DFA over string contents accepting every string ``b`` accepts (a superset), or None.
@@ -1099,6 +1104,10 @@ class _Compiler:
             values = _literal_values(n) or []
             if all(v is None or isinstance(v, bool | str) for v in values):
                 return {**rest, "_not_values": [*rest.get("_not_values", []), *values]}
+        # otherwise: the values of the rest restricted so that they fail the negated schema (as for oneOf)
+        got = self.make_reject(rest if rest else True, n, path)
+        if got is not None:
+            return got
         raise SchemaError(
             f"keyword 'not' is supported for {{}}, required keys, types, a pattern and string/boolean/null values; "
             f"not for {sorted(keys)}", path, "not")

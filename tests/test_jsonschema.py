@@ -350,6 +350,19 @@ def test_if_then_else_writes_values_of_one_side() -> None:
     assert_sound({"if": {"minimum": 3}, "then": {"multipleOf": 2}, "type": "integer"}, n=20)
 
 
+def test_not_of_other_forms_restricts_the_rest_to_fail_it() -> None:
+    # not {properties: {f: {maxItems: 0}}}: f is written, with at least one item
+    schema = {"type": "object", "required": ["id"],
+              "properties": {"id": {"type": "integer"}, "f": {"type": "array", "items": {"type": "string"}}},
+              "not": {"properties": {"f": {"maxItems": 0}}}}
+    assert accepts(schema, '{"id": 1, "f": ["a"]}')
+    assert not accepts(schema, '{"id": 1, "f": []}') and not accepts(schema, '{"id": 1}')
+    assert_sound(schema, n=20)
+    counts = {"oneOf": [{"type": "array", "maxItems": 2}, {"type": "array", "items": {"type": "integer"}}]}
+    assert_sound(counts, n=30)
+    assert not accepts(counts, "[1]")  # valid for both branches
+
+
 def test_allof_merges_unknown_keywords_as_annotations() -> None:
     # validators ignore unknown keywords ('info', 'x-...'): two different values are no conflict
     schema = {"allOf": [{"type": "integer", "x-entity": "a", "info": {"k": 1}},
