@@ -1548,7 +1548,10 @@ def _format_dfa(fmt: str) -> CharDFA:
 
 @lru_cache(maxsize=512)
 def _pattern_dfa(pattern: str) -> CharDFA:
-    return regular.compile_node(regular.from_pattern(pattern, search=True))
+    try:
+        return regular.compile_node(regular.from_pattern(pattern, search=True))
+    except regular.TooLarge as e:
+        raise regular.PatternError(f"regular expression needs too many automaton states ({e})") from None
 
 
 @lru_cache(maxsize=128)

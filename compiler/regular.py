@@ -663,7 +663,8 @@ def _edges(items: list, search: bool) -> Node:
     for i, (op, av) in enumerate(items):
         if str(op) == "BRANCH" and any(_has_anchor(list(b)) for b in av[1]):
             return alt(*(_edges([*items[:i], *b, *items[i + 1:]], search) for b in av[1]))
-        if str(op) == "SUBPATTERN" and _has_anchor(list(av[3])):  # a group only groups: its items in place
+        if str(op) == "SUBPATTERN" and (_has_anchor(list(av[3])) or _has_lookahead(list(av[3]))):
+            # a group only groups: its items in place
             _check_group_flags(av)
             return _edges([*items[:i], *av[3], *items[i + 1:]], search)
     anchored_start = anchored_end = not search
@@ -673,9 +674,37 @@ def _edges(items: list, search: bool) -> Node:
     if items and str(items[-1][0]) == "AT" and str(items[-1][1]) in ("AT_END", "AT_END_STRING"):
         anchored_end = True
         items = items[:-1]
-    body = _seq(items)
     any_text = rep(cset(ANY), 0, None)
-    return seq(EPS if anchored_start else any_text, body, EPS if anchored_end else any_text)
+    body = _seq_lookahead(items, EPS if anchored_end else any_text)
+    return seq(EPS if anchored_start else any_text, body)
+
+
+def _has_lookahead(items: list) -> bool:
+    return any(str(op) in ("ASSERT", "ASSERT_NOT") for op, _ in items)
+
+
+def _seq_lookahead(items: list, tail: Node) -> Node:
+    """A top-level sequence followed by ``tail``, with lookaheads among its items: ``(?=X)`` / ``(?!X)`` before
+    the rest ``R`` of the text is ``R`` intersected with (or minus) the texts that start with ``X``."""
+    if not _has_lookahead(items):
+        return seq(_seq(items), tail)
+    any_text = rep(cset(ANY), 0, None)
+    cur = tail
+    for op, av in reversed(items):
+        name = str(op)
+        if name not in ("ASSERT", "ASSERT_NOT"):
+            cur = seq(_item(op, av), cur)
+            continue
+        direction, sub = av
+        if direction != 1:
+            raise PatternError("regular expression uses lookbehind assertions, which are not supported")
+        x_items = list(sub)
+        x_tail = any_text
+        if x_items and str(x_items[-1][0]) == "AT" and str(x_items[-1][1]) in ("AT_END", "AT_END_STRING"):
+            x_items, x_tail = x_items[:-1], EPS  # "$" in the lookahead: X is the whole rest of the text
+        rest, x = compile_node(cur), compile_node(seq(_seq(x_items), x_tail))
+        cur = dfa_node(intersect(rest, x if name == "ASSERT" else charlang.complement(x)))
+    return cur
 
 
 def _has_anchor(items: list) -> bool:

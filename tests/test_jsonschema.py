@@ -404,7 +404,7 @@ def test_property_names_enum_is_kept(schema) -> None:
         ({"$ref": "http://example.com/schema.json"}, "$ref"),
         ({"type": "array", "uniqueItems": True, "minItems": 2}, "uniqueItems"),
         ({"type": "string", "pattern": "(a)\\1"}, "pattern"),
-        ({"type": "string", "pattern": "(?=a)b"}, "pattern"),
+        ({"type": "string", "pattern": "(?<=a)b"}, "pattern"),
         ({"not": {"minimum": 3}}, "not"),
         ({"allOf": [{"format": "date"}, {"format": "email"}]}, "format"),
     ],
@@ -549,3 +549,19 @@ def test_accepted_values_validate_and_invalid_are_rejected(schema, values) -> No
                 assert v.is_valid(json.loads(text)), (schema, text)
             elif not v.is_valid(value):
                 pass  # invalid and rejected, as it must be
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([r"^(?!.*://)[a-z:/]+$", r"^(?![ ]*\(default(.*)\))[\s\S]*", r"a(?=b)", r"^(?=.{2,3}$)[ab]*$",
+                        r"^((?!ab)[ab])*$", r"x(?!a+$)[ab]*$", r"^(?:(?!:)[a-z])+$", r"(?=a)b"]),
+       st.text(alphabet="ab:/x ()defult", max_size=8))
+def test_pattern_lookahead_matches_python_re(pattern, text) -> None:
+    """Lookaheads in a pattern's top-level sequence: the language is what ``re.search`` finds a match in."""
+    import re
+
+    try:
+        d = R.compile_node(R.from_pattern(pattern))
+    except R.PatternError:
+        assert pattern in (r"^((?!ab)[ab])*$", r"^(?:(?!:)[a-z])+$")  # a lookahead under a repetition: refused
+        return
+    assert d.accepts(text) == (re.search(pattern, text) is not None), (pattern, text)
