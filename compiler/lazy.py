@@ -10,8 +10,9 @@ the first time decoding reaches it (cached by the runtime's mask tables like any
 What it gives up, against the eager automaton:
 
 * the first visit of a state costs a trie walk (milliseconds on a 262k vocabulary) instead of a lookup;
-* ``min_tokens_to_end`` is a lower bound (fewest bytes to an end, divided by the longest token), so a token budget
-  (``len(TOKENS(X)) < n``) prunes less and a value may not fit it;
+* token budgets (``len(TOKENS(X)) < n``) use bounds instead of exact distances: a budget is refused only below
+  ``min_tokens_to_end`` (fewest bytes to an end over the longest token), and near its end decoding keeps to tokens
+  after which the value can still be finished one byte per token (``tokens_to_finish``), so values close early;
 * a state no token can continue is found when decoding reaches it (an empty allowed set), not at compile time; a
   vocabulary with byte tokens, such as Gemma's, never has one.
 """
@@ -43,9 +44,13 @@ class LazyTokenAutomaton:
     final, stopped : bool[S]
     min_tokens_to_end : int32[S]
         A lower bound on the tokens from each state to a final or stopped state (``UNREACHABLE`` if none).
+    tokens_to_finish : int32[S]
+        An upper bound on the tokens needed to end: the fewest tokens that spell one shortest byte completion.
+        The runtime prunes with it near the end of a token budget, so a value always ends in time.
     """
 
-    __slots__ = ("vocab", "dfa", "initial", "eos_id", "final", "stopped", "min_tokens_to_end", "tables", "_walks")
+    __slots__ = ("vocab", "dfa", "initial", "eos_id", "final", "stopped", "min_tokens_to_end", "tables", "_walks",
+                 "_finish")
 
     unconstrained = False
 
@@ -63,6 +68,7 @@ class LazyTokenAutomaton:
             longest = int(vocab.levels.lengths.max(initial=1)) if vocab is not None else 1
             min_tokens_to_end = _min_tokens_lower_bound(dfa, max(longest, 1))
         self.min_tokens_to_end = min_tokens_to_end
+        self._finish: np.ndarray | None = None
         self.tables: object = None  # the runtime's mask tables (runtime.decode.masks.MaskTables)
         self._walks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -71,6 +77,13 @@ class LazyTokenAutomaton:
     @property
     def n_states(self) -> int:
         return self.dfa.n_states
+
+    @property
+    def tokens_to_finish(self) -> np.ndarray:
+        """int32[S] upper bounds on the tokens to an end (computed on first use, once the vocabulary is known)."""
+        if self._finish is None:
+            self._finish = _tokens_to_finish(self.dfa, self._vocab())
+        return self._finish
 
     @property
     def n_masks(self) -> int:
@@ -244,8 +257,72 @@ def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _min_tokens_lower_bound(dfa: ByteDFA, longest: int) -> np.ndarray:
-    """Fewest bytes from each state to a final or stopped state (reverse BFS over CSR in-edges), in tokens of at
-    most ``longest`` bytes, rounded up: a lower bound on the tokens needed."""
+    """Fewest bytes to an end in tokens of at most ``longest`` bytes, rounded up: a lower bound on the tokens."""
+    dist = _byte_distance(dfa)
+    return np.where(dist < 0, UNREACHABLE, -(-dist // longest)).astype(np.int32)
+
+
+def _tokens_to_finish(dfa: ByteDFA, vocab: Vocabulary) -> np.ndarray:
+    """Per state: the fewest vocabulary tokens that spell the state's shortest byte completion (int32[S]).
+
+    Every state follows one byte toward the nearest end (a shortest-path tree); a token of ``k`` bytes that
+    spells the next ``k`` bytes of that path leads to the state ``k`` steps down it. Levels of increasing byte
+    distance, each vectorized: ``U[s] = 1 + min U[succ^k(s)]`` over the ``k`` whose path bytes are a token
+    (``UNREACHABLE`` where none is, e.g. a vocabulary without that byte).
+    """
+    dist = _byte_distance(dfa)
+    s_n, inf = dfa.n_states, int(UNREACHABLE)
+    out = np.where(dist == 0, 0, inf).astype(np.int64)
+    live = np.flatnonzero(dist > 0)
+    if not len(live):
+        return out.astype(np.int32)
+    # the next byte on a shortest path: the first class whose target is one byte nearer
+    d_ext = np.append(dist, -2)
+    toward = d_ext[dfa.trans[live]] == (dist[live] - 1)[:, None]
+    cls = toward.argmax(axis=1)
+    succ = np.full(s_n, -1, dtype=np.int64)
+    succ[live] = dfa.trans[live, cls]
+    first_byte = np.full(dfa.n_classes, 0, dtype=np.int64)
+    uniq, first = np.unique(dfa.classes, return_index=True)
+    first_byte[uniq] = first
+    nxt_byte = np.full(s_n, -1, dtype=np.int64)
+    nxt_byte[live] = first_byte[cls]
+    # walk every state's path down the trie: (state, k) pairs whose k path bytes end a token
+    trie = vocab.levels.trie
+    pairs_s: list[np.ndarray] = []
+    pairs_t: list[np.ndarray] = []
+    cur_s, at, node = live, live, np.zeros(len(live), dtype=np.int64)
+    for d in range(len(trie.byte)):
+        ok = dist[at] > 0  # the completion has ended: no token may run past it
+        cur_s, at, node = cur_s[ok], at[ok], node[ok]
+        if not len(cur_s):
+            break
+        key_d = trie.parent[d].astype(np.int64) * 256 + trie.byte[d]
+        want = node * 256 + nxt_byte[at]
+        pos = np.searchsorted(key_d, want)
+        pos = np.minimum(pos, len(key_d) - 1)
+        ok = key_d[pos] == want
+        cur_s, at, node = cur_s[ok], succ[at[ok]], pos[ok]
+        eptr = trie.end_ptr[d]
+        ends = eptr[node + 1] > eptr[node]
+        pairs_s.append(cur_s[ends])
+        pairs_t.append(at[ends])
+    ps = np.concatenate(pairs_s) if pairs_s else np.zeros(0, np.int64)
+    pt = np.concatenate(pairs_t) if pairs_t else np.zeros(0, np.int64)
+    order = np.argsort(dist[ps], kind="stable")
+    ps, pt = ps[order], pt[order]
+    bounds = np.searchsorted(dist[ps], np.arange(int(dist.max()) + 2))
+    for level in range(1, int(dist.max()) + 1):
+        a, b = bounds[level], bounds[level + 1]
+        if a == b:
+            continue
+        np.minimum.at(out, ps[a:b], out[pt[a:b]] + 1)
+    return np.minimum(out, inf).astype(np.int32)
+
+
+def _byte_distance(dfa: ByteDFA) -> np.ndarray:
+    """Fewest bytes from each state to a final or stopped state (int64[S], -1 if none): a reverse BFS over
+    CSR in-edges."""
     s_n = dfa.n_states
     end = dfa.final | dfa.stopped
     src, col = np.nonzero(dfa.trans >= 0)
@@ -264,5 +341,4 @@ def _min_tokens_lower_bound(dfa: ByteDFA, longest: int) -> np.ndarray:
         cand = cand[dist[cand] < 0]
         dist[cand] = level
         frontier = cand
-    out = np.where(dist < 0, UNREACHABLE, -(-dist // longest))
-    return out.astype(np.int32)
+    return dist

@@ -372,7 +372,10 @@ def test_lazy_automaton_is_bisimilar_to_the_eager_one(c, vocab_spec):
         e, z = todo.pop()
         assert eager.is_final(e) == lazy.is_final(z) and eager.is_stopped(e) == lazy.is_stopped(z)
         assert eager.allowed(e).tolist() == lazy.allowed(z).tolist()
-        assert int(lazy.min_tokens_to_end[z]) <= int(eager.min_tokens_to_end[e])
+        assert int(lazy.min_tokens_to_end[z]) <= int(eager.min_tokens_to_end[e]) <= int(lazy.tokens_to_finish[z])
+        if 0 < int(lazy.tokens_to_finish[z]) < UNREACHABLE:  # its plan is there to take
+            assert min(int(lazy.tokens_to_finish[lazy.step(z, t)]) for t in lazy.allowed(z).tolist()
+                       if lazy.step(z, t) >= 0) <= int(lazy.tokens_to_finish[z]) - 1
         toks = [t for t in eager.allowed(e).tolist() if t != vocab.eos_id or not eager.is_final(e)]
         nz = lazy.step_many(np.full(len(toks), z), np.asarray(toks, dtype=np.int32)).tolist()
         for t, z2 in zip(toks, nz, strict=True):

@@ -65,3 +65,19 @@ def test_lazy_automaton_decodes_a_valid_value_on_gemma(monkeypatch) -> None:
     assert not list(cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(value))
     assert json.loads(r.prompt.split("A: ", 1)[1]) == value
     assert walks  # the hole did run on the lazy automaton
+
+
+def test_lazy_automaton_closes_the_value_within_a_tight_budget(monkeypatch) -> None:
+    """A lazy automaton bounds distances instead of knowing them: near the budget's end decoding keeps to tokens
+    after which the value can still be finished, so it always ends valid in time."""
+    from lmqc.compiler import lazy
+
+    monkeypatch.setattr(lazy, "LAZY_STATES", 0)
+    schema = {"type": "object", "required": ["title", "author", "summary", "year"],
+              "properties": {"title": {"type": "string"}, "author": {"type": "string"},
+                             "summary": {"type": "string"}, "year": {"type": "integer"}}}
+    r = lmqc.run('"Q: Describe a long novel as JSON, in detail.\\nA: [P]" where JSON(P, schema) and len(TOKENS(P)) < 24',
+                 schema=schema)
+    value = r.variables["P"]
+    assert set(value) == {"title", "author", "summary", "year"} and isinstance(value["year"], int)
+    assert r.n_tokens <= 24  # 23 value tokens at most, and the end of the value

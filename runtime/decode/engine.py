@@ -149,14 +149,14 @@ class HoleRun:
                 s.heal, s.healing, s.heal_tok = last, True, ctx[-1]
                 s.context = ctx[:-1]
                 s.start = len(ctx) - 1
-        if not h.unconstrained and h.mte[state] >= INF_TOKENS:
+        if not h.unconstrained and h.mte_need[state] >= INF_TOKENS:
             raise DecodeError(
                 "the constraint cannot be satisfied with this model's vocabulary: no token sequence spells an "
                 "accepted value"
             )
-        if h.max_tokens is not None and not h.unconstrained and h.mte[state] > h.max_tokens:
+        if h.max_tokens is not None and not h.unconstrained and h.mte_need[state] > h.max_tokens:
             raise DecodeError(
-                f"the constraint needs at least {int(h.mte[state])} tokens but the hole allows {h.max_tokens}"
+                f"the constraint needs at least {int(h.mte_need[state])} tokens but the hole allows {h.max_tokens}"
             )
         if h.max_tokens is not None and h.max_tokens <= 0:
             s.ending = "max_tokens"

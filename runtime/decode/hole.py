@@ -67,15 +67,26 @@ class HoleTables:
         if self.unconstrained:
             self.masks: dict[tuple[int, bool], Mask] = {}
             self.cache = None  # heal tables come from unconstrained_tables(vocabulary)
-            self.mte = None
+            self.mte = self.mte_need = None
             self.mte_max = 0
         else:
             if automaton.eos_id != eos:
                 raise DecodeError(f"automaton built for EOS id {automaton.eos_id}, but the model's EOS is {eos}")
             self.cache = tables_of(automaton)
             self.masks = self.cache.masks
+            # ``mte`` prunes tokens near the end of a budget; ``mte_need`` decides that a budget is too small. They
+            # are the same exact distances, except for an automaton that only bounds them (compiler.lazy): it
+            # prunes with an upper bound (``tokens_to_finish``: the value can always end in time) and refuses
+            # only below a lower bound
             mte = np.asarray(automaton.min_tokens_to_end)
-            self.mte = np.where((mte < 0) | (mte >= INF_TOKENS), INF_TOKENS, mte).astype(np.int64)
+            need = np.where((mte < 0) | (mte >= INF_TOKENS), INF_TOKENS, mte).astype(np.int64)
+            finish = getattr(automaton, "tokens_to_finish", None)
+            if finish is not None:
+                finish = np.asarray(finish)
+                self.mte = np.where((finish < 0) | (finish >= INF_TOKENS), INF_TOKENS, finish).astype(np.int64)
+            else:
+                self.mte = need
+            self.mte_need = need
             finite = self.mte[self.mte < INF_TOKENS]
             self.mte_max = int(finite.max()) if len(finite) else 0
             self.warm_up(automaton)
