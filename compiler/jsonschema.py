@@ -214,10 +214,10 @@ def _compile_cached(text: str, ref_depth: int, any_depth: int, max_states: int) 
         raise SchemaError(f"not valid JSON ({e})") from None
     # A schema whose definitions refer to each other in many ways unfolds exponentially in the expansion
     # depth: over a budget of schema nodes, recursion is unrolled fewer times (noted), down to once.
-    recursive = _has_recursion(schema)
+    cycles = _ref_cycles(schema)
     for depth in range(ref_depth, 0, -1):
         c = _Compiler(schema, ref_depth=depth, any_depth=any_depth,
-                      budget=NODE_BUDGET if recursive and depth > 1 else None)
+                      budget=NODE_BUDGET if cycles and depth > 1 else None, cycles=cycles)
         try:
             node = c.node(schema, "#")
         except _OverBudget:
@@ -259,8 +259,9 @@ class _OverBudget(Exception):
     """The schema tree grew over ``NODE_BUDGET`` nodes (retried with less recursion)."""
 
 
-def _has_recursion(root: Any) -> bool:
-    """Whether some ``$ref`` can reach itself (through the references inside its target)."""
+def _ref_cycles(root: Any) -> dict[str, int]:
+    """The references that can reach themselves, each with the id of its cycle group (strongly connected component
+    of the graph "the target of r holds $ref s"); references outside every cycle are left out."""
     def refs_in(x: Any) -> set[str]:
         out: set[str] = set()
         stack = [x]
@@ -286,30 +287,34 @@ def _has_recursion(root: Any) -> bool:
         except SchemaError:
             edges[r] = set()
         todo.extend(edges[r] - edges.keys())
-    state: dict[str, int] = {}  # 1 on the DFS path, 2 done
-    for start in edges:
-        if start in state:
-            continue
-        path = [(start, iter(edges[start]))]
-        state[start] = 1
-        while path:
-            node, it = path[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                state[node] = 2
-                path.pop()
-            elif state.get(nxt) == 1:
-                return True
-            elif nxt not in state:
-                state[nxt] = 1
-                path.append((nxt, iter(edges.get(nxt, ()))))
-    return False
+
+    def reach(r: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(edges.get(r, ()))
+        while todo:
+            x = todo.pop()
+            if x not in seen:
+                seen.add(x)
+                todo.extend(edges.get(x, ()))
+        return seen
+
+    reaches = {r: reach(r) for r in edges}
+    groups: dict[str, int] = {}
+    for r in edges:
+        if r in reaches[r] and r not in groups:
+            gid = len(set(groups.values()))
+            for s in reaches[r]:
+                if r in reaches.get(s, ()):
+                    groups[s] = gid
+    return groups
 
 
 class _Compiler:
-    def __init__(self, root: Any, *, ref_depth: int, any_depth: int, budget: int | None = None) -> None:
+    def __init__(self, root: Any, *, ref_depth: int, any_depth: int, budget: int | None = None,
+                 cycles: dict[str, int] | None = None) -> None:
         self.root = root
         self.budget = budget
+        self.cycles = cycles or {}
         self.calls = 0
         self.ref_depth = ref_depth
         self.any_depth = any_depth
@@ -329,6 +334,15 @@ class _Compiler:
                 parts.append(_map_of(_STRING_ANY, inner, 0, None))
             got = self._any[depth] = alt(*parts)
         return got
+
+    def expanded(self, ref: str) -> int:
+        """How many times the recursion of ``ref`` is already expanded on this path: the references of its cycle
+        group on the stack (mutually recursive definitions count together, so ``REF_DEPTH`` bounds the nesting
+        depth, not the depth per definition)."""
+        group = self.cycles.get(ref)
+        if group is None:
+            return self.stack.count(ref)
+        return sum(1 for r in self.stack if self.cycles.get(r) == group)
 
     def resolve_ref(self, ref: Any, path: str) -> Any:
         if not isinstance(ref, str):
@@ -390,7 +404,7 @@ class _Compiler:
             raise SchemaError(f"a schema must be an object or a boolean, got {type(s).__name__}", path)
         if "$ref" in s:
             ref = s["$ref"]
-            if self.stack.count(ref) >= self.ref_depth:
+            if self.expanded(ref) >= self.ref_depth:
                 self.notes.append(f"recursive $ref {ref!r} expanded {self.ref_depth} times")
                 return EMPTY
             target = self.resolve_ref(ref, path)
@@ -413,7 +427,7 @@ class _Compiler:
             if not isinstance(items, list) or not items:
                 raise SchemaError("allOf must be a non-empty array", path, "allOf")
             refs = [it["$ref"] for it in items if isinstance(it, dict) and isinstance(it.get("$ref"), str)]
-            if any(self.stack.count(r) >= self.ref_depth for r in refs):
+            if any(self.expanded(r) >= self.ref_depth for r in refs):
                 self.notes.append(f"recursive $ref in allOf at {path} expanded {self.ref_depth} times")
                 return EMPTY
             merged = {k: v for k, v in s.items() if k != "allOf"}
@@ -441,7 +455,7 @@ class _Compiler:
                     ref = orig.get("$ref") if isinstance(orig, dict) else None
                     if not isinstance(ref, str) or b is orig:
                         parts.append(self.node(b, f"{path}/{key}/{i}"))
-                    elif self.stack.count(ref) >= self.ref_depth:  # inlined above: count it as expanded here
+                    elif self.expanded(ref) >= self.ref_depth:  # inlined above: count it as expanded here
                         self.notes.append(f"recursive $ref {ref!r} expanded {self.ref_depth} times")
                     else:
                         self.stack.append(ref)

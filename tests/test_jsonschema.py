@@ -363,6 +363,18 @@ def test_not_of_other_forms_restricts_the_rest_to_fail_it() -> None:
     assert not accepts(counts, "[1]")  # valid for both branches
 
 
+def test_mutual_recursion_is_bounded_in_total_nesting() -> None:
+    # a and b refer to each other: together they are expanded REF_DEPTH times on a path, not REF_DEPTH each
+    schema = {"$ref": "#/$defs/a", "$defs": {
+        "a": {"type": "object", "properties": {"b": {"$ref": "#/$defs/b"}}, "additionalProperties": False},
+        "b": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "additionalProperties": False}}}
+    assert J.REF_DEPTH == 3
+    assert accepts(schema, '{"b": {"a": {}}}')
+    assert not accepts(schema, '{"b": {"a": {"b": {}}}}')
+    assert J._ref_cycles(schema) == {"#/$defs/a": 0, "#/$defs/b": 0}
+    assert J._ref_cycles({"$ref": "#/$defs/x", "$defs": {"x": {"type": "string"}}}) == {}
+
+
 def test_allof_merges_unknown_keywords_as_annotations() -> None:
     # validators ignore unknown keywords ('info', 'x-...'): two different values are no conflict
     schema = {"allOf": [{"type": "integer", "x-entity": "a", "info": {"k": 1}},
