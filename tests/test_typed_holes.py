@@ -151,6 +151,26 @@ def test_artifact_keeps_json_holes(tmp_path) -> None:
     assert again.holes["F"].parse == "float"
 
 
+@pytest.mark.parametrize("decoder", ["argmax", "beam(n=2)"])
+def test_lazy_automaton_through_an_artifact(tmp_path, monkeypatch, decoder: str) -> None:
+    """A hole lifted lazily (large schemas; forced here) compiles, saves, loads and decodes a valid value."""
+    from lmqc.compiler import lazy
+
+    monkeypatch.setattr(lazy, "LAZY_STATES", 0)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 1,
+                                                                               "maximum": 9}},
+              "required": ["ok", "n"]}
+    q = lmqc.compile(f'{decoder} "Answer: [A]" where JSON(A, {json.dumps(schema)}) and len(TOKENS(A)) < 30',
+                     model=TINY, cache=False)
+    assert isinstance(q.automata["A"], lazy.LazyTokenAutomaton)
+    again = lmqc.load(q.save(tmp_path / "q.lmqc"))
+    assert isinstance(again.automata["A"], lazy.LazyTokenAutomaton)
+    res = lmqc.run(again, model=TINY)
+    for r in res if isinstance(res, list) else [res]:
+        value = r.variables["A"]
+        assert set(value) == {"ok", "n"} and isinstance(value["ok"], bool) and 1 <= value["n"] <= 9
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Runs on the tiny backend
 
