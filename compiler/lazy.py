@@ -28,6 +28,7 @@ from lmqc.errors import ArtifactError
 
 LAZY_STATES = 60_000  # byte-DFA states above which the token automaton is lifted lazily
 FORMAT = 2  # ``meta[0]`` of a lazy automaton's arrays (1 is the eager TokenAutomaton)
+WALK_BYTES = 128 << 20  # walked states kept per automaton (a free-text state holds ~2 MB on a 262k vocabulary)
 
 __all__ = ["LAZY_STATES", "LazyTokenAutomaton"]
 
@@ -50,7 +51,7 @@ class LazyTokenAutomaton:
     """
 
     __slots__ = ("vocab", "dfa", "initial", "eos_id", "final", "stopped", "min_tokens_to_end", "tables", "_walks",
-                 "_finish")
+                 "_walk_bytes", "_finish")
 
     unconstrained = False
 
@@ -71,6 +72,7 @@ class LazyTokenAutomaton:
         self._finish: np.ndarray | None = None
         self.tables: object = None  # the runtime's mask tables (runtime.decode.masks.MaskTables)
         self._walks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._walk_bytes = 0
 
     # -- the runtime interface -----------------------------------------------------------------------------
 
@@ -152,8 +154,7 @@ class LazyTokenAutomaton:
 
     @property
     def nbytes(self) -> int:
-        walked = sum(a.nbytes + b.nbytes for a, b in self._walks.values())
-        return int(self.dfa.trans.nbytes + self.final.nbytes * 2 + self.min_tokens_to_end.nbytes + walked)
+        return int(self.dfa.trans.nbytes + self.final.nbytes * 2 + self.min_tokens_to_end.nbytes + self._walk_bytes)
 
     # -- the walk -------------------------------------------------------------------------------------------
 
@@ -166,7 +167,12 @@ class LazyTokenAutomaton:
         """The tokens allowed from ``state`` (sorted int32) and the state after each (int32)."""
         got = self._walks.get(state)
         if got is None:
-            got = self._walks[state] = _walk_one(self.dfa, self._vocab(), state)
+            got = _walk_one(self.dfa, self._vocab(), state)
+            if self._walk_bytes + got[0].nbytes * 2 > WALK_BYTES:  # bounded: start over rather than grow
+                self._walks.clear()
+                self._walk_bytes = 0
+            self._walks[state] = got
+            self._walk_bytes += got[0].nbytes * 2
         return got
 
     # -- serialization --------------------------------------------------------------------------------------

@@ -398,3 +398,16 @@ def test_builder_switches_to_the_lazy_automaton_above_the_threshold(monkeypatch)
     assert "LazyTokenAutomaton" in str(a)
     s = a.step(a.initial, 3)  # "12"
     assert s >= 0 and not a.is_final(s) and a.step(s, 8) < 0 and a.is_final(a.step(a.step(s, 7), 6))
+
+
+def test_lazy_automaton_keeps_its_walks_bounded(monkeypatch):
+    from lmqc.compiler import lazy
+
+    vocab = Vocabulary([b"</s>", b"a", b"b", b"ab"], 0)
+    a = lazy.LazyTokenAutomaton(ByteDFA.from_ir(HoleIR("X", Regex("X", "(ab)+"))), vocab)
+    monkeypatch.setattr(lazy, "WALK_BYTES", 1)
+    s = a.step(a.initial, 1)
+    before = a.allowed(a.initial).tolist()
+    a.allowed(s)
+    assert len(a._walks) == 1  # the first walk was dropped to make room
+    assert a.allowed(a.initial).tolist() == before == [1, 3]  # and is walked again when needed
