@@ -84,6 +84,7 @@ ANY_DEPTH = 1  # nesting of arrays/objects inside an unconstrained value (1: arr
 MAX_MODULUS = 10_000  # multipleOf: largest modulus (digits of the value) handled exactly
 MAX_STATES = 500_000  # subset-construction budget per schema (above lazy.LAZY_STATES: lifted on visit)
 NODE_BUDGET = 20_000  # schema nodes visited before recursion is unrolled fewer times (recursive schemas only)
+SIZE_BUDGET = 1_500_000  # estimated automaton size of a recursive schema's tree above which it is unrolled less
 LENGTH_CAP = 256  # maxLength above this is written as at most LENGTH_CAP characters (minLength stays exact)
 ITEMS_CAP = 64  # maxItems above this (and above minItems) is written as at most ITEMS_CAP items
 
@@ -213,7 +214,8 @@ def _compile_cached(text: str, ref_depth: int, any_depth: int, max_states: int) 
     except json.JSONDecodeError as e:
         raise SchemaError(f"not valid JSON ({e})") from None
     # A schema whose definitions refer to each other in many ways unfolds exponentially in the expansion
-    # depth: over a budget of schema nodes, recursion is unrolled fewer times (noted), down to once.
+    # depth: over a budget of schema nodes or of estimated size, recursion is unrolled fewer times (noted), down
+    # to once.
     cycles = _ref_cycles(schema)
     for depth in range(ref_depth, 0, -1):
         c = _Compiler(schema, ref_depth=depth, any_depth=any_depth,
@@ -222,6 +224,8 @@ def _compile_cached(text: str, ref_depth: int, any_depth: int, max_states: int) 
             node = c.node(schema, "#")
         except _OverBudget:
             continue
+        if cycles and depth > 1 and regular._size(node, {}) > SIZE_BUDGET:
+            continue  # a tree this large would pass MAX_STATES: unroll less
         if depth < ref_depth:
             c.notes.insert(0, f"recursive $ref expanded {depth} times, not {ref_depth} (the schema is large)")
         break
