@@ -520,7 +520,17 @@ class _Compiler:
                 parts.append(self.array(s, path))
             elif t == "object":
                 parts.append(self.object(s, path))
-        return alt(*parts)
+        out = alt(*parts)
+        if out == EMPTY and path == "#" and "type" not in s and not s.get("_inferred_only"):
+            # a root without 'type': the keywords named the types the writer had in mind, and those allow no
+            # value; every other type is valid (its keywords are absent), so a value of one of them is written
+            # (only at the root: inside oneOf/not narrowing, the types a branch generates must stay as inferred)
+            rest = [t for t in ("null", "boolean", "number", "string", "array", "object") if t not in types
+                    and t not in set(s.get("_not_types", ())) | ({"number"} if "integer" in types else set())]
+            if rest:
+                self.notes.append(f"the {'/'.join(types)} values of {path} are impossible: writing {'/'.join(rest)}")
+                out = self.typed({**s, "type": rest, "_inferred_only": True}, path)
+        return out
 
     def types_of(self, s: dict, path: str) -> list[str]:
         ts = self._types_of(s, path)

@@ -375,6 +375,17 @@ def test_mutual_recursion_is_bounded_in_total_nesting() -> None:
     assert J._ref_cycles({"$ref": "#/$defs/x", "$defs": {"x": {"type": "string"}}}) == {}
 
 
+def test_root_without_type_whose_object_form_is_impossible_writes_another_type() -> None:
+    schema = {"properties": {"a": {"type": "object", "required": ["id"], "additionalProperties": False}},
+              "required": ["a"]}
+    lang = J.compile_schema(schema)
+    assert not lang.dfa.accepts('{"a": {}}') and lang.dfa.accepts("null") and lang.dfa.accepts('"x"')
+    assert any("impossible" in n for n in lang.notes)
+    assert_sound(schema, n=20)
+    with pytest.raises(J.SchemaError, match="no value"):  # with a type, nothing else is valid
+        J.compile_schema({**schema, "type": "object"})
+
+
 def test_allof_merges_unknown_keywords_as_annotations() -> None:
     # validators ignore unknown keywords ('info', 'x-...'): two different values are no conflict
     schema = {"allOf": [{"type": "integer", "x-entity": "a", "info": {"k": 1}},
