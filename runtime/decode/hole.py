@@ -80,7 +80,8 @@ class HoleTables:
             # only below a lower bound
             mte = np.asarray(automaton.min_tokens_to_end)
             need = np.where((mte < 0) | (mte >= INF_TOKENS), INF_TOKENS, mte).astype(np.int64)
-            finish = getattr(automaton, "tokens_to_finish", None)
+            # (bounds are only read under a budget; a large lazy automaton's take a second to compute)
+            finish = getattr(automaton, "tokens_to_finish", None) if self.max_tokens is not None else None
             if finish is not None:
                 finish = np.asarray(finish)
                 self.mte = np.where((finish < 0) | (finish >= INF_TOKENS), INF_TOKENS, finish).astype(np.int64)
