@@ -51,7 +51,7 @@ class LazyTokenAutomaton:
     """
 
     __slots__ = ("vocab", "dfa", "initial", "eos_id", "final", "stopped", "min_tokens_to_end", "tables", "_walks",
-                 "_walk_bytes", "_finish")
+                 "_walk_bytes", "_finish", "_node_classes")
 
     unconstrained = False
 
@@ -73,6 +73,7 @@ class LazyTokenAutomaton:
         self.tables: object = None  # the runtime's mask tables (runtime.decode.masks.MaskTables)
         self._walks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._walk_bytes = 0
+        self._node_classes: list[np.ndarray] | None = None
 
     # -- the runtime interface -----------------------------------------------------------------------------
 
@@ -167,7 +168,9 @@ class LazyTokenAutomaton:
         """The tokens allowed from ``state`` (sorted int32) and the state after each (int32)."""
         got = self._walks.get(state)
         if got is None:
-            got = _walk_one(self.dfa, self._vocab(), state)
+            if self._node_classes is None:
+                self._node_classes = _node_classes(self.dfa, self._vocab())
+            got = _walk_one(self.dfa, self._vocab(), state, self._node_classes)
             if self._walk_bytes + got[0].nbytes * 2 > WALK_BYTES:  # bounded: start over rather than grow
                 self._walks.clear()
                 self._walk_bytes = 0
@@ -218,41 +221,77 @@ class LazyTokenAutomaton:
                 f"initial {self.initial}")
 
 
-def _walk_one(dfa: ByteDFA, vocab: Vocabulary, state: int) -> tuple[np.ndarray, np.ndarray]:
-    """One DFA state over the vocabulary's byte trie, depth by depth, visiting only prefixes still alive.
+def _walk_one(dfa: ByteDFA, vocab: Vocabulary, state: int,
+              node_classes: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One DFA state over the vocabulary's byte trie, depth by depth.
+
+    A depth where many prefixes are still alive (free text: most of the trie) is one gather over all its nodes
+    (the state each prefix leads to, -1 if dead); once few are alive, only the children of the live ones are
+    visited (contiguous ranges of the next depth). ``node_classes[d]``: the byte class of every depth-``d`` node
+    (per automaton; computed here if not given).
 
     Returns ``(toks int32[K] sorted, next int32[K])``. A stopped state allows nothing (the hole has ended).
     """
-    if dfa.stopped[state]:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    empty = np.zeros(0, np.int32), np.zeros(0, np.int32)
     trie = vocab.levels.trie
+    depth = len(trie.byte)
+    if dfa.stopped[state] or depth == 0:
+        return empty
+    lv = vocab.levels
     trans = dfa.trans
-    classes = dfa.classes.astype(np.int64)
+    if node_classes is None:
+        node_classes = _node_classes(dfa, vocab)
     toks: list[np.ndarray] = []
     nexts: list[np.ndarray] = []
-    nodes = np.arange(len(trie.byte[0]), dtype=np.int64) if trie.byte else np.zeros(0, np.int64)
-    st = trans[state, classes[trie.byte[0]]] if trie.byte else np.zeros(0, np.int32)
-    for d in range(len(trie.byte)):
+    st_all: np.ndarray | None = trans[state, node_classes[0]]  # dense: per node of this depth
+    nodes = st = np.zeros(0, np.int64)  # sparse: live nodes of this depth and their states
+    for d in range(depth):
+        if st_all is not None:
+            alive = st_all >= 0
+            n_alive = int(np.count_nonzero(alive))
+            if not n_alive:
+                break
+            se = st_all[trie.end[d]]  # tokens of exactly d + 1 bytes, in level order
+            good = se >= 0
+            if good.any():
+                toks.append(lv.tokens[int(lv.count[d + 1]) : int(lv.count[d])][good])
+                nexts.append(se[good])
+            if d + 1 >= depth:
+                break
+            if n_alive * 8 >= len(st_all):
+                par = st_all[trie.parent[d + 1]]
+                st_all = np.where(par >= 0, trans[np.maximum(par, 0), node_classes[d + 1]], -1)
+                continue
+            nodes = np.flatnonzero(alive)
+            st = st_all[nodes]
+            st_all = None
+        else:
+            eptr = trie.end_ptr[d]
+            at, counts = _ranges(eptr[nodes], eptr[nodes + 1])
+            if len(at):
+                toks.append(trie.end_tok[d][at])
+                nexts.append(st.repeat(counts))
+            if d + 1 >= depth:
+                break
+        cptr = trie.child_ptr[d + 1]
+        nodes, counts = _ranges(cptr[nodes], cptr[nodes + 1])
+        st = trans[st.repeat(counts), node_classes[d + 1][nodes]]
         keep = st >= 0
         nodes, st = nodes[keep], st[keep]
         if not len(nodes):
             break
-        eptr = trie.end_ptr[d]
-        at, counts = _ranges(eptr[nodes], eptr[nodes + 1])
-        if len(at):
-            toks.append(trie.end_tok[d][at])
-            nexts.append(st.repeat(counts))
-        if d + 1 >= len(trie.byte):
-            break
-        cptr = trie.child_ptr[d + 1]
-        nodes, counts = _ranges(cptr[nodes], cptr[nodes + 1])
-        st = trans[st.repeat(counts), classes[trie.byte[d + 1][nodes]]]
     if not toks:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+        return empty
     t = np.concatenate(toks).astype(np.int32)
     n = np.concatenate(nexts).astype(np.int32)
     order = np.argsort(t, kind="stable")
     return t[order], n[order]
+
+
+def _node_classes(dfa: ByteDFA, vocab: Vocabulary) -> list[np.ndarray]:
+    """The DFA's byte class of every trie node, per depth (intp)."""
+    classes = dfa.classes.astype(np.intp)
+    return [classes[b] for b in vocab.levels.trie.byte]
 
 
 def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

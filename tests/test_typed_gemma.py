@@ -56,7 +56,7 @@ def test_lazy_automaton_decodes_a_valid_value_on_gemma(monkeypatch) -> None:
     monkeypatch.setattr(lazy, "LAZY_STATES", 0)
     walks = []
     real = lazy._walk_one
-    monkeypatch.setattr(lazy, "_walk_one", lambda dfa, vocab, state: walks.append(state) or real(dfa, vocab, state))
+    monkeypatch.setattr(lazy, "_walk_one", lambda dfa, vocab, state, *rest: walks.append(state) or real(dfa, vocab, state, *rest))
     schema = {**PERSON, "properties": {**PERSON["properties"], "name": {"type": "string", "maxLength": 20}}}
     r = lmqc.run('"Q: Give a person record as JSON.\\nA: [P]" where JSON(P, schema) and len(TOKENS(P)) < 48',
                  schema=schema)
