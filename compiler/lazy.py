@@ -12,7 +12,8 @@ What it gives up, against the eager automaton:
 * the first visit of a state costs a trie walk (milliseconds on a 262k vocabulary) instead of a lookup;
 * token budgets (``len(TOKENS(X)) < n``) use bounds instead of exact distances: a budget is refused only below
   ``min_tokens_to_end`` (fewest bytes to an end over the longest token), and near its end decoding keeps to tokens
-  after which the value can still be finished one byte per token (``tokens_to_finish``), so values close early;
+  after which the value can still be finished by spelling a shortest completion (``tokens_to_finish``), so values
+  close early rather than late;
 * a state no token can continue is found when decoding reaches it (an empty allowed set), not at compile time; a
   vocabulary with byte tokens, such as Gemma's, never has one.
 """
