@@ -110,8 +110,7 @@ class LazyTokenAutomaton:
         vocab = self._vocab()
         if not 0 <= token_id < vocab.size or vocab.never[token_id]:
             return -1
-        start = int(vocab.offsets[token_id])
-        data = vocab.buffer[start : start + int(vocab.lengths[token_id])]
+        data = vocab.buffer[vocab.offsets.item(token_id) : vocab.offsets.item(token_id + 1)]  # not .lengths: O(V)
         trans, classes = self.dfa.trans, self.dfa.classes
         s = int(state)
         for b in data.tolist():
