@@ -371,19 +371,20 @@ def _byte_distance(dfa: ByteDFA) -> np.ndarray:
     s_n = dfa.n_states
     end = dfa.final | dfa.stopped
     src, col = np.nonzero(dfa.trans >= 0)
-    dst = dfa.trans[src, col].astype(np.int64)
-    key = np.unique(dst * s_n + src)
-    preds = key % s_n
+    dst = dfa.trans[src, col]
+    # in-edges grouped by target; a (source, target) pair may repeat (several classes): the frontier is deduplicated
+    # per level instead of the edges up front (a sort of every edge costs seconds on a million states)
+    preds = src[np.argsort(dst, kind="stable")].astype(np.int32)
     indptr = np.zeros(s_n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(key // s_n, minlength=s_n), out=indptr[1:])
+    np.cumsum(np.bincount(dst, minlength=s_n), out=indptr[1:])
     dist = np.where(end, 0, -1).astype(np.int64)
     frontier = np.flatnonzero(end)
     level = 0
     while len(frontier):
         level += 1
         offs, _ = _ranges(indptr[frontier], indptr[frontier + 1])
-        cand = np.unique(preds[offs])
-        cand = cand[dist[cand] < 0]
+        cand = preds[offs]
+        cand = np.unique(cand[dist[cand] < 0])
         dist[cand] = level
         frontier = cand
     return dist
