@@ -437,7 +437,11 @@ def compile_node(node: Node, max_states: int = 200_000) -> CharDFA:
     end = nfa.emit(node, start)
     if end < 0:
         return charlang._make([0], [0], [[-1]], 0, [False])
-    return charlang.minimize(_determinize(nfa, start, end, max_states))
+    out = charlang.minimize(_determinize(nfa, start, end, max_states))
+    # minimize's output is its own fixpoint: the byte-DFA builder's minimize of it returns at once (a JSON schema of
+    # a million states otherwise repeats seconds of refinement that cannot change it)
+    charlang._known_minimal(out)
+    return out
 
 
 @lru_cache(maxsize=256)

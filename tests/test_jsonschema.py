@@ -588,3 +588,21 @@ def test_pattern_lookahead_matches_python_re(pattern, text) -> None:
         assert pattern in (r"^((?!ab)[ab])*$", r"^(?:(?!:)[a-z])+$")  # a lookahead under a repetition: refused
         return
     assert d.accepts(text) == (re.search(pattern, text) is not None), (pattern, text)
+
+
+@pytest.mark.parametrize("schema", [PERSON, {"type": "array", "items": {"type": "string", "maxLength": 300},
+                                             "maxItems": 3},
+                                    {"type": "string", "pattern": "^(ab|a)*c{2,40}$"},
+                                    {"type": "array", "items": {"type": "string", "maxLength": 256}, "maxItems": 20}])
+def test_compiled_languages_are_fixpoints_of_minimize(schema) -> None:
+    """compile_node registers its output as minimal (the byte-DFA builder then skips minimizing it again): that
+    must be what minimizing it again would give, also for DFAs too large to be minimized exactly."""
+    from lmqc.compiler import charlang
+
+    J._compile_cached.cache_clear()
+    d = J.compile_schema(schema).dfa
+    charlang._MINIMAL.clear()
+    again = charlang.minimize(d)
+    for field in ("starts", "iclass", "trans", "final", "stopped"):
+        assert np.array_equal(getattr(again, field), getattr(d, field)), field
+    assert again.initial == d.initial
