@@ -656,12 +656,9 @@ def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.nd
     order = [np.asarray([initial], dtype=np.int64)]
     frontier = order[0]
     while len(frontier):
-        starts = indptr[frontier]
-        lens = indptr[frontier + 1] - starts
-        total = int(lens.sum())
-        if total == 0:
+        offs, _ = _ranges(indptr[frontier], indptr[frontier + 1])
+        if not len(offs):
             break
-        offs = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
         tgt = dst[offs]
         fresh = ~seen[tgt]
         offs, tgt = offs[fresh], tgt[fresh]
@@ -722,24 +719,18 @@ def _min_tokens_to_end(table: np.ndarray, end: np.ndarray) -> np.ndarray:
     if table.size <= _SMALL_TABLE:
         return _min_tokens_to_end_lists(table, end)
     src, col = np.nonzero(table >= 0)
-    dst = table[src, col].astype(np.int64)
-    # one in-edge per (target, source) pair; sorted by target for the CSR layout
-    key = np.unique(dst * s_n + src)
-    preds = (key % s_n).astype(np.int64)
+    dst = table[src, col]
+    # in-edges grouped by target; a (source, target) pair may repeat (several columns): the frontier is deduplicated
+    # per level instead of the edges up front (a sort of every edge costs seconds on a million states)
+    preds = src[np.argsort(dst, kind="stable")].astype(np.int32)
     indptr = np.zeros(s_n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(key // s_n, minlength=s_n), out=indptr[1:])
+    np.cumsum(np.bincount(dst, minlength=s_n), out=indptr[1:])
     dist = np.where(end, 0, UNREACHABLE).astype(np.int32)
     frontier = np.flatnonzero(end)
     level = 0
     while len(frontier):
         level += 1
-        starts, stops = indptr[frontier], indptr[frontier + 1]
-        lens = stops - starts
-        total = int(lens.sum())
-        if total == 0:
-            break
-        # positions starts[i] .. stops[i]-1 for every frontier state, without a Python loop
-        offs = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
+        offs, _ = _ranges(indptr[frontier], indptr[frontier + 1])
         cand = preds[offs]
         cand = np.unique(cand[dist[cand] == UNREACHABLE])
         dist[cand] = level

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmqc.compiler.automaton import UNREACHABLE
+from lmqc.compiler.automaton import UNREACHABLE, _min_tokens_to_end, _ranges
 from lmqc.compiler.bytedfa import ByteDFA
 from lmqc.compiler.vocabulary import Vocabulary
 from lmqc.errors import ArtifactError
@@ -52,7 +52,7 @@ class LazyTokenAutomaton:
     """
 
     __slots__ = ("vocab", "dfa", "initial", "eos_id", "final", "stopped", "min_tokens_to_end", "tables", "_walks",
-                 "_walk_bytes", "_finish", "_node_classes")
+                 "_walk_bytes", "_finish", "_node_classes", "_dist")
 
     unconstrained = False
 
@@ -66,9 +66,11 @@ class LazyTokenAutomaton:
         self.eos_id = int(vocab.eos_id if eos_id is None else eos_id)
         self.final = dfa.final
         self.stopped = dfa.stopped
+        self._dist: np.ndarray | None = None  # byte distances, kept for tokens_to_finish when computed here
         if min_tokens_to_end is None:
             longest = int(vocab.levels.lengths.max(initial=1)) if vocab is not None else 1
-            min_tokens_to_end = _min_tokens_lower_bound(dfa, max(longest, 1))
+            self._dist = _byte_distance(dfa)
+            min_tokens_to_end = _min_tokens_lower_bound(self._dist, max(longest, 1))
         self.min_tokens_to_end = min_tokens_to_end
         self._finish: np.ndarray | None = None
         self.tables: object = None  # the runtime's mask tables (runtime.decode.masks.MaskTables)
@@ -86,7 +88,9 @@ class LazyTokenAutomaton:
     def tokens_to_finish(self) -> np.ndarray:
         """int32[S] upper bounds on the tokens to an end (computed on first use, once the vocabulary is known)."""
         if self._finish is None:
-            self._finish = _tokens_to_finish(self.dfa, self._vocab())
+            dist = self._dist if self._dist is not None else _byte_distance(self.dfa)
+            self._finish = _tokens_to_finish(self.dfa, self._vocab(), dist)
+            self._dist = None  # not needed again
         return self._finish
 
     @property
@@ -294,28 +298,20 @@ def _node_classes(dfa: ByteDFA, vocab: Vocabulary) -> list[np.ndarray]:
     return [classes[b] for b in vocab.levels.trie.byte]
 
 
-def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    counts = stops - starts
-    ends = counts.cumsum()
-    total = int(ends[-1]) if len(ends) else 0
-    return (starts - ends + counts).repeat(counts) + np.arange(total), counts
-
-
-def _min_tokens_lower_bound(dfa: ByteDFA, longest: int) -> np.ndarray:
-    """Fewest bytes to an end in tokens of at most ``longest`` bytes, rounded up: a lower bound on the tokens."""
-    dist = _byte_distance(dfa)
+def _min_tokens_lower_bound(dist: np.ndarray, longest: int) -> np.ndarray:
+    """Fewest bytes to an end (``dist``, -1 if none) in tokens of at most ``longest`` bytes, rounded up: a lower
+    bound on the tokens."""
     return np.where(dist < 0, UNREACHABLE, -(-dist // longest)).astype(np.int32)
 
 
-def _tokens_to_finish(dfa: ByteDFA, vocab: Vocabulary) -> np.ndarray:
+def _tokens_to_finish(dfa: ByteDFA, vocab: Vocabulary, dist: np.ndarray) -> np.ndarray:
     """Per state: the fewest vocabulary tokens that spell the state's shortest byte completion (int32[S]).
 
     Every state follows one byte toward the nearest end (a shortest-path tree); a token of ``k`` bytes that
     spells the next ``k`` bytes of that path leads to the state ``k`` steps down it. Levels of increasing byte
     distance, each vectorized: ``U[s] = 1 + min U[succ^k(s)]`` over the ``k`` whose path bytes are a token
-    (``UNREACHABLE`` where none is, e.g. a vocabulary without that byte).
+    (``UNREACHABLE`` where none is, e.g. a vocabulary without that byte). ``dist``: ``_byte_distance(dfa)``.
     """
-    dist = _byte_distance(dfa)
     s_n, inf = dfa.n_states, int(UNREACHABLE)
     out = np.where(dist == 0, 0, inf).astype(np.int64)
     live = np.flatnonzero(dist > 0)
@@ -366,25 +362,8 @@ def _tokens_to_finish(dfa: ByteDFA, vocab: Vocabulary) -> np.ndarray:
 
 
 def _byte_distance(dfa: ByteDFA) -> np.ndarray:
-    """Fewest bytes from each state to a final or stopped state (int64[S], -1 if none): a reverse BFS over
-    CSR in-edges."""
-    s_n = dfa.n_states
-    end = dfa.final | dfa.stopped
-    src, col = np.nonzero(dfa.trans >= 0)
-    dst = dfa.trans[src, col]
-    # in-edges grouped by target; a (source, target) pair may repeat (several classes): the frontier is deduplicated
-    # per level instead of the edges up front (a sort of every edge costs seconds on a million states)
-    preds = src[np.argsort(dst, kind="stable")].astype(np.int32)
-    indptr = np.zeros(s_n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(dst, minlength=s_n), out=indptr[1:])
-    dist = np.where(end, 0, -1).astype(np.int64)
-    frontier = np.flatnonzero(end)
-    level = 0
-    while len(frontier):
-        level += 1
-        offs, _ = _ranges(indptr[frontier], indptr[frontier + 1])
-        cand = preds[offs]
-        cand = np.unique(cand[dist[cand] < 0])
-        dist[cand] = level
-        frontier = cand
+    """Fewest bytes from each state to a final or stopped state (int64[S], -1 if none): the token automaton's
+    reverse breadth-first search, over the byte table."""
+    dist = _min_tokens_to_end(dfa.trans, dfa.final | dfa.stopped).astype(np.int64)
+    dist[dist >= UNREACHABLE] = -1
     return dist

@@ -308,6 +308,18 @@ def test_small_paths_build_the_numpy_automaton(monkeypatch, c, spec):
         assert np.array_equal(fast[k], slow[k]) and fast[k].dtype == slow[k].dtype, k
 
 
+def _on_the_large_path(fn, *args):
+    """``fn(*args)`` with the list paths for small tables turned off (hypothesis runs without monkeypatch)."""
+    from lmqc.compiler import automaton as A
+
+    small = A._SMALL_TABLE
+    try:
+        A._SMALL_TABLE = 0
+        return fn(*args)
+    finally:
+        A._SMALL_TABLE = small
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 60), st.integers(1, 9), st.data())
 def test_min_tokens_to_end_csr_bfs_matches_list_bfs(n, cols, data):
@@ -317,12 +329,7 @@ def test_min_tokens_to_end_csr_bfs_matches_list_bfs(n, cols, data):
     table = np.asarray(data.draw(st.lists(st.lists(st.integers(-1, n - 1), min_size=cols, max_size=cols),
                                           min_size=n, max_size=n)), dtype=np.int32)
     end = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
-    small = A._SMALL_TABLE
-    try:
-        A._SMALL_TABLE = 0
-        got = A._min_tokens_to_end(table, end)
-    finally:
-        A._SMALL_TABLE = small
+    got = _on_the_large_path(A._min_tokens_to_end, table, end)
     assert got.tolist() == A._min_tokens_to_end_lists(table, end).tolist()
 
 
@@ -335,12 +342,7 @@ def test_token_reachable_csr_bfs_matches_list_bfs(n, cols, data):
     table = np.asarray(data.draw(st.lists(st.lists(st.integers(-1, n - 1), min_size=cols, max_size=cols),
                                           min_size=n, max_size=n)), dtype=np.int32)
     initial = data.draw(st.integers(0, n - 1))
-    small = A._SMALL_TABLE
-    try:
-        A._SMALL_TABLE = 0
-        got = A._token_reachable(table, initial)
-    finally:
-        A._SMALL_TABLE = small
+    got = _on_the_large_path(A._token_reachable, table, initial)
     want = A._token_reachable_lists(table, initial)
     for g, w in zip(got, want, strict=True):
         assert g.tolist() == w.tolist()

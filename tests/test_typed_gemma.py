@@ -9,6 +9,7 @@ from typing import Literal
 import pytest
 
 import lmqc
+from lmqc.runtime.query import LMQLResult
 
 pytestmark = pytest.mark.model
 jsonschema = pytest.importorskip("jsonschema")
@@ -25,13 +26,19 @@ PERSON = {
 }
 
 
-def test_json_schema_value_validates_on_gemma() -> None:
+def _person_record(schema: dict) -> LMQLResult:
+    """A person record written for ``schema`` on Gemma; it validates, and the prompt holds its JSON text."""
     r = lmqc.run('"Q: Give a person record as JSON.\\nA: [P]" where JSON(P, schema) and len(TOKENS(P)) < 48',
-                 schema=PERSON)
+                 schema=schema)
     value = r.variables["P"]
-    cls = jsonschema.validators.validator_for(PERSON)
-    assert not list(cls(PERSON, format_checker=cls.FORMAT_CHECKER).iter_errors(value))
+    cls = jsonschema.validators.validator_for(schema)
+    assert not list(cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(value))
     assert json.loads(r.prompt.split("A: ", 1)[1]) == value
+    return r
+
+
+def test_json_schema_value_validates_on_gemma() -> None:
+    r = _person_record(PERSON)
     assert r.n_tokens < 48
 
 
@@ -57,13 +64,7 @@ def test_lazy_automaton_decodes_a_valid_value_on_gemma(monkeypatch) -> None:
     walks = []
     real = lazy._walk_one
     monkeypatch.setattr(lazy, "_walk_one", lambda dfa, vocab, state, *rest: walks.append(state) or real(dfa, vocab, state, *rest))
-    schema = {**PERSON, "properties": {**PERSON["properties"], "name": {"type": "string", "maxLength": 20}}}
-    r = lmqc.run('"Q: Give a person record as JSON.\\nA: [P]" where JSON(P, schema) and len(TOKENS(P)) < 48',
-                 schema=schema)
-    value = r.variables["P"]
-    cls = jsonschema.validators.validator_for(schema)
-    assert not list(cls(schema, format_checker=cls.FORMAT_CHECKER).iter_errors(value))
-    assert json.loads(r.prompt.split("A: ", 1)[1]) == value
+    _person_record({**PERSON, "properties": {**PERSON["properties"], "name": {"type": "string", "maxLength": 20}}})
     assert walks  # the hole did run on the lazy automaton
 
 

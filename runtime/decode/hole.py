@@ -78,16 +78,14 @@ class HoleTables:
             # are the same exact distances, except for an automaton that only bounds them (compiler.lazy): it
             # prunes with an upper bound (``tokens_to_finish``: the value can always end in time) and refuses
             # only below a lower bound
-            mte = np.asarray(automaton.min_tokens_to_end)
-            need = np.where((mte < 0) | (mte >= INF_TOKENS), INF_TOKENS, mte).astype(np.int64)
+            def tokens(a: Any) -> np.ndarray:  # INF_TOKENS where no end is reachable
+                a = np.asarray(a)
+                return np.where((a < 0) | (a >= INF_TOKENS), INF_TOKENS, a).astype(np.int64)
+
+            self.mte_need = tokens(automaton.min_tokens_to_end)
             # (bounds are only read under a budget; a large lazy automaton's take a second to compute)
             finish = getattr(automaton, "tokens_to_finish", None) if self.max_tokens is not None else None
-            if finish is not None:
-                finish = np.asarray(finish)
-                self.mte = np.where((finish < 0) | (finish >= INF_TOKENS), INF_TOKENS, finish).astype(np.int64)
-            else:
-                self.mte = need
-            self.mte_need = need
+            self.mte = self.mte_need if finish is None else tokens(finish)
             finite = self.mte[self.mte < INF_TOKENS]
             self.mte_max = int(finite.max()) if len(finite) else 0
             self.warm_up(automaton)
