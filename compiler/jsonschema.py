@@ -12,7 +12,10 @@ validates), chosen to be regular and small:
   ``maxProperties`` are counted exactly. A required key missing from ``properties`` takes its schema from
   ``patternProperties`` / ``additionalProperties``. ``dependentRequired`` / ``dependentSchemas`` /
   ``dependencies``: a required trigger makes its dependents required (or merges its schema); an optional
-  trigger is left out.
+  trigger is left out. An object whose schema-order automaton would pass ``OBJECT_BUDGET`` (estimated) because
+  optional properties share large value schemas is written with its required properties first, in order, then
+  its optional ones in any order, a key possibly repeated (JSON parsers keep the last value, which is valid):
+  then properties with the same schema share one copy of it (noted).
 * **Strings**: characters written as themselves or with JSON's short escapes (``\\"``, ``\\\\``, ``\\n`` ...);
   ``\\uXXXX`` escapes are not generated. ``minLength``/``maxLength`` count characters exactly (a ``maxLength``
   over ``LENGTH_CAP`` = 256 is written as at most 256 characters: a counter of 100,000 states for
@@ -82,6 +85,7 @@ from .regular import (
 REF_DEPTH = 3  # how many times one $ref may be expanded on a path (recursive schemas)
 ANY_DEPTH = 1  # nesting of arrays/objects inside an unconstrained value (1: arrays/objects of scalars)
 MAX_MODULUS = 10_000  # multipleOf: largest modulus (digits of the value) handled exactly
+OBJECT_BUDGET = 200_000  # estimated size of an object above which optional properties may come in any order
 MAX_STATES = 500_000  # subset-construction budget per schema (above lazy.LAZY_STATES: lifted on visit)
 NODE_BUDGET = 20_000  # schema nodes visited before recursion is unrolled fewer times (recursive schemas only)
 SIZE_BUDGET = 1_500_000  # estimated automaton size of a recursive schema's tree above which it is unrolled less
@@ -795,6 +799,7 @@ class _Compiler:
         if not props:
             return self.map(s, ap, pp, names, lo, hi, path)
         members: list[tuple[Node, bool]] = []
+        named: list[tuple[Node, Node, bool]] = []  # (key, value, required) of each member
         name_lang = self.names_dfa(names, path) if names is not None else None
         for name, sub in props.items():
             if name in skip:
@@ -815,11 +820,48 @@ class _Compiler:
                     return EMPTY
                 continue
             members.append((seq(lit(json.dumps(name, ensure_ascii=False)), _COLON, value), req))
+            named.append((lit(json.dumps(name, ensure_ascii=False)), value, req))
         if hi is not None and sum(1 for _, r in members if r) > hi:
             return EMPTY
         if len(members) < lo:
             return EMPTY
-        return obj_node(lit("{"), tuple(members), _COMMA, lit("}"), lo, hi)
+        ordered = obj_node(lit("{"), tuple(members), _COMMA, lit("}"), lo, hi)
+        return self._unordered(ordered, named, lo, hi, path)
+
+    def _unordered(self, ordered: Node, named: list[tuple[Node, Node, bool]], lo: int, hi: int | None,
+                   path: str) -> Node:
+        """``ordered``, or, when it is too large because optional properties share large value schemas, the
+        required properties in order followed by optional properties in any order, repeats allowed.
+
+        Written in order, an object's automaton holds a copy of every optional value per position (what follows
+        a value depends on which property it was): 160 properties sharing one 5,000-state record are 800,000
+        states. In any order, properties with the same value schema share one copy (the state after a value no
+        longer knows which key it followed, so keys may repeat: a JSON parser keeps the last, which is valid).
+        """
+        n_required = sum(1 for _, _, r in named if r)
+        if hi is not None or lo > n_required:
+            return ordered  # counts of optional members need the ordered form
+        memo: dict[int, int] = {}
+        size = regular._size(ordered, memo)
+        if size <= OBJECT_BUDGET:
+            return ordered
+        groups: dict[Node, list[Node]] = {}
+        for key, value, req in named:
+            if not req:
+                groups.setdefault(value, []).append(key)
+        member = alt(*(seq(alt(*keys), _COLON, value) for value, keys in groups.items()))
+        required = [seq(key, _COLON, value) for key, value, req in named if req]
+        if required:
+            head = seq(*(x for i, r in enumerate(required) for x in ((_COMMA, r) if i else (r,))))
+            body = seq(head, rep(seq(_COMMA, member), 0, None))
+        else:
+            body = opt(seq(member, rep(seq(_COMMA, member), 0, None)))
+        unordered = seq(lit("{"), body, lit("}"))
+        if regular._size(unordered, memo) * 2 > size:  # sharing must at least halve it
+            return ordered
+        self.notes.append(f"the optional properties at {path} are written in any order and may repeat (in schema "
+                          f"order they need about {size} automaton states)")
+        return unordered
 
     def _dependencies(self, s: dict, props: dict, required: list[str], skip: set[str], path: str) -> None:
         deps: dict[str, Any] = {}
