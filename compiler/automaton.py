@@ -555,6 +555,7 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     # Live nodes of the previous depth, with their class nodes (0 = dead): either the class node of every
     # node (``cn_all``, when many live: plain gathers beat range arithmetic) or the live ones only.
     cn_all: np.ndarray | None = np.ones(1, dtype=np.int32)  # the root: class node 1
+    mostly_live = True
     live_nodes = live_cn = np.zeros(0, dtype=np.int64)
     # one row per class node: the state its prefix leads each state to (rows, not columns: gathered whole)
     node_rows = np.full((2, s_n), dead, dtype=np.int32)
@@ -563,7 +564,8 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
         n_d = len(trie.parent[d])
         if cn_all is not None:
             pc = cn_all[trie.parent[d]]
-            idx = None if pc.all() else pc.nonzero()[0]
+            # mostly live: dead nodes keep class node 0, whose row rejects everything (cheaper than compacting)
+            idx = None if mostly_live or pc.all() else pc.nonzero()[0]
             if idx is not None:
                 pc = pc[idx]
             byt = trie.byte[d] if idx is None else trie.byte[d][idx]
@@ -592,7 +594,9 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
         new_local[uniq[live]] = 1 + inv
         cn = new_local[key]
         node_rows = np.concatenate([np.full((1, s_n), dead, np.int32), rows[first]])
-        if np.count_nonzero(cn) * 8 >= n_d:  # most of this depth lives on
+        n_live = np.count_nonzero(cn)
+        mostly_live = n_live * 4 >= n_d * 3
+        if n_live * 8 >= n_d:  # much of this depth lives on
             if idx is None:
                 cn_all = cn
             else:
