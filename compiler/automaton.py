@@ -560,6 +560,7 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     # one row per class node: the state its prefix leads each state to (rows, not columns: gathered whole)
     node_rows = np.full((2, s_n), dead, dtype=np.int32)
     node_rows[1] = np.arange(0, dead, c_n)
+    cols = np.arange(s_n)  # the states the columns of node_rows stand for
     for d in range(len(trie.parent)):
         n_d = len(trie.parent[d])
         if cn_all is not None:
@@ -584,16 +585,23 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
         uniq = present.nonzero()[0]
         parent, ucls = uniq // c_n, uniq % c_n
         nxt = trans_flat[node_rows[parent] + ucls[:, None]]
-        live = (nxt != dead).any(axis=1).nonzero()[0]
+        alive = nxt != dead
+        live = alive.any(axis=1).nonzero()[0]
         if not len(live):
             break
         rows = nxt[live]
+        # States no prefix of this depth leads anywhere are dead below it too: drop their columns (a few dozen
+        # of a schema's thousand states read the long tokens)
+        used = alive.any(axis=0)
+        if np.count_nonzero(used) * 4 < len(cols) * 3:
+            rows = rows[:, used]
+            cols = cols[used]
         # Prefixes that lead every state to the same place behave the same from now on: one class node.
         first, inv = _dedupe_rows(rows)
         new_local = np.zeros(n_keys, dtype=np.int32)
         new_local[uniq[live]] = 1 + inv
         cn = new_local[key]
-        node_rows = np.concatenate([np.full((1, s_n), dead, np.int32), rows[first]])
+        node_rows = np.concatenate([np.full((1, len(cols)), dead, np.int32), rows[first]])
         n_live = np.count_nonzero(cn)
         mostly_live = n_live * 4 >= n_d * 3
         if n_live * 8 >= n_d:  # much of this depth lives on
@@ -622,7 +630,11 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             u_nodes = seen.nonzero()[0]
             rank = np.zeros(len(seen), dtype=np.int32)  # rank among this depth's ending class nodes
             rank[u_nodes] = np.arange(n_seq, n_seq + len(u_nodes), dtype=np.int32)
-            columns.append(node_rows[u_nodes])
+            ending = node_rows[u_nodes]
+            if len(cols) < s_n:
+                ending = np.full((len(u_nodes), s_n), dead, np.int32)
+                ending[:, cols] = node_rows[u_nodes]
+            columns.append(ending)
             tok_parts.append(toks)
             seq_parts.append(rank[ce])
             n_seq += len(u_nodes)
