@@ -86,6 +86,7 @@ REF_DEPTH = 3  # how many times one $ref may be expanded on a path (recursive sc
 ANY_DEPTH = 1  # nesting of arrays/objects inside an unconstrained value (1: arrays/objects of scalars)
 MAX_MODULUS = 10_000  # multipleOf: largest modulus (digits of the value) handled exactly
 OBJECT_BUDGET = 200_000  # estimated size of an object above which optional properties may come in any order
+_UNORDERED_MIN = 8  # optional properties below which an object is never that large
 MAX_STATES = 500_000  # subset-construction budget per schema (above lazy.LAZY_STATES: lifted on visit)
 NODE_BUDGET = 20_000  # schema nodes visited before recursion is unrolled fewer times (recursive schemas only)
 SIZE_BUDGET = 1_500_000  # estimated automaton size of a recursive schema's tree above which it is unrolled less
@@ -841,6 +842,8 @@ class _Compiler:
         n_required = sum(1 for _, _, r in named if r)
         if hi is not None or lo > n_required:
             return ordered  # counts of optional members need the ordered form
+        if len(named) - n_required < _UNORDERED_MIN:
+            return ordered  # (and spares sizing every small object's subtree)
         memo: dict[int, int] = {}
         size = regular._size(ordered, memo)
         if size <= OBJECT_BUDGET:

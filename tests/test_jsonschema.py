@@ -619,6 +619,7 @@ def test_object_over_budget_shares_its_values_by_writing_optional_properties_in_
     assert not accepts(schema, '{"id": 1, "b": {}, "a": {}}')  # under the budget: schema order
     J._compile_cached.cache_clear()
     monkeypatch.setattr(J, "OBJECT_BUDGET", 50)
+    monkeypatch.setattr(J, "_UNORDERED_MIN", 2)
     lang = J.compile_schema(schema)
     assert any("any order" in n and "#" in n for n in lang.notes), lang.notes
     for text in ('{"id": 1}', '{"id": 1, "b": {}, "a": {"q": "x"}}', '{"id": 1, "n": null, "c": {}, "n": null}',
