@@ -488,27 +488,35 @@ class TokenAutomaton:
 # Build steps
 
 
-_WEIGHTS: dict[int, np.ndarray] = {}
+_WEIGHTS: dict[tuple[int, int], np.ndarray] = {}
 _SMALL_DEDUPE = 512  # cells up to which rows are deduped with a dict (``unique_rows``' small path)
 
 
 def _dedupe_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``unique_rows`` for rows of states (values >= -1), hashed with a float64 BLAS product.
+    """``unique_rows`` for rows of integers, hashed with a float64 BLAS product.
 
-    Integer weights below 2**20 times values below 2**16, summed over fewer than 2**17 columns, stay below
-    2**53: the float products are exact, so equal rows always hash equal (no dependence on summation order).
-    Candidates are verified; larger inputs or a collision take ``unique_rows``.
+    Integer weights below ``2**w`` times values below ``2**v`` in magnitude, summed over fewer than ``2**c``
+    columns, with ``w + v + c <= 53``: the float products and sums are exact, so equal rows always hash equal (no
+    dependence on summation order). ``w`` is what the values and width leave (a schema's row offsets reach 2**19:
+    at least 12 bits, else ``unique_rows``). Duplicates are verified; a collision takes ``unique_rows``.
     """
     n, m = a.shape
-    if n * m <= _SMALL_DEDUPE or m >= 1 << 17 or int(a.max(initial=0)) >= (1 << 16) - 2:
+    if n * m <= _SMALL_DEDUPE:
         return unique_rows(a)  # (small tables: its dict of tuples)
-    w = _WEIGHTS.get(m)
+    v_bits = max(int(a.max(initial=0)), -int(a.min(initial=0))).bit_length()
+    w_bits = min(20, 53 - v_bits - m.bit_length())
+    if w_bits < 12:
+        return unique_rows(a)
+    w = _WEIGHTS.get((m, w_bits))
     if w is None:
-        w = _WEIGHTS[m] = np.random.default_rng(0x5EED + m).integers(1, 1 << 20, size=m).astype(np.float64)
-    h = (a + 2).astype(np.float64) @ w
+        rng = np.random.default_rng(0x5EED + m)
+        w = _WEIGHTS[m, w_bits] = rng.integers(1, 1 << w_bits, size=m).astype(np.float64)
+    h = a.astype(np.float64) @ w
     _, first, inv = np.unique(h, return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
-    if not np.array_equal(a[first[inv]], a):
+    rep = first[inv]
+    dup = np.flatnonzero(rep != np.arange(n))
+    if len(dup) and not np.array_equal(a[dup], a[rep[dup]]):
         return unique_rows(a)
     order = np.argsort(first, kind="stable")  # groups numbered by first appearance, as unique_rows does
     rank = np.empty(len(first), dtype=np.int64)
