@@ -524,6 +524,71 @@ def _dedupe_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[order], rank[inv]
 
 
+_SPARSE_CELLS = 1 << 15  # keys x states of a depth above which its rows are computed from their live entries
+_SPARSE_DENSITY = 0.25  # ... if at most this fraction of the class nodes' entries is live
+
+
+def _sparse_step(node_rows: np.ndarray, parent: np.ndarray, ucls: np.ndarray, trans_flat: np.ndarray,
+                 dead: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """One depth of :func:`_walk` over the live entries of the class nodes' rows only.
+
+    A large schema's depth has thousands of (class node, byte class) keys over thousands of states, a tenth of
+    them live: the dense step gathers and hashes every cell. Here each key's row is the live entries of its
+    parent's row moved by its class, hashed per key; rows with equal hashes are verified entry by entry.
+
+    Returns ``(live, first, inv, rows, used)`` as the dense step computes them — the keys whose row is not all
+    dead, the first of each group of equal rows among them (``live`` positions, numbered by first appearance)
+    and every live key's group, the groups' rows ``int32[G, n_cols]``, and the columns some row uses — or
+    ``None`` when the rows are too dense to gain (or a hash collision: the dense step decides).
+    """
+    nz = node_rows != dead
+    r, c = nz.nonzero()  # row-major: each class node's entries contiguous, in column order
+    if len(r) > _SPARSE_DENSITY * nz.size:
+        return None
+    v = node_rows[r, c]
+    ptr = np.zeros(len(node_rows) + 1, dtype=np.intp)
+    np.cumsum(np.bincount(r, minlength=len(node_rows)), out=ptr[1:])
+    idx, counts = _ranges(ptr[parent], ptr[parent + 1])
+    j = np.repeat(np.arange(len(parent)), counts)
+    vv = np.take(trans_flat, np.take(v, idx) + np.take(ucls, j))
+    keep = vv != dead
+    j, cc, vv = j[keep], np.take(c, idx[keep]), vv[keep]
+    n_cols = node_rows.shape[1]
+    used = np.zeros(n_cols, dtype=bool)
+    used[cc] = True
+    cnt = np.bincount(j, minlength=len(parent))
+    live = np.flatnonzero(cnt)
+    if not len(live):
+        return live, live, live, np.zeros((0, n_cols), np.int32), used
+    seg = np.zeros(len(parent) + 1, dtype=np.intp)
+    np.cumsum(cnt, out=seg[1:])
+    with np.errstate(over="ignore"):
+        e = (cc.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + vv.astype(np.uint64)) * np.uint64(0xBF58476D1CE4E5B9)
+        e ^= e >> np.uint64(31)
+        h = np.add.reduceat(e, seg[live])
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    rep = first[inv]
+    dup = np.flatnonzero(rep != np.arange(len(live)))
+    if len(dup):
+        a, b = live[dup], live[rep[dup]]
+        if not np.array_equal(cnt[a], cnt[b]):
+            return None
+        ia, _ = _ranges(seg[a], seg[a + 1])
+        ib, _ = _ranges(seg[b], seg[b + 1])
+        if not (np.array_equal(cc[ia], cc[ib]) and np.array_equal(vv[ia], vv[ib])):
+            return None
+    order = np.argsort(first, kind="stable")  # groups numbered by first appearance, as _dedupe_rows does
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[order] = np.arange(len(first))
+    first = first[order]
+    reps = live[first]
+    at, n_at = _ranges(seg[reps], seg[reps + 1])
+    rows = np.full((len(reps), n_cols), dead, dtype=np.int32)
+    rows[np.repeat(np.arange(len(reps)), n_at), cc[at]] = vv[at]
+    return live, first, rank[inv], rows, used
+
+
 def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The indices ``start..stop-1`` of every range laid end to end, and each range's length (``x.repeat(counts)``
     gives each index the value of its range)."""
@@ -594,24 +659,34 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
         present[key] = True
         uniq = present.nonzero()[0]
         parent, ucls = uniq // c_n, uniq % c_n
-        nxt = trans_flat[node_rows[parent] + ucls[:, None]]
-        alive = nxt != dead
-        live = alive.any(axis=1).nonzero()[0]
-        if not len(live):
-            break
-        rows = nxt[live]
+        # Prefixes that lead every state to the same place behave the same from now on: one class node.
+        got = None
+        if len(uniq) * len(cols) > _SPARSE_CELLS:
+            got = _sparse_step(node_rows, parent, ucls, trans_flat, dead)
+        if got is not None:
+            live, first, inv, rows, used = got
+            if not len(live):
+                break
+        else:
+            nxt = trans_flat[node_rows[parent] + ucls[:, None]]
+            alive = nxt != dead
+            live = alive.any(axis=1).nonzero()[0]
+            if not len(live):
+                break
+            rows = nxt[live]
+            used = alive.any(axis=0)
         # States no prefix of this depth leads anywhere are dead below it too: drop their columns (a few dozen
         # of a schema's thousand states read the long tokens)
-        used = alive.any(axis=0)
         if np.count_nonzero(used) * 4 < len(cols) * 3:
             rows = rows[:, used]
             cols = cols[used]
-        # Prefixes that lead every state to the same place behave the same from now on: one class node.
-        first, inv = _dedupe_rows(rows)
+        if got is None:
+            first, inv = _dedupe_rows(rows)
+            rows = rows[first]
         new_local = np.zeros(n_keys, dtype=np.intp)
         new_local[uniq[live]] = 1 + inv
         cn = np.take(new_local, key)
-        node_rows = np.concatenate([np.full((1, len(cols)), dead, np.int32), rows[first]])
+        node_rows = np.concatenate([np.full((1, len(cols)), dead, np.int32), rows])
         n_live = np.count_nonzero(cn)
         mostly_live = n_live * 4 >= n_d * 3
         if n_live * 8 >= n_d:  # much of this depth lives on

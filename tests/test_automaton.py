@@ -308,6 +308,39 @@ def test_small_paths_build_the_numpy_automaton(monkeypatch, c, spec):
         assert np.array_equal(fast[k], slow[k]) and fast[k].dtype == slow[k].dtype, k
 
 
+def _build_sparse(dfa: ByteDFA, vocab: Vocabulary, monkeypatch, sparse: bool) -> dict[str, np.ndarray] | str:
+    from lmqc.compiler import automaton
+
+    with monkeypatch.context() as m:
+        m.setattr(automaton, "_SMALL_DEDUPE", 0)
+        m.setattr(automaton, "_SPARSE_CELLS", -1 if sparse else 1 << 62)  # every depth, or none, from live entries
+        m.setattr(automaton, "_SPARSE_DENSITY", 1.0)
+        try:
+            return TokenAutomaton.build(dfa, vocab).to_arrays()
+        except ConstraintError as e:
+            return str(e)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.one_of(constraints(), st.sampled_from(_NARROW)), st.one_of(vocabularies(), _wide_vocabularies()))
+def test_sparse_walk_depths_build_the_dense_automaton(monkeypatch, c, spec):
+    # a large schema's depths go through _sparse_step; here every depth does, on small DFAs and vocabularies
+    pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
+    vocab = Vocabulary(pieces, 0, specials)
+    try:
+        dfa = ByteDFA.from_ir(lower_hole("X", c))
+    except ConstraintError:
+        return
+    sparse = _build_sparse(dfa, vocab, monkeypatch, sparse=True)
+    dense = _build_sparse(dfa, vocab, monkeypatch, sparse=False)
+    if isinstance(sparse, str) or isinstance(dense, str):
+        assert sparse == dense
+        return
+    assert sparse.keys() == dense.keys()
+    for k in sparse:
+        assert np.array_equal(sparse[k], dense[k]) and sparse[k].dtype == dense[k].dtype, k
+
+
 def _on_the_large_path(fn, *args):
     """``fn(*args)`` with the list paths for small tables turned off (hypothesis runs without monkeypatch)."""
     from lmqc.compiler import automaton as A
