@@ -489,15 +489,16 @@ class TokenAutomaton:
 
 
 _WEIGHTS: dict[tuple[int, int], np.ndarray] = {}
+_BLOCK_CELLS = 1 << 18  # cells per block of the row hash and its check
 _SMALL_DEDUPE = 512  # cells up to which rows are deduped with a dict (``unique_rows``' small path)
 
 
 def _dedupe_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``unique_rows`` for rows of integers, hashed with a float64 BLAS product.
 
-    Integer weights below ``2**w`` times values below ``2**v`` in magnitude, summed over fewer than ``2**c``
-    columns, with ``w + v + c <= 53``: the float products and sums are exact, so equal rows always hash equal (no
-    dependence on summation order). ``w`` is what the values and width leave (a schema's row offsets reach 2**19:
+    Two hashes of integer weights below ``2**w`` times values below ``2**v`` in magnitude, summed over fewer than
+    ``2**c`` columns, with ``w + v + c <= 53``: the float products and sums are exact, so equal rows always hash
+    equal (no dependence on summation order). ``w`` is what the values and width leave (a schema's row offsets reach 2**19:
     at least 12 bits, else ``unique_rows``). Duplicates are verified; a collision takes ``unique_rows``.
     """
     n, m = a.shape
@@ -510,14 +511,27 @@ def _dedupe_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     w = _WEIGHTS.get((m, w_bits))
     if w is None:
         rng = np.random.default_rng(0x5EED + m)
-        w = _WEIGHTS[m, w_bits] = rng.integers(1, 1 << w_bits, size=m).astype(np.float64)
-    h = a.astype(np.float64) @ w
+        w = _WEIGHTS[m, w_bits] = rng.integers(1, 1 << w_bits, size=(m, 2)).astype(np.float64)
+    # two exact hashes (one of ~20 bits collides among thousands of rows), in blocks of rows: a float copy of a
+    # 4,000 x 7,000 table would not stay in cache
+    h2 = np.empty((n, 2))
+    step = max(1, _BLOCK_CELLS // m)
+    buf = np.empty((min(step, n), m))
+    for i in range(0, n, step):
+        blk = a[i : i + step]
+        np.copyto(buf[: len(blk)], blk)
+        np.matmul(buf[: len(blk)], w, out=h2[i : i + step])
+    hi = h2.astype(np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        h = hi[:, 0] * np.uint64(0x9E3779B97F4A7C15) ^ hi[:, 1]
     _, first, inv = np.unique(h, return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
     rep = first[inv]
     dup = np.flatnonzero(rep != np.arange(n))
-    if len(dup) and not np.array_equal(a[dup], a[rep[dup]]):
-        return unique_rows(a)
+    for i in range(0, len(dup), step):
+        d = dup[i : i + step]
+        if not np.array_equal(a[d], a[rep[d]]):
+            return unique_rows(a)
     order = np.argsort(first, kind="stable")  # groups numbered by first appearance, as unique_rows does
     rank = np.empty(len(first), dtype=np.int64)
     rank[order] = np.arange(len(first))
@@ -542,9 +556,9 @@ def _sparse_step(node_rows: np.ndarray, parent: np.ndarray, ucls: np.ndarray, tr
     ``None`` when the rows are too dense to gain (or a hash collision: the dense step decides).
     """
     nz = node_rows != dead
-    r, c = nz.nonzero()  # row-major: each class node's entries contiguous, in column order
-    if len(r) > _SPARSE_DENSITY * nz.size:
+    if np.count_nonzero(nz) > _SPARSE_DENSITY * nz.size:
         return None
+    r, c = nz.nonzero()  # row-major: each class node's entries contiguous, in column order
     v = node_rows[r, c]
     ptr = np.zeros(len(node_rows) + 1, dtype=np.intp)
     np.cumsum(np.bincount(r, minlength=len(node_rows)), out=ptr[1:])
