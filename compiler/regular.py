@@ -113,6 +113,8 @@ DOT = cs_diff(ANY, LINE_TERMINATORS)  # ECMA '.': anything but line terminators
 # JSON string content: characters written as themselves, and the short escapes
 JSON_PLAIN = cs_diff(ANY, cs_union(((0, 0x1F),), cs_chars('"\\')))
 _SHORT_ESCAPES = {'"': '"', "\\": "\\", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+_BACKSLASH = cs_chars("\\")
+_ESCAPE_SETS = {b: cs_chars(b) for b in _SHORT_ESCAPES.values()}
 
 # --------------------------------------------------------------------------------------------------------------
 # Expression tree. Nodes are tuples, so equal trees compare and hash equal:
@@ -347,15 +349,17 @@ class _NFA:
                 sets[k] = cs_intersect(cs, JSON_PLAIN)
         trans = d.trans.tolist()
         for i, row in enumerate(trans):
+            mid = -1  # after a backslash from state i: one state, the escape letter picks the target
             for k, t in enumerate(row):
                 if t < 0:
                     continue
                 if sets[k]:
                     self.edge(ids[i], sets[k], ids[t])
-                for a, b in escapes[k]:
-                    mid = self.new()
-                    self.edge(ids[i], cs_chars(a), mid)
-                    self.edge(mid, cs_chars(b), ids[t])
+                for _, b in escapes[k]:
+                    if mid < 0:
+                        mid = self.new()
+                        self.edge(ids[i], _BACKSLASH, mid)
+                    self.edge(mid, _ESCAPE_SETS[b], ids[t])
             if d.final[i]:
                 self.eps[ids[i]].append(e)
         return e
