@@ -488,56 +488,6 @@ class TokenAutomaton:
 # Build steps
 
 
-_WEIGHTS: dict[tuple[int, int], np.ndarray] = {}
-_BLOCK_CELLS = 1 << 18  # cells per block of the row hash and its check
-_SMALL_DEDUPE = 512  # cells up to which rows are deduped with a dict (``unique_rows``' small path)
-
-
-def _dedupe_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``unique_rows`` for rows of integers, hashed with a float64 BLAS product.
-
-    Two hashes of integer weights below ``2**w`` times values below ``2**v`` in magnitude, summed over fewer than
-    ``2**c`` columns, with ``w + v + c <= 53``: the float products and sums are exact, so equal rows always hash
-    equal (no dependence on summation order). ``w`` is what the values and width leave (a schema's row offsets reach 2**19:
-    at least 12 bits, else ``unique_rows``). Duplicates are verified; a collision takes ``unique_rows``.
-    """
-    n, m = a.shape
-    if n * m <= _SMALL_DEDUPE:
-        return unique_rows(a)  # (small tables: its dict of tuples)
-    v_bits = max(int(a.max(initial=0)), -int(a.min(initial=0))).bit_length()
-    w_bits = min(20, 53 - v_bits - m.bit_length())
-    if w_bits < 12:
-        return unique_rows(a)
-    w = _WEIGHTS.get((m, w_bits))
-    if w is None:
-        rng = np.random.default_rng(0x5EED + m)
-        w = _WEIGHTS[m, w_bits] = rng.integers(1, 1 << w_bits, size=(m, 2)).astype(np.float64)
-    # two exact hashes (one of ~20 bits collides among thousands of rows), in blocks of rows: a float copy of a
-    # 4,000 x 7,000 table would not stay in cache
-    h2 = np.empty((n, 2))
-    step = max(1, _BLOCK_CELLS // m)
-    buf = np.empty((min(step, n), m))
-    for i in range(0, n, step):
-        blk = a[i : i + step]
-        np.copyto(buf[: len(blk)], blk)
-        np.matmul(buf[: len(blk)], w, out=h2[i : i + step])
-    hi = h2.astype(np.int64).view(np.uint64)
-    with np.errstate(over="ignore"):
-        h = hi[:, 0] * np.uint64(0x9E3779B97F4A7C15) ^ hi[:, 1]
-    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
-    inv = inv.reshape(-1)
-    rep = first[inv]
-    dup = np.flatnonzero(rep != np.arange(n))
-    for i in range(0, len(dup), step):
-        d = dup[i : i + step]
-        if not np.array_equal(a[d], a[rep[d]]):
-            return unique_rows(a)
-    order = np.argsort(first, kind="stable")  # groups numbered by first appearance, as unique_rows does
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[order] = np.arange(len(first))
-    return first[order], rank[inv]
-
-
 _SPARSE_CELLS = 1 << 15  # keys x states of a depth above which its rows are computed from their live entries
 _SPARSE_DENSITY = 0.25  # ... if at most this fraction of the class nodes' entries is live
 
@@ -592,7 +542,7 @@ def _sparse_step(node_rows: np.ndarray, parent: np.ndarray, ucls: np.ndarray, tr
         ib, _ = _ranges(seg[b], seg[b + 1])
         if not (np.array_equal(cc[ia], cc[ib]) and np.array_equal(vv[ia], vv[ib])):
             return None
-    order = np.argsort(first, kind="stable")  # groups numbered by first appearance, as _dedupe_rows does
+    order = np.argsort(first, kind="stable")  # groups numbered by first appearance, as unique_rows does
     rank = np.empty(len(first), dtype=np.int64)
     rank[order] = np.arange(len(first))
     first = first[order]
@@ -695,7 +645,7 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             rows = rows[:, used]
             cols = cols[used]
         if got is None:
-            first, inv = _dedupe_rows(rows)
+            first, inv = unique_rows(rows)
             rows = rows[first]
         new_local = np.zeros(n_keys, dtype=np.intp)
         new_local[uniq[live]] = 1 + inv
@@ -743,7 +693,7 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     seqs = np.concatenate(seq_parts)
     # the same behaviour can end tokens of different lengths: one column per distinct behaviour
     table = np.concatenate(columns)
-    first, inv = _dedupe_rows(table)
+    first, inv = unique_rows(table)
     table = table[first]
     table = np.where(table == dead, -1, table // c_n).astype(np.int32)  # offsets back to states
     return np.ascontiguousarray(table.T), toks, inv.astype(np.int32)[seqs]

@@ -277,12 +277,12 @@ def test_large_bound_token_automaton():
 
 
 def _build_with(dfa: ByteDFA, vocab: Vocabulary, monkeypatch, small: bool) -> dict[str, np.ndarray] | str:
-    from lmqc.compiler import automaton
+    from lmqc.compiler import automaton, charlang
 
     with monkeypatch.context() as m:
         if not small:  # every threshold at zero: the NumPy paths throughout
             m.setattr(automaton, "_SMALL_TABLE", 0)
-            m.setattr(automaton, "_SMALL_DEDUPE", 0)
+            m.setattr(charlang, "_SMALL_ROWS", 0)
         try:
             return TokenAutomaton.build(dfa, vocab).to_arrays()
         except ConstraintError as e:
@@ -309,10 +309,10 @@ def test_small_paths_build_the_numpy_automaton(monkeypatch, c, spec):
 
 
 def _build_sparse(dfa: ByteDFA, vocab: Vocabulary, monkeypatch, sparse: bool) -> dict[str, np.ndarray] | str:
-    from lmqc.compiler import automaton
+    from lmqc.compiler import automaton, charlang
 
     with monkeypatch.context() as m:
-        m.setattr(automaton, "_SMALL_DEDUPE", 0)
+        m.setattr(charlang, "_SMALL_ROWS", 0)
         m.setattr(automaton, "_SPARSE_CELLS", -1 if sparse else 1 << 62)  # every depth, or none, from live entries
         m.setattr(automaton, "_SPARSE_DENSITY", 1.0)
         try:
