@@ -1026,7 +1026,8 @@ class _Compiler:
             "patternProperties")
         if b_closed and set(ra) - set(pb):
             return a  # a always writes a key b forbids
-        for key in set(ra) & set(rb):
+        shared = [k for k in ra if k in rb]  # in schema order: a set's order changes with the hash seed
+        for key in shared:
             sa, sb = self.inline(pa.get(key, True), path), self.inline(pb.get(key, True), path)
             if isinstance(sa, dict) and isinstance(sb, dict) and _disjoint(sa, sb, self, depth + 1):
                 return a
@@ -1042,7 +1043,7 @@ class _Compiler:
             extra = [k for k in pa if k not in pb and k not in omitted]
             if extra:
                 return {**a, "required": [*ra, extra[0]]}
-        for key in set(ra) & set(rb):  # make a shared required value fail b
+        for key in shared:  # make a shared required value fail b (the first that can, in schema order)
             sa, sb = self.inline(pa.get(key, True), path), self.inline(pb.get(key, True), path)
             if isinstance(sb, dict) and isinstance(sa, dict | bool):
                 got = self.make_reject(sa if sa is not True else {}, sb, path, depth + 1)

@@ -633,3 +633,16 @@ def test_object_over_budget_shares_its_values_by_writing_optional_properties_in_
     bounded = {**schema, "maxProperties": 3}  # counting members needs the ordered form: kept
     assert not J.compile_schema(bounded).dfa.accepts('{"id": 1, "b": {}, "a": {}}')
     J._compile_cached.cache_clear()
+
+
+def test_oneof_narrows_the_first_shared_required_key_in_schema_order() -> None:
+    # the key made to fail the other branch was taken from a set: which one depended on the hash seed, so the
+    # same schema compiled to different languages in different processes
+    a = {"type": "object", "required": ["x", "y"], "additionalProperties": False,
+         "properties": {"x": {"type": "string"}, "y": {"type": "string"}}}
+    b = {"type": "object", "required": ["y", "x"],
+         "properties": {"x": {"type": "string", "maxLength": 3}, "y": {"type": "string", "maxLength": 3}}}
+    c = J._Compiler({}, ref_depth=J.REF_DEPTH, any_depth=J.ANY_DEPTH)
+    got = c._object_reject(a, b, "#", 0)
+    assert got["properties"]["y"] == a["properties"]["y"] and got["properties"]["x"] != a["properties"]["x"]
+    assert accepts(got["properties"]["x"], '"abcd"') and not accepts(got["properties"]["x"], '"ab"')
