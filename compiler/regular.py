@@ -459,31 +459,22 @@ def _determinize(nfa: _NFA, start: int, end: int, max_states: int) -> CharDFA:
     sets = nfa.sets
     if not sets:
         return charlang._make([0], [0], [[-1]], 0, [start == end or end in _closure_all(nfa, start)])
-    bounds = {0}
-    for cs in sets:
-        for lo, hi in cs:
-            bounds.add(lo)
-            if hi + 1 <= MAX_CHAR:
-                bounds.add(hi + 1)
-    starts = np.asarray(sorted(bounds), dtype=np.int64)
+    # every range of every set at once (a schema's NFA has dozens of sets; NumPy calls per set cost more)
+    counts = [len(cs) for cs in sets]
+    flat = np.asarray([r for cs in sets for r in cs], dtype=np.int64).reshape(-1, 2)
+    owner = np.repeat(np.arange(len(sets)), counts)
+    ends = flat[:, 1] + 1
+    starts = np.unique(np.concatenate([[0], flat[:, 0], ends[ends <= MAX_CHAR]]))
     m = len(starts)
-    member = np.zeros((m, len(sets)), dtype=bool)
-    for j, cs in enumerate(sets):
-        arr = np.asarray(cs, dtype=np.int64)
-        a = np.searchsorted(starts, arr[:, 0])
-        b = np.searchsorted(starts, arr[:, 1] + 1)
-        cover = np.zeros(m + 1, dtype=np.int32)
-        np.add.at(cover, a, 1)
-        np.add.at(cover, b, -1)
-        member[:, j] = np.cumsum(cover[:m]) > 0
+    cover = np.zeros((m + 1, len(sets)), dtype=np.int32)
+    np.add.at(cover, (np.searchsorted(starts, flat[:, 0]), owner), 1)
+    np.add.at(cover, (np.searchsorted(starts, ends), owner), -1)
+    member = np.cumsum(cover[:m], axis=0) > 0
     first, iclass = charlang.unique_rows(member.astype(np.int8))
     k_n = len(first)
     # class bitmask (a Python int) of every character set
-    set_mask: list[int] = []
-    cls_member = member[first]  # [K, C]
-    for j in range(len(sets)):
-        ks = np.flatnonzero(cls_member[:, j])
-        set_mask.append(int(sum(1 << int(k) for k in ks)))
+    bits = np.packbits(member[first].T, axis=1, bitorder="little")  # [C, ceil(K/8)]
+    set_mask: list[int] = [int.from_bytes(row.tobytes(), "little") for row in bits]
     edges = [[(set_mask[c], t) for c, t in row] for row in nfa.edges]
 
     # 2. epsilon closures, memoized
@@ -547,14 +538,19 @@ def _determinize(nfa: _NFA, start: int, end: int, max_states: int) -> CharDFA:
             row.append((mask, tid))
         rows.append(row)
     trans = np.full((len(queue), k_n), -1, dtype=np.int32)
-    cols_of: dict[int, np.ndarray] = {}
+    # one assignment per distinct class mask (a few dozen), not per transition
+    by_mask: dict[int, tuple[list[int], list[int]]] = {}
     for s, row in enumerate(rows):
         for mask, tid in row:
-            cols = cols_of.get(mask)
-            if cols is None:
-                bits = np.frombuffer(mask.to_bytes((k_n + 7) // 8, "little"), dtype=np.uint8)
-                cols = cols_of[mask] = np.flatnonzero(np.unpackbits(bits, bitorder="little")[:k_n])
-            trans[s, cols] = tid
+            got = by_mask.get(mask)
+            if got is None:
+                got = by_mask[mask] = ([], [])
+            got[0].append(s)
+            got[1].append(tid)
+    for mask, (srcs, tids) in by_mask.items():
+        b = np.frombuffer(mask.to_bytes((k_n + 7) // 8, "little"), dtype=np.uint8)
+        cols = np.flatnonzero(np.unpackbits(b, bitorder="little")[:k_n])
+        trans[np.asarray(srcs)[:, None], cols] = np.asarray(tids, dtype=np.int32)[:, None]
     final = np.asarray([end in d for d in queue], dtype=bool)
     return charlang._make(starts, iclass.astype(np.int32), trans, 0, final)
 
