@@ -253,8 +253,10 @@ def load_split(data: Path, split: str, limit: int | None) -> list[tuple[str, str
 
 
 def run_engine(name: str, splits: dict[str, list[tuple[str, str]]], timeout: float, limit: int | None,
-               step_ids: dict[str, list[str]] | None) -> dict[str, Any]:
-    w = Worker(name)
+               step_ids: dict[str, list[str]] | None, worker: Worker | None = None) -> dict[str, Any]:
+    """Compile every schema of ``splits`` in a worker of engine ``name`` (``worker``: one kept alive across calls,
+    left open; by default a fresh one, closed at the end)."""
+    w = worker or Worker(name)
     rec: dict[str, Any] = {"setup_s": w.setup_s, "splits": {}}
     try:
         rec["version"] = md.version("lmqc" if name == "lmqc" else name)
@@ -294,7 +296,8 @@ def run_engine(name: str, splits: dict[str, list[tuple[str, str]]], timeout: flo
         med = f"{np.median(times) * 1e3:.1f} ms" if times else "-"
         print(f"  {name:13s} {split:16s} {ok:5d}/{len(sel):<5d} median {med}", flush=True)
     rec["wall_s"] = time.perf_counter() - t_start
-    w.close()
+    if worker is None:
+        w.close()
     return rec
 
 
@@ -357,6 +360,7 @@ def main() -> None:
     ap.add_argument("--step-sample", type=int, default=8, help="schemas per split for the per-step walk")
     ap.add_argument("--generate", type=int, default=0, help="schemas per split for the Gemma sample run")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--interleave", action="store_true", help="run the engines split by split, in turn")
     args = ap.parse_args()
     mach = header("JSONSchemaBench: schemas compiled, compile time, per-step work; lmqc vs anchors")
     names = [s.strip() for s in args.splits.split(",") if s.strip()]
@@ -367,17 +371,28 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     step_ids: dict[str, list[str]] = {}
-    for name in engines:
-        lim = int(engine_limits[name]) if name in engine_limits else None
-        if name == "lmqc":
-            results[name] = run_engine(name, splits, args.timeout, lim, None)
-            for split, rec in results[name]["splits"].items():
-                ok_ids = [sid for sid, v in rec["per_schema"].items() if v == "ok"]
-                step_ids[split] = ok_ids[: args.step_sample]
-            # per-step walks on a sample, in a second pass (compile times above are not disturbed by walks)
-            _steps(results[name], splits, step_ids, args.timeout, "lmqc")
-        else:
-            results[name] = run_engine(name, splits, args.timeout, lim, step_ids)
+    # --interleave: split by split, every engine in turn (a machine whose speed drifts over the run then biases
+    # no engine); otherwise each engine over every split, one after the other
+    rounds = [{s: v} for s, v in splits.items()] if args.interleave else [splits]
+    workers = {name: Worker(name) for name in engines} if args.interleave else {}  # warm across splits
+    for part in rounds:
+        for name in engines:
+            lim = int(engine_limits[name]) if name in engine_limits else None
+            rec = run_engine(name, part, args.timeout, lim, None if name == "lmqc" else step_ids, workers.get(name))
+            if name == "lmqc":
+                for split, r in rec["splits"].items():
+                    ok_ids = [sid for sid, v in r["per_schema"].items() if v == "ok"]
+                    step_ids[split] = ok_ids[: args.step_sample]
+            if name not in results:
+                results[name] = rec
+            else:
+                results[name]["splits"].update(rec.get("splits", {}))
+                results[name]["wall_s"] = results[name].get("wall_s", 0) + rec.get("wall_s", 0)
+    for w in workers.values():
+        w.close()
+    if "lmqc" in results:
+        # per-step walks on a sample, in a second pass (compile times above are not disturbed by walks)
+        _steps(results["lmqc"], splits, step_ids, args.timeout, "lmqc")
 
     _report(results, splits, engines, engine_limits)
     gen = None
