@@ -55,12 +55,15 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from lmqc.errors import SchemaApproximationWarning
 
 from . import charlang, regular
 from .charlang import CharDFA
@@ -240,7 +243,12 @@ def _compile_cached(text: str, ref_depth: int, any_depth: int, max_states: int) 
         raise SchemaError(f"the schema's language needs more than {max_states} automaton states") from None
     if dfa.is_empty():
         raise SchemaError("the schema allows no value lmqc can write" + (f" ({c.notes[0]})" if c.notes else ""))
-    return SchemaLanguage(dfa, tuple(dict.fromkeys(c.notes)))
+    notes = tuple(dict.fromkeys(c.notes))
+    if notes:  # never a silent narrowing (once per schema and process: this function is cached)
+        shown = "; ".join(notes[:3]) + (f"; and {len(notes) - 3} more" if len(notes) > 3 else "")
+        warnings.warn(f"JSON schema compiled with approximations: {shown}", SchemaApproximationWarning,
+                      stacklevel=4)
+    return SchemaLanguage(dfa, notes)
 
 
 def schema_dfa(schema: Any) -> CharDFA:

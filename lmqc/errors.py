@@ -17,6 +17,16 @@ class LmqcError(Exception):
     """Base of every error lmqc raises on purpose."""
 
 
+class LmqcWarning(UserWarning):
+    """Base of lmqc's warnings."""
+
+
+class SchemaApproximationWarning(LmqcWarning):
+    """A JSON schema (or Python type) was compiled with approximations: some valid values cannot be written
+    (recursion unrolled, a ``oneOf`` branch left out ...) or a keyword is an annotation lmqc does not check (an
+    unknown ``format``); the message lists them."""
+
+
 class SourceError(LmqcError):
     """An error located in query source: ``file:line:col: message`` plus the line and a caret."""
 

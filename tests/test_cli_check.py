@@ -80,3 +80,17 @@ def test_console_entry_point_runs() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "holes: RESPONSE" in proc.stdout
+
+
+@pytest.mark.filterwarnings("default::lmqc.errors.SchemaApproximationWarning")
+def test_check_prints_schema_approximations_as_one_line_warnings(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from lmqc.compiler import jsonschema
+
+    jsonschema._compile_cached.cache_clear()
+    q = tmp_path / "typed.lmql"
+    q.write_text('"A: [X]" where JSON(X, {"type": "string", "format": "x-cli-note"})\n', encoding="utf-8")
+    assert main(["check", str(q)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("lmqc: warning: JSON schema compiled with approximations: ") and "x-cli-note" in err
+    assert err.count("\n") == 1  # no Python source excerpt

@@ -646,3 +646,18 @@ def test_oneof_narrows_the_first_shared_required_key_in_schema_order() -> None:
     got = c._object_reject(a, b, "#", 0)
     assert got["properties"]["y"] == a["properties"]["y"] and got["properties"]["x"] != a["properties"]["x"]
     assert accepts(got["properties"]["x"], '"abcd"') and not accepts(got["properties"]["x"], '"ab"')
+
+
+def test_approximations_are_warned_once_per_schema() -> None:
+    import warnings
+
+    from lmqc.errors import SchemaApproximationWarning
+
+    schema = {"type": "string", "format": "x-approx-warning-test"}
+    J._compile_cached.cache_clear()
+    with pytest.warns(SchemaApproximationWarning, match="x-approx-warning-test"):
+        J.compile_schema(schema)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        J.compile_schema(schema)  # cached: said once
+        J.compile_schema({"type": "string", "maxLength": 3})  # nothing approximated: nothing said
