@@ -276,69 +276,52 @@ def test_large_bound_token_automaton():
 # -- small-automaton list paths build exactly what the NumPy paths build -----------------------------------------
 
 
-def _build_with(dfa: ByteDFA, vocab: Vocabulary, monkeypatch, small: bool) -> dict[str, np.ndarray] | str:
-    from lmqc.compiler import automaton, charlang
-
+def _build_patched(dfa: ByteDFA, vocab: Vocabulary, monkeypatch, patches: list) -> dict[str, np.ndarray] | str:
     with monkeypatch.context() as m:
-        if not small:  # every threshold at zero: the NumPy paths throughout
-            m.setattr(automaton, "_SMALL_TABLE", 0)
-            m.setattr(charlang, "_SMALL_ROWS", 0)
+        for module, name, value in patches:
+            m.setattr(module, name, value)
         try:
             return TokenAutomaton.build(dfa, vocab).to_arrays()
         except ConstraintError as e:
             return str(e)
+
+
+def _builds_agree(monkeypatch, c, spec, patches_a: list, patches_b: list) -> None:
+    """The automaton of ``c`` over ``spec`` is the same array for array under both sets of module patches."""
+    pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
+    vocab = Vocabulary(pieces, 0, specials)
+    try:
+        dfa = ByteDFA.from_ir(lower_hole("X", c))
+    except ConstraintError:
+        return
+    a = _build_patched(dfa, vocab, monkeypatch, patches_a)
+    b = _build_patched(dfa, vocab, monkeypatch, patches_b)
+    if isinstance(a, str) or isinstance(b, str):
+        assert a == b
+        return
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype, k
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.one_of(constraints(), st.sampled_from(_NARROW)), st.one_of(vocabularies(), _wide_vocabularies()))
 def test_small_paths_build_the_numpy_automaton(monkeypatch, c, spec):
-    pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
-    vocab = Vocabulary(pieces, 0, specials)
-    try:
-        dfa = ByteDFA.from_ir(lower_hole("X", c))
-    except ConstraintError:
-        return
-    fast = _build_with(dfa, vocab, monkeypatch, small=True)
-    slow = _build_with(dfa, vocab, monkeypatch, small=False)
-    if isinstance(fast, str) or isinstance(slow, str):
-        assert fast == slow
-        return
-    assert fast.keys() == slow.keys()
-    for k in fast:
-        assert np.array_equal(fast[k], slow[k]) and fast[k].dtype == slow[k].dtype, k
-
-
-def _build_sparse(dfa: ByteDFA, vocab: Vocabulary, monkeypatch, sparse: bool) -> dict[str, np.ndarray] | str:
     from lmqc.compiler import automaton, charlang
 
-    with monkeypatch.context() as m:
-        m.setattr(charlang, "_SMALL_ROWS", 0)
-        m.setattr(automaton, "_SPARSE_CELLS", -1 if sparse else 1 << 62)  # every depth, or none, from live entries
-        m.setattr(automaton, "_SPARSE_DENSITY", 1.0)
-        try:
-            return TokenAutomaton.build(dfa, vocab).to_arrays()
-        except ConstraintError as e:
-            return str(e)
+    # every threshold at zero: the NumPy paths throughout
+    _builds_agree(monkeypatch, c, spec, [], [(automaton, "_SMALL_TABLE", 0), (charlang, "_SMALL_ROWS", 0)])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.one_of(constraints(), st.sampled_from(_NARROW)), st.one_of(vocabularies(), _wide_vocabularies()))
 def test_sparse_walk_depths_build_the_dense_automaton(monkeypatch, c, spec):
-    # a large schema's depths go through _sparse_step; here every depth does, on small DFAs and vocabularies
-    pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
-    vocab = Vocabulary(pieces, 0, specials)
-    try:
-        dfa = ByteDFA.from_ir(lower_hole("X", c))
-    except ConstraintError:
-        return
-    sparse = _build_sparse(dfa, vocab, monkeypatch, sparse=True)
-    dense = _build_sparse(dfa, vocab, monkeypatch, sparse=False)
-    if isinstance(sparse, str) or isinstance(dense, str):
-        assert sparse == dense
-        return
-    assert sparse.keys() == dense.keys()
-    for k in sparse:
-        assert np.array_equal(sparse[k], dense[k]) and sparse[k].dtype == dense[k].dtype, k
+    from lmqc.compiler import automaton, charlang
+
+    # a large schema's depths go through _sparse_step; here every depth does (or none), on small DFAs
+    common = [(charlang, "_SMALL_ROWS", 0), (automaton, "_SPARSE_DENSITY", 1.0)]
+    _builds_agree(monkeypatch, c, spec, [*common, (automaton, "_SPARSE_CELLS", -1)],
+                  [*common, (automaton, "_SPARSE_CELLS", 1 << 62)])
 
 
 def _on_the_large_path(fn, *args):
