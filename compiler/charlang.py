@@ -234,8 +234,26 @@ def _coreachable(trans: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def _reachable(trans: np.ndarray, initial: int) -> np.ndarray:
-    """bool[S]: states reachable from ``initial`` (a Python BFS: char DFAs are small but can be long chains)."""
-    return np.asarray(_reachable_rows(trans.tolist(), initial), dtype=bool)
+    """bool[S]: states reachable from ``initial`` (a Python BFS: char DFAs are small but can be long chains).
+
+    Over the live transitions only, as lists (a schema's DFA has one or two per state of dozens of columns: the
+    whole table as Python lists cost more than the search).
+    """
+    s = trans.shape[0]
+    src, col = (trans >= 0).nonzero()  # row-major: each state's transitions contiguous
+    ptr = np.zeros(s + 1, dtype=np.intp)
+    np.cumsum(np.bincount(src, minlength=s), out=ptr[1:])
+    ptr_l, dst_l = ptr.tolist(), trans[src, col].tolist()
+    seen = [False] * s
+    seen[initial] = True
+    stack = [initial]
+    while stack:
+        u = stack.pop()
+        for t in dst_l[ptr_l[u] : ptr_l[u + 1]]:
+            if not seen[t]:
+                seen[t] = True
+                stack.append(t)
+    return np.asarray(seen, dtype=bool)
 
 
 def _reachable_rows(rows: list[list[int]], initial: int) -> list[bool]:
