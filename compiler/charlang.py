@@ -276,9 +276,9 @@ def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct rows of a 2-D integer array, fast: ``(first, inverse)``.
 
     ``first[j]`` is the index of the first row of group ``j`` (groups numbered by first appearance) and
-    ``inverse[i]`` the group of row ``i``. Rows are hashed (:func:`_row_hash`), then every row grouped with an
-    earlier one is compared with it; on a (practically impossible) collision it falls back to
-    ``np.unique(axis=0)``.
+    ``inverse[i]`` the group of row ``i``. Rows are hashed (a wrapping int64 product for a table that fits in cache,
+    :func:`_row_hash` for larger ones), then checked against their group's first row; on a (practically
+    impossible) collision it falls back to ``np.unique(axis=0)``.
     """
     n = a.shape[0]
     if n == 0:
@@ -293,17 +293,26 @@ def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 first_l.append(i)
             inv_l.append(g)
         return np.asarray(first_l, np.int64), np.asarray(inv_l, np.int64)
-    step = max(1, _BLOCK_CELLS // max(a.shape[1], 1))
-    _, first, inv = np.unique(_row_hash(a, step), return_index=True, return_inverse=True)
-    inv = inv.reshape(-1)
-    rep = first[inv]
-    dup = np.flatnonzero(rep != np.arange(n))
-    for i in range(0, len(dup), step):  # in blocks: gathering the whole table twice would not stay in cache
-        d = dup[i : i + step]
-        if not np.array_equal(a[d], a[rep[d]]):
+    if n * a.shape[1] <= _BLOCK_CELLS:  # fits in cache: one wrapping int64 product, one check (fewest calls)
+        with np.errstate(over="ignore"):
+            h = (a.astype(np.int64) + 2) @ _int_weights(a.shape[1])
+        _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        if not np.array_equal(a[first[inv]], a):
             _, first, inv = np.unique(a, axis=0, return_index=True, return_inverse=True)
             inv = inv.reshape(-1)
-            break
+    else:
+        step = max(1, _BLOCK_CELLS // a.shape[1])
+        _, first, inv = np.unique(_row_hash(a, step), return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        rep = first[inv]
+        dup = np.flatnonzero(rep != np.arange(n))
+        for i in range(0, len(dup), step):  # in blocks: gathering the whole table twice would not stay in cache
+            d = dup[i : i + step]
+            if not np.array_equal(a[d], a[rep[d]]):
+                _, first, inv = np.unique(a, axis=0, return_index=True, return_inverse=True)
+                inv = inv.reshape(-1)
+                break
     order = np.argsort(first, kind="stable")
     rank = np.empty(len(first), dtype=np.int64)
     rank[order] = np.arange(len(first))
@@ -314,30 +323,33 @@ _SMALL_ROWS = 512  # cells up to which unique_rows uses a dict of tuples
 _BLOCK_CELLS = 1 << 18  # cells per block of rows hashed or compared at once
 
 
+def _int_weights(m: int) -> np.ndarray:
+    """Random odd int64 weights for a wrapping row hash of width ``m`` (drawn once per width)."""
+    w = _ROW_WEIGHTS.get((m, 0))
+    if w is None:
+        w = _ROW_WEIGHTS[m, 0] = np.random.default_rng(0x1A2B).integers(1, 2**62, size=m, dtype=np.int64) | 1
+    return w
+
+
 def _row_hash(a: np.ndarray, step: int) -> np.ndarray:
     """A 64-bit hash of every row of ``a`` that equal rows share.
 
     Two float64 BLAS products with random integer weights below ``2**w``, for values below ``2**v`` in magnitude
     and fewer than ``2**c`` columns with ``w + v + c <= 53``: every product and sum is exact, so equal rows hash
-    equal whatever the summation order. Wider values or tables take a wrapping int64 product (NumPy's integer
-    matmul has no BLAS: slower). Rows go in blocks of ``step``: a float copy of a large table would not stay in
-    cache.
+    equal whatever the summation order. Wider values or tables take the wrapping int64 product small tables use
+    (NumPy's integer matmul has no BLAS: slower on large ones). Rows go in blocks of ``step``: a float copy of a
+    large table would not stay in cache.
     """
     n, m = a.shape
     v_bits = max(int(a.max()), -int(a.min())).bit_length()
     w_bits = min(20, 53 - v_bits - m.bit_length())
-    key = (m, w_bits if w_bits >= 12 else 0)
+    if w_bits < 12:
+        with np.errstate(over="ignore"):
+            return (a.astype(np.int64) + 2) @ _int_weights(m)
+    key = (m, w_bits)
     w = _ROW_WEIGHTS.get(key)
     if w is None:  # drawing them costs more than hashing a small table: once per width
-        rng = np.random.default_rng(0x1A2B + m)
-        if key[1]:
-            w = rng.integers(1, 1 << w_bits, size=(m, 2)).astype(np.float64)
-        else:
-            w = rng.integers(1, 2**62, size=m, dtype=np.int64) | 1
-        w = _ROW_WEIGHTS[key] = w
-    if not key[1]:
-        with np.errstate(over="ignore"):
-            return (a.astype(np.int64) + 2) @ w
+        w = _ROW_WEIGHTS[key] = np.random.default_rng(0x1A2B + m).integers(1, 1 << w_bits, size=(m, 2)).astype(np.float64)
     h2 = np.empty((n, 2))
     buf = np.empty((min(step, n), m))
     for i in range(0, n, step):
