@@ -213,43 +213,40 @@ def complement(a: CharDFA) -> CharDFA:
 
 def _coreachable(trans: np.ndarray, target: np.ndarray) -> np.ndarray:
     """bool[S]: states from which some ``target`` state is reachable."""
-    s, k = trans.shape
-    src = np.repeat(np.arange(s), k)
-    dst = trans.reshape(-1)
-    ok = dst >= 0
-    src, dst = src[ok], dst[ok]
-    order = np.argsort(dst, kind="stable")
-    src = src[order]
-    ptr = np.searchsorted(dst[order], np.arange(s + 1))
-    alive = target.tolist()  # a list: NumPy scalar indexing in this loop cost ~4x more per edge
-    stack = np.flatnonzero(target).tolist()
-    ptr_l, src_l = ptr.tolist(), src.tolist()
-    while stack:
-        t = stack.pop()
-        for u in src_l[ptr_l[t] : ptr_l[t + 1]]:
-            if not alive[u]:
-                alive[u] = True
-                stack.append(u)
-    return np.asarray(alive, dtype=bool)
+    src, dst = _edges(trans)
+    # in-edges grouped by target
+    return _search(np.flatnonzero(target).tolist(), dst, src[np.argsort(dst, kind="stable")], trans.shape[0])
 
 
 def _reachable(trans: np.ndarray, initial: int) -> np.ndarray:
-    """bool[S]: states reachable from ``initial`` (a Python BFS: char DFAs are small but can be long chains).
+    """bool[S]: states reachable from ``initial``."""
+    return _search([initial], *_edges(trans), trans.shape[0])
 
-    Over the live transitions only, as lists (a schema's DFA has one or two per state of dozens of columns: the
-    whole table as Python lists cost more than the search).
+
+def _edges(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The live transitions ``(src, dst)``, grouped by source in state order."""
+    flat = trans.reshape(-1)
+    at = np.flatnonzero(flat >= 0)
+    return at // trans.shape[1], flat[at]
+
+
+def _search(seeds: list[int], owner: np.ndarray, nbr: np.ndarray, s: int) -> np.ndarray:
+    """bool[s]: ``seeds`` and every state reached from them along the edges ``nbr`` grouped by ``owner`` (sorted).
+
+    A Python search over the live edges as lists: char DFAs can be long chains (one level per state for a
+    vectorized search), and a schema's DFA has one or two edges per state of dozens of columns (the whole table
+    as lists cost more than the search); NumPy scalar indexing in the loop would cost ~4x more per edge.
     """
-    s = trans.shape[0]
-    src, col = (trans >= 0).nonzero()  # row-major: each state's transitions contiguous
     ptr = np.zeros(s + 1, dtype=np.intp)
-    np.cumsum(np.bincount(src, minlength=s), out=ptr[1:])
-    ptr_l, dst_l = ptr.tolist(), trans[src, col].tolist()
+    np.cumsum(np.bincount(owner, minlength=s), out=ptr[1:])
+    ptr_l, nbr_l = ptr.tolist(), nbr.tolist()
     seen = [False] * s
-    seen[initial] = True
-    stack = [initial]
+    for u in seeds:
+        seen[u] = True
+    stack = list(seeds)
     while stack:
         u = stack.pop()
-        for t in dst_l[ptr_l[u] : ptr_l[u + 1]]:
+        for t in nbr_l[ptr_l[u] : ptr_l[u + 1]]:
             if not seen[t]:
                 seen[t] = True
                 stack.append(t)
@@ -294,9 +291,7 @@ def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             inv_l.append(g)
         return np.asarray(first_l, np.int64), np.asarray(inv_l, np.int64)
     if n * a.shape[1] <= _BLOCK_CELLS:  # fits in cache: one wrapping int64 product, one check (fewest calls)
-        with np.errstate(over="ignore"):
-            h = (a.astype(np.int64) + 2) @ _int_weights(a.shape[1])
-        _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        _, first, inv = np.unique(_int_hash(a), return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
         if not np.array_equal(a[first[inv]], a):
             _, first, inv = np.unique(a, axis=0, return_index=True, return_inverse=True)
@@ -323,12 +318,14 @@ _SMALL_ROWS = 512  # cells up to which unique_rows uses a dict of tuples
 _BLOCK_CELLS = 1 << 18  # cells per block of rows hashed or compared at once
 
 
-def _int_weights(m: int) -> np.ndarray:
-    """Random odd int64 weights for a wrapping row hash of width ``m`` (drawn once per width)."""
+def _int_hash(a: np.ndarray) -> np.ndarray:
+    """A wrapping int64 row hash of ``a``: one product with random odd weights (drawn once per width)."""
+    m = a.shape[1]
     w = _ROW_WEIGHTS.get((m, 0))
     if w is None:
         w = _ROW_WEIGHTS[m, 0] = np.random.default_rng(0x1A2B).integers(1, 2**62, size=m, dtype=np.int64) | 1
-    return w
+    with np.errstate(over="ignore"):
+        return (a.astype(np.int64) + 2) @ w
 
 
 def _row_hash(a: np.ndarray, step: int) -> np.ndarray:
@@ -344,8 +341,7 @@ def _row_hash(a: np.ndarray, step: int) -> np.ndarray:
     v_bits = max(int(a.max()), -int(a.min())).bit_length()
     w_bits = min(20, 53 - v_bits - m.bit_length())
     if w_bits < 12:
-        with np.errstate(over="ignore"):
-            return (a.astype(np.int64) + 2) @ _int_weights(m)
+        return _int_hash(a)
     key = (m, w_bits)
     w = _ROW_WEIGHTS.get(key)
     if w is None:  # drawing them costs more than hashing a small table: once per width
