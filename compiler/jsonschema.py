@@ -807,7 +807,6 @@ class _Compiler:
                     props[name] = ap if isinstance(ap, dict) else True
         if not props:
             return self.map(s, ap, pp, names, lo, hi, path)
-        members: list[tuple[Node, bool]] = []
         named: list[tuple[Node, Node, bool]] = []  # (key, value, required) of each member
         name_lang = self.names_dfa(names, path) if names is not None else None
         for name, sub in props.items():
@@ -828,13 +827,13 @@ class _Compiler:
                 if req:
                     return EMPTY
                 continue
-            members.append((seq(lit(json.dumps(name, ensure_ascii=False)), _COLON, value), req))
             named.append((lit(json.dumps(name, ensure_ascii=False)), value, req))
-        if hi is not None and sum(1 for _, r in members if r) > hi:
+        if hi is not None and sum(1 for _, _, r in named if r) > hi:
             return EMPTY
-        if len(members) < lo:
+        if len(named) < lo:
             return EMPTY
-        ordered = obj_node(lit("{"), tuple(members), _COMMA, lit("}"), lo, hi)
+        members = tuple((seq(key, _COLON, value), req) for key, value, req in named)
+        ordered = obj_node(lit("{"), members, _COMMA, lit("}"), lo, hi)
         return self._unordered(ordered, named, lo, hi, path)
 
     def _unordered(self, ordered: Node, named: list[tuple[Node, Node, bool]], lo: int, hi: int | None,
@@ -863,8 +862,7 @@ class _Compiler:
         member = alt(*(seq(alt(*keys), _COLON, value) for value, keys in groups.items()))
         required = [seq(key, _COLON, value) for key, value, req in named if req]
         if required:
-            head = seq(*(x for i, r in enumerate(required) for x in ((_COMMA, r) if i else (r,))))
-            body = seq(head, rep(seq(_COMMA, member), 0, None))
+            body = seq(required[0], *(seq(_COMMA, r) for r in required[1:]), rep(seq(_COMMA, member), 0, None))
         else:
             body = opt(seq(member, rep(seq(_COMMA, member), 0, None)))
         unordered = seq(lit("{"), body, lit("}"))
