@@ -12,11 +12,17 @@ Build, with no Python loop over tokens or states:
 4. keep the states reachable by tokens from the initial state, dedupe the per-state allowed rows into masks
    (many states share one mask), and compute the fewest tokens from each state to an end.
 
+A narrow language (a few words, digits: few trie nodes below the bytes it can start with) replaces steps 1-3 by a
+depth-first walk over its live trie nodes in Python (:func:`_walk_narrow`), bounded in nodes: the vectorized
+walk's fixed cost per depth is most of such a build.
+
 A token is allowed in state ``s`` iff it is not ``never`` and walking its bytes from ``s`` never rejects
 (reaching the stopped state mid-token is fine: the rest of the token is cut off by the runtime).
 """
 
 from __future__ import annotations
+
+from bisect import bisect_left
 
 import numpy as np
 
@@ -268,7 +274,8 @@ class TokenAutomaton:
 
         if dfa.n_states > lazy.LAZY_STATES:  # a dense states x sequences table would not fit: lift on visit
             return lazy.LazyTokenAutomaton(dfa, vocab)  # type: ignore[return-value]
-        next_table, toks, seqs = _walk(dfa, vocab)
+        got = _walk_narrow(dfa, vocab)
+        next_table, toks, seqs = got if got is not None else _walk(dfa, vocab)
         s_all = dfa.n_states
         next_table[dfa.stopped] = -1  # the hole has ended in a stopped state
         reach, parent_state, parent_seq = _token_reachable(next_table, dfa.initial)
@@ -560,6 +567,98 @@ def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarr
     counts = stops - starts
     ends = counts.cumsum()
     return (starts - ends + counts).repeat(counts) + np.arange(int(ends[-1]) if len(ends) else 0), counts
+
+
+#: A narrow language (a few words, digits) is walked node by node when the trie nodes one byte below its first
+#: bytes number at most this (counted once per state that takes the byte): the vectorized walk costs ~25 NumPy
+#: calls per depth whatever the number of live nodes, this ~1 µs per live (node, state) pair
+_NARROW_FANOUT = 1200
+_NARROW_VISITS = 3000  # live trie nodes after which a narrow walk gives up (the estimate was wrong)
+
+
+def _walk_narrow(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`_walk` for a narrow language, depth-first over the live trie nodes only, in Python.
+
+    Each live node carries the (start state, current state) pairs its prefix leaves alive; only the children
+    whose byte some current state takes are visited. Returns what :func:`_walk` returns (the columns in
+    another order), or ``None`` when the language is not narrow (estimated from the trie's fan-out under the
+    first bytes, or more than :data:`_NARROW_VISITS` live nodes).
+    """
+    trie = vocab.levels.trie
+    if len(trie.parent) < 2:
+        return None
+    live = dfa.trans >= 0
+    # nodes one byte below each first byte, summed per byte class, times the states that take the class
+    fanout = np.zeros(256, dtype=np.int64)
+    fanout[trie.byte[0]] = np.diff(trie.child_ptr[1])
+    per_class = np.bincount(dfa.classes, weights=fanout, minlength=dfa.n_classes)
+    if float(live.sum(axis=0) @ per_class) > _NARROW_FANOUT:
+        return None
+    s_n = dfa.n_states
+    nxt = dfa.trans[:, dfa.classes]
+    src, byt = np.nonzero(nxt >= 0)
+    moves: list[dict[int, int]] = [{} for _ in range(s_n)]
+    by_byte: dict[int, list[tuple[int, int]]] = {}
+    for s, b, t in zip(src.tolist(), byt.tolist(), nxt[src, byt].tolist(), strict=True):
+        moves[s][b] = t
+        by_byte.setdefault(b, []).append((s, t))
+    behaviours: dict[tuple[tuple[int, int], ...], int] = {}
+    toks: list[int] = []
+    seqs: list[int] = []
+    child_ptr, byte, end_ptr, end_tok = trie.child_ptr, trie.byte, trie.end_ptr, trie.end_tok
+    n_depth = len(child_ptr)
+    visits = 0
+    stack: list[tuple[int, int, tuple[tuple[int, int], ...]]] = []
+
+    def visit(d: int, node: int, row: tuple[tuple[int, int], ...]) -> None:
+        ep = end_ptr[d]
+        e0, e1 = ep.item(node), ep.item(node + 1)
+        if e0 != e1:  # tokens end here: their behaviour is the row
+            u = behaviours.setdefault(row, len(behaviours))
+            ended = end_tok[d][e0:e1].tolist()
+            toks.extend(ended)
+            seqs.extend([u] * len(ended))
+        stack.append((d, node, row))
+
+    for i, b in enumerate(byte[0].tolist()):
+        first = by_byte.get(b)
+        if first is not None:
+            visit(0, i, tuple(first))
+    visits = len(stack)
+    while stack:
+        d, node, row = stack.pop()
+        d += 1
+        if d >= n_depth:
+            continue
+        cp = child_ptr[d]
+        lo, hi = cp.item(node), cp.item(node + 1)
+        if lo == hi:
+            continue
+        kids = byte[d][lo:hi].tolist()
+        if len(row) == 1:
+            cand: dict[int, int] | set[int] = moves[row[0][1]]
+        else:
+            cand = set()
+            for _, c in row:
+                cand.update(moves[c])
+        if len(cand) * 4 < len(kids):  # few bytes to follow among many children: look them up
+            hits = []
+            for b in cand:
+                i = bisect_left(kids, b)
+                if i < len(kids) and kids[i] == b:
+                    hits.append((i, b))
+        else:
+            hits = [(i, b) for i, b in enumerate(kids) if b in cand]
+        for i, b in hits:
+            visit(d, lo + i, tuple((s0, moves[c][b]) for s0, c in row if b in moves[c]))
+        visits += len(hits)
+        if visits > _NARROW_VISITS:
+            return None
+    table = np.full((len(behaviours), s_n), -1, dtype=np.int32)
+    for row, u in behaviours.items():
+        for s0, c in row:
+            table[u, s0] = c
+    return np.ascontiguousarray(table.T), np.asarray(toks, dtype=np.int32), np.asarray(seqs, dtype=np.int32)
 
 
 def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

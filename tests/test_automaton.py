@@ -324,6 +324,59 @@ def test_sparse_walk_depths_build_the_dense_automaton(monkeypatch, c, spec):
                   [*common, (automaton, "_SPARSE_CELLS", 1 << 62)])
 
 
+def _same_automaton(a: TokenAutomaton, b: TokenAutomaton, V: int) -> None:
+    """``a`` and ``b`` accept the same tokens from the same states into the same states (their sequence columns
+    may be numbered differently)."""
+    assert a.n_states == b.n_states and a.initial == b.initial
+    for name in ("final", "stopped", "mask_of_state", "mask_final", "min_tokens_to_end", "forced_token"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    toks = np.arange(V)
+    for s in range(a.n_states):
+        assert np.array_equal(a.allowed(s), b.allowed(s))
+        states = np.full(V, s)
+        assert np.array_equal(a.step_many(states, toks), b.step_many(states, toks))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.one_of(constraints(), st.sampled_from(_NARROW)), st.one_of(vocabularies(), _wide_vocabularies()))
+def test_narrow_walk_builds_the_vectorized_automaton(monkeypatch, c, spec):
+    from lmqc.compiler import automaton
+
+    pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
+    vocab = Vocabulary(pieces, 0, specials)
+    try:
+        dfa = ByteDFA.from_ir(lower_hole("X", c))
+    except ConstraintError:
+        return
+    built = []
+    for fanout, visits in ((10**9, 10**9), (-1, 0)):  # the node-by-node walk for every language, then never
+        with monkeypatch.context() as m:
+            m.setattr(automaton, "_NARROW_FANOUT", fanout)
+            m.setattr(automaton, "_NARROW_VISITS", visits)
+            try:
+                built.append(TokenAutomaton.build(dfa, vocab))
+            except ConstraintError as e:
+                built.append(str(e))
+    if isinstance(built[0], str) or isinstance(built[1], str):
+        assert built[0] == built[1]
+        return
+    _same_automaton(built[0], built[1], vocab.size)
+
+
+def test_narrow_walk_gives_up_on_a_wide_language(monkeypatch):
+    from lmqc.compiler import automaton
+
+    vocab = Vocabulary([b"</s>", *(bytes([a, b]) for a in range(97, 123) for b in range(97, 123))], 0, [0])
+    dfa = ByteDFA.from_ir(lower_hole("X", Regex("X", "[a-z]*")))
+    monkeypatch.setattr(automaton, "_NARROW_FANOUT", 10**9)
+    assert automaton._walk_narrow(dfa, vocab) is not None
+    monkeypatch.setattr(automaton, "_NARROW_VISITS", 100)  # 26 first bytes x 26 children
+    assert automaton._walk_narrow(dfa, vocab) is None
+    monkeypatch.setattr(automaton, "_NARROW_FANOUT", 100)
+    monkeypatch.setattr(automaton, "_NARROW_VISITS", 10**9)
+    assert automaton._walk_narrow(dfa, vocab) is None  # estimated: 26 x 26 nodes below the first bytes
+
+
 def _on_the_large_path(fn, *args):
     """``fn(*args)`` with the list paths for small tables turned off (hypothesis runs without monkeypatch)."""
     from lmqc.compiler import automaton as A
