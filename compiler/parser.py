@@ -136,7 +136,7 @@ class _Layout:
     body: tuple[int, int] = (0, 0)
     clauses: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # kind -> (kw start, start, end)
     inline: list[_Inline] = field(default_factory=list)
-    first_body_token: tokenize.TokenInfo | None = None
+    first_body_token: _Tok | None = None
 
 
 _STRING_OR_COMMENT = re.compile(r"""[#'"]""")
@@ -208,6 +208,113 @@ def _generate_tokens(text: str, starts: list[int]) -> Iterator[tokenize.TokenInf
         yield tok
 
 
+# The layout needs only the significant tokens (no comments, NL, INDENT/DEDENT), as (type, text, start, end)
+# with start/end as offsets into the text.
+_Tok = tuple[int, str, int, int]
+
+# One token at a time, after spaces: newline, comment, the start of a string (prefix and quotes: tokenize's
+# prefixes), the start of a number, a name (ASCII: a non-ASCII character outside strings and comments goes to
+# tokenize), an operator (tokenize's own list). Alternatives cannot start alike except a name and a string prefix,
+# and the string comes first, as in tokenize.
+_FAST_TOKEN = re.compile(
+    r"[ ]*(?:(\n)|(#[^\n]*)"
+    r"|((?:[bB][rR]|[rR][bB]|[fF][rR]|[rR][fF]|[rRbBuUfF])?(?:'{3}|\"{3}|'|\"))"
+    r"|([0-9]|\.[0-9])|([A-Za-z_][A-Za-z0-9_]*)|(" + tokenize.Special + "))"
+)
+_NUMBER = re.compile(tokenize.Number)
+_SPACES = re.compile("[ ]*")
+
+
+def _fast_tokens(text: str) -> list[_Tok] | None:
+    """The significant tokens exactly as ``tokenize`` gives them, for sources where that is simple to see; None
+    for anything else (tabs or form feeds outside strings, a backslash continuation, non-ASCII outside strings
+    and comments, an indentation tokenize refuses, an unbalanced bracket, an unterminated string, an unknown
+    character), which is left to ``tokenize`` and its error reporting.
+
+    ``tokenize`` costs ~50 us for a one-line query (a generator over lines, a namedtuple per token, masking);
+    this is one regex match per token. Strings are matched by the possessive ``_STRING_REST`` patterns: with no
+    backslash-newline in the text they end where tokenize's line-by-line matching ends them."""
+    if "\\\n" in text:
+        return None
+    out: list[_Tok] = []
+    n = len(text)
+    pos = depth = 0
+    indents = [0]
+    line_start = True
+    match = _FAST_TOKEN.match
+    while True:
+        if line_start and depth == 0:  # a new statement: blank and comment lines, then indentation
+            p = _SPACES.match(text, pos).end()  # type: ignore[union-attr]
+            if p == n:
+                break
+            if text[p] in "#\n":
+                end = text.find("\n", p)
+                if end < 0:
+                    break
+                pos = end + 1
+                continue
+            column = p - pos
+            if column > indents[-1]:
+                indents.append(column)
+            while column < indents[-1]:
+                indents.pop()
+                if column > indents[-1]:
+                    return None  # "unindent does not match any outer indentation level"
+            pos = p
+        line_start = False
+        m = match(text, pos)
+        if m is None:
+            if text[pos:].strip(" "):
+                return None
+            break
+        kind = m.lastindex
+        start = m.start(kind)  # type: ignore[arg-type]
+        pos = m.end()
+        if kind == 1:
+            if depth == 0:
+                out.append((tokenize.NEWLINE, "\n", start, pos))
+            line_start = True
+        elif kind == 3:
+            opening = m.group(3)
+            quote = opening[-1]
+            triple = opening.endswith(quote * 3)
+            rest = _STRING_REST[triple, quote].match(text, pos)
+            if rest is None:
+                return None
+            pos = rest.end()
+            out.append((tokenize.STRING, text[start:pos], start, pos))
+        elif kind == 4:
+            pos = _NUMBER.match(text, start).end()  # type: ignore[union-attr]
+            out.append((tokenize.NUMBER, text[start:pos], start, pos))
+        elif kind == 5:
+            out.append((tokenize.NAME, m.group(5), start, pos))
+        elif kind == 6:
+            op = m.group(6)
+            if op in "([{":
+                depth += 1
+            elif op in ")]}":
+                depth -= 1
+                if depth < 0:
+                    return None
+            out.append((tokenize.OP, op, start, pos))
+    if depth:
+        return None
+    # tokenize ends a last line without a newline with an empty NEWLINE, unless it is blank or a comment
+    last = text[text.rfind("\n") + 1 :]
+    if last.strip(" ") and not last.strip().startswith("#"):
+        out.append((tokenize.NEWLINE, "", n, n + 1))
+    return out
+
+
+def _layout_tokens(src: _Text, err: Errors) -> list[_Tok]:
+    """The significant tokens (``_Tok``), from ``_fast_tokens`` when it can, else from ``tokenize``."""
+    fast = _fast_tokens(src.text)
+    if fast is not None:
+        return fast
+    offset = src.offset
+    return [(t.type, t.string, offset(t.start), offset(t.end)) for t in _tokens(src, err) if t.type not in _SKIP]
+
+
 def _tokens(src: _Text, err: Errors) -> list[tokenize.TokenInfo]:
     out: list[tokenize.TokenInfo] = []
     try:
@@ -275,37 +382,37 @@ def _unclosed_bracket(toks: list[tokenize.TokenInfo], line: int) -> Pos:
     return line, 1
 
 
-def _is_decoder_start(sig: list[tokenize.TokenInfo], i: int) -> bool:
-    t = sig[i]
-    if t.type != tokenize.NAME or t.string.lower() not in DECODERS or t.start[1] != 0:
-        return False
+def _is_decoder_start(src: _Text, sig: list[_Tok], i: int) -> bool:
+    kind, string, start, _ = sig[i]
+    if kind != tokenize.NAME or string.lower() not in DECODERS or (start and src.text[start - 1] != "\n"):
+        return False  # a decoder is a name in column 0
     nxt = sig[i + 1] if i + 1 < len(sig) else None
-    return nxt is None or nxt.type != tokenize.OP or nxt.string not in _PY_AFTER_NAME
+    return nxt is None or nxt[0] != tokenize.OP or nxt[1] not in _PY_AFTER_NAME
 
 
-def _split(src: _Text, toks: list[tokenize.TokenInfo], err: Errors) -> _Layout:
-    sig = [t for t in toks if t.type not in _SKIP]
+def _split(src: _Text, sig: list[_Tok], err: Errors) -> _Layout:
     lay = _Layout()
+    NAME, OP, STRING, NEWLINE = tokenize.NAME, tokenize.OP, tokenize.STRING, tokenize.NEWLINE  # noqa: N806
     # line_start[i]: sig[i] starts a logical line
-    line_start = [i == 0 or sig[i - 1].type == tokenize.NEWLINE for i in range(len(sig))]
+    line_start = [i == 0 or sig[i - 1][0] == NEWLINE for i in range(len(sig))]
     i = 0
     for j in range(len(sig)):
-        if line_start[j] and _is_decoder_start(sig, j):
+        if line_start[j] and _is_decoder_start(src, sig, j):
             if j > 0:
-                lay.prologue = (0, src.offset(sig[j].start))
+                lay.prologue = (0, sig[j][2])
             k = j + 1
-            if k < len(sig) and sig[k].type == tokenize.OP and sig[k].string == "(":
+            if k < len(sig) and sig[k][0] == OP and sig[k][1] == "(":
                 depth = 0
                 while k < len(sig):
-                    if sig[k].type == tokenize.OP and sig[k].string in "([{":
+                    if sig[k][0] == OP and sig[k][1] in "([{":
                         depth += 1
-                    elif sig[k].type == tokenize.OP and sig[k].string in ")]}":
+                    elif sig[k][0] == OP and sig[k][1] in ")]}":
                         depth -= 1
                         if depth == 0:
                             break
                     k += 1
                 k += 1
-            lay.decoder = (src.offset(sig[j].start), src.offset(sig[k - 1].end))
+            lay.decoder = (sig[j][2], sig[k - 1][3])
             i = k
             break
     body_start = lay.decoder[1] if lay.decoder else 0
@@ -326,28 +433,28 @@ def _split(src: _Text, toks: list[tokenize.TokenInfo], err: Errors) -> _Layout:
 
     while i < len(sig):
         t = sig[i]
+        kind, string, at, t_end = t
         prev = sig[i - 1] if i > 0 else None
-        if t.type == tokenize.OP and t.string in "([{":
+        if kind == OP and string in "([{":
             depth += 1
-        elif t.type == tokenize.OP and t.string in ")]}":
+        elif kind == OP and string in ")]}":
             depth = max(0, depth - 1)
         if inline is not None and depth == 0 and (
-            t.type == tokenize.NEWLINE or (t.type == tokenize.NAME and t.string.lower() in ("from", "distribution"))
+            kind == NEWLINE or (kind == NAME and string.lower() in ("from", "distribution"))
         ):
-            inline.end = src.offset(t.start)
+            inline.end = at
             lay.inline.append(inline)
             inline = None
-            if t.type == tokenize.NEWLINE:
+            if kind == NEWLINE:
                 i += 1
                 continue
-        if t.type == tokenize.NAME and depth == 0:
-            kw = t.string.lower()
+        if kind == NAME and depth == 0:
+            kw = string.lower()
             nxt = sig[i + 1] if i + 1 < len(sig) else None
-            py_use = nxt is not None and nxt.type == tokenize.OP and nxt.string in _PY_AFTER_NAME
-            after_string = prev is not None and prev.type == tokenize.STRING and not line_start[i]
-            at = src.offset(t.start)
+            py_use = nxt is not None and nxt[0] == OP and nxt[1] in _PY_AFTER_NAME
+            after_string = prev is not None and prev[0] == STRING and not line_start[i]
             if kw in ("where", "distribution") and state == "body" and after_string and inline is None and not py_use:
-                inline = _Inline(kw, at, src.offset(t.end), len(src.text), src.offset(prev.end))
+                inline = _Inline(kw, at, t_end, len(src.text), prev[3])  # type: ignore[index]
                 i += 1
                 continue
             starts_clause = False
@@ -356,8 +463,8 @@ def _split(src: _Text, toks: list[tokenize.TokenInfo], err: Errors) -> _Layout:
             elif kw == "from" and not py_use:
                 line_has_import = False
                 k = i + 1
-                while k < len(sig) and sig[k].type != tokenize.NEWLINE:
-                    if sig[k].type == tokenize.NAME and sig[k].string == "import":
+                while k < len(sig) and sig[k][0] != NEWLINE:
+                    if sig[k][0] == NAME and sig[k][1] == "import":
                         line_has_import = True
                     k += 1
                 starts_clause = not line_has_import and (line_start[i] or after_string or state != "body")
@@ -365,11 +472,11 @@ def _split(src: _Text, toks: list[tokenize.TokenInfo], err: Errors) -> _Layout:
                 if state == "body":
                     body_end = at
                 close_clause(at)
-                clause = (kw, at, src.offset(t.end))
+                clause = (kw, at, t_end)
                 state = kw
                 i += 1
                 continue
-        if state == "body" and lay.first_body_token is None and t.type not in (tokenize.NEWLINE,):
+        if state == "body" and lay.first_body_token is None and kind != NEWLINE:
             lay.first_body_token = t
         i += 1
     if inline is not None:
@@ -407,21 +514,21 @@ def _parse_body(src: _Text, lay: _Layout, err: Errors) -> tuple[ast.Module, int]
             at = b
     pieces.append(text[at:])
     view = "".join(pieces)
-    first = lay.first_body_token
-    if first is None:
+    if lay.first_body_token is None:
         return ast.Module(body=[], type_ignores=[]), 0
-    first_line = first.start[0]
+    first_line, first_col = src.pos(lay.first_body_token[2])
+    first_col -= 1  # 0-based, as Python's
     shift_col = 0
-    indent = first.start[1]
+    indent = first_col
     edits: list[tuple[int, int, str]] = []  # (start, end, text) replacing a part of a line of the view
     if lay.decoder is not None and src.pos(lay.decoder[0])[0] == first_line:
         # one-line form (`argmax "..."`): the first body line shares the decoder's line; indent it like the
         # body's next line so Python sees one block (positions on that line are shifted back after parsing)
         rest = _CODE_LINE.search(view, src.starts[first_line]) if first_line < len(src.starts) else None
         indent = len(rest.group(1)) if rest else 0
-        shift_col = first.start[1] - indent
+        shift_col = first_col - indent
         line_start = src.starts[first_line - 1]
-        edits.append((line_start, line_start + first.start[1], " " * indent))
+        edits.append((line_start, line_start + first_col, " " * indent))
     wrapped = indent > 0
     # an indented body is parsed as the block of an `if 1:`; written on the line before the body (blank or a
     # comment there: the decoder and prologue are blanked) it keeps every line number, where a line put in front
@@ -452,7 +559,7 @@ def _parse_body(src: _Text, lay: _Layout, err: Errors) -> tuple[ast.Module, int]
             err.syntax(msg, *_line_start(src, max(line, 1)))
         err.syntax(python_message(e), max(line, 1), col)
     except (ValueError, RecursionError, MemoryError, OverflowError) as e:
-        err.syntax(python_message(e), first_line, first.start[1] + 1)
+        err.syntax(python_message(e), first_line, first_col + 1)
     if wrapped:
         if not in_place:
             ast.increment_lineno(tree, -1)
@@ -499,13 +606,12 @@ def _parse_expr(src: _Text, start: int, end: int, err: Errors, what: str) -> tup
 
 
 class _Builder:
-    def __init__(self, src: _Text, toks: list[tokenize.TokenInfo], err: Errors) -> None:
+    def __init__(self, src: _Text, toks: list[_Tok], err: Errors) -> None:
         self.src = src
         self.err = err
-        # string tokens as (start, end) offsets: the tokens themselves (~300 bytes each with their positions) are
-        # dropped once the layout is known
-        self.string_starts = [src.offset(t.start) for t in toks if t.type == tokenize.STRING]
-        self.string_ends = [src.offset(t.end) for t in toks if t.type == tokenize.STRING]
+        # string tokens as (start, end) offsets: the tokens themselves are dropped once the layout is known
+        self.string_starts = [t[2] for t in toks if t[0] == tokenize.STRING]
+        self.string_ends = [t[3] for t in toks if t[0] == tokenize.STRING]
         self.var_spans: dict[int, Span] = {}
         self.hole_names: set[str] = set()  # holes a constraint being parsed may mention (disambiguates `a in b`)
 
@@ -956,7 +1062,7 @@ def _parse(source: str, filename: str) -> nodes.Query:
     text = _loose_continuations(text)
     src = _Text(text)
     try:
-        toks = _tokens(src, err)
+        toks = _layout_tokens(src, err)
         lay = _split(src, toks, err)
         b = _Builder(src, toks, err)
         del toks
