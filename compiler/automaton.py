@@ -30,9 +30,10 @@ from lmqc.errors import ArtifactError, ConstraintError
 
 from .bytedfa import ByteDFA
 from .charlang import unique_rows
-from .vocabulary import Vocabulary
+from .vocabulary import BYTE_GROUP, Vocabulary
 
-UNREACHABLE = np.int32(2**30)  # min_tokens_to_end of a state from which no end is reachable
+UNREACHABLE = np.int32(2**30)
+_GROUP_FIRST = np.unique(BYTE_GROUP, return_index=True)[1]  # the first byte of each byte group  # min_tokens_to_end of a state from which no end is reachable
 
 
 class TokenAutomaton:
@@ -676,14 +677,19 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     is never allowed).
     """
     lv = vocab.levels
-    trie = lv.trie
+    classes = dfa.classes.astype(np.intp)
+    by_group = classes[_GROUP_FIRST]
+    if np.array_equal(by_group[BYTE_GROUP], classes):
+        # the DFA never tells two bytes of one group apart: walk the far smaller trie of group labels
+        trie, classes = lv.group_trie, by_group
+    else:
+        trie = lv.trie
     s_n, c_n = dfa.n_states, dfa.n_classes
     # States are carried as row offsets ``state * c_n`` into the flat table, the dead state as ``dead`` (a row
     # of its own that rejects): one add and one gather per step, no masking.
     dead = s_n * c_n
     trans_flat = np.concatenate([np.where(dfa.trans >= 0, dfa.trans * c_n, dead).reshape(-1),
                                  np.full(c_n, dead, np.int32)]).astype(np.int32)
-    classes = dfa.classes.astype(np.intp)
     columns: list[np.ndarray] = []
     tok_parts: list[np.ndarray] = []
     seq_parts: list[np.ndarray] = []

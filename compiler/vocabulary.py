@@ -135,6 +135,27 @@ class Vocabulary:
         return f"Vocabulary(size={self.size}, eos_id={self.eos_id}, fingerprint={self.fingerprint[:12]})"
 
 
+def _byte_groups() -> np.ndarray:
+    """uint8[256]: a label per byte such that the common wide constraints never tell bytes of one label apart.
+
+    Every ASCII byte but the letters and digits is its own group; a-z, A-Z and 0-9 are one group each; the UTF-8
+    continuation bytes split where a validating DFA splits them (80-8F, 90-9F, A0-BF), lead bytes by the
+    sequences they start (C2-DF, E0, E1-EC, ED, EE-EF, F0, F1-F3, F4), and the bytes that never occur in UTF-8
+    (C0, C1, F5-FF) are one group.
+    """
+    ranges = [range(b, b + 1) for b in range(128) if not chr(b).isalnum()]
+    ranges += [range(97, 123), range(65, 91), range(48, 58), range(0x80, 0x90), range(0x90, 0xA0),
+               range(0xA0, 0xC0), range(0xC2, 0xE0), range(0xE0, 0xE1), range(0xE1, 0xED), range(0xED, 0xEE),
+               range(0xEE, 0xF0), range(0xF0, 0xF1), range(0xF1, 0xF4), range(0xF4, 0xF5)]
+    groups = np.full(256, len(ranges), dtype=np.uint8)  # C0, C1, F5-FF
+    for g, r in enumerate(ranges):
+        groups[list(r)] = g
+    return groups
+
+
+BYTE_GROUP = _byte_groups()
+
+
 class _Levels:
     """Candidate tokens (not ``never``) sorted by length, longest first, with their bytes stored by level.
 
@@ -150,7 +171,7 @@ class _Levels:
         ``level_bytes[d][i]`` is byte ``d`` of ``tokens[i]``.
     """
 
-    __slots__ = ("tokens", "lengths", "count", "level_bytes", "_trie")
+    __slots__ = ("tokens", "lengths", "count", "level_bytes", "_trie", "_group_trie")
 
     def __init__(self, tokens: np.ndarray, lengths: np.ndarray, count: np.ndarray, level_bytes: list) -> None:
         self.tokens = tokens
@@ -158,6 +179,7 @@ class _Levels:
         self.count = count
         self.level_bytes = level_bytes
         self._trie: _Trie | None = None
+        self._group_trie: _Trie | None = None
 
     @property
     def trie(self) -> _Trie:
@@ -165,6 +187,18 @@ class _Levels:
         if self._trie is None:
             self._trie = _Trie.build(self)
         return self._trie
+
+    @property
+    def group_trie(self) -> _Trie:
+        """The trie of the candidate tokens over :data:`BYTE_GROUP` labels instead of bytes (computed once, cached).
+
+        A DFA that never tells two bytes of one group apart (``len(X) < 50``, ``[^.]*``, ``[a-z0-9._]+``: ASCII
+        letters, digits and UTF-8 continuation ranges move alike) behaves alike on tokens with the same labels:
+        its walk can run over this trie, which has ~30,000 nodes on Gemma's vocabulary instead of ~590,000.
+        """
+        if self._group_trie is None:
+            self._group_trie = _Trie.build(self, BYTE_GROUP)
+        return self._group_trie
 
     @classmethod
     def build(cls, vocab: Vocabulary) -> _Levels:
@@ -219,7 +253,9 @@ class _Trie:
         self.end_tok = end_tok
 
     @classmethod
-    def build(cls, lv: _Levels) -> _Trie:
+    def build(cls, lv: _Levels, labels: np.ndarray | None = None) -> _Trie:
+        """The trie of ``lv``'s tokens; with ``labels`` (uint8[256]), of their bytes' labels (``byte`` then holds
+        labels, and tokens with the same label sequence end at the same node)."""
         parent: list[np.ndarray] = []
         byte: list[np.ndarray] = []
         end: list[np.ndarray] = []
@@ -230,7 +266,8 @@ class _Trie:
         n_prev = 1  # the root
         for d in range(len(lv.level_bytes)):
             k = int(lv.count[d])
-            key = node[:k] * 256 + lv.level_bytes[d]
+            level = lv.level_bytes[d] if labels is None else labels[lv.level_bytes[d]]
+            key = node[:k] * 256 + level
             uniq, inv = np.unique(key, return_inverse=True)
             par = (uniq // 256).astype(np.int32)
             parent.append(par)

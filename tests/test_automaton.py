@@ -363,6 +363,44 @@ def test_narrow_walk_builds_the_vectorized_automaton(monkeypatch, c, spec):
     _same_automaton(built[0], built[1], vocab.size)
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.one_of(constraints(), st.sampled_from([*_NARROW, LenCmp("X", "<", 7), StopsAt("X", ".")])),
+       st.one_of(vocabularies(), _wide_vocabularies()))
+def test_group_trie_walk_is_the_byte_trie_walk(monkeypatch, c, spec):
+    from lmqc.compiler import automaton, vocabulary
+
+    pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
+    try:
+        dfa = ByteDFA.from_ir(lower_hole("X", c))
+    except ConstraintError:
+        return
+    got = []
+    for groups in (vocabulary.BYTE_GROUP, np.arange(256, dtype=np.uint8)):  # byte groups, then every byte alone
+        with monkeypatch.context() as m:
+            m.setattr(vocabulary, "BYTE_GROUP", groups)
+            m.setattr(automaton, "BYTE_GROUP", groups)
+            m.setattr(automaton, "_GROUP_FIRST", np.unique(groups, return_index=True)[1])
+            vocab = Vocabulary(pieces, 0, specials)  # a fresh vocabulary: its group trie is built with ``groups``
+            got.append(automaton._walk(dfa, vocab))
+    (ta, ka, ua), (tb, kb, ub) = got
+    oa, ob = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
+    assert np.array_equal(ka[oa], kb[ob])
+    assert np.array_equal(ta[:, ua[oa]], tb[:, ub[ob]])
+
+
+def test_group_trie_is_smaller_and_only_for_dfas_that_ignore_the_groups():
+    from lmqc.compiler import automaton
+    from lmqc.compiler.vocabulary import BYTE_GROUP
+
+    words = [b"the", b" the", b"The", b"cat", b" cat", b"12", b"34", b"a.b", "é".encode(), "ü".encode()]
+    vocab = Vocabulary([b"</s>", *words], 0, [0])
+    lv = vocab.levels
+    assert sum(map(len, lv.group_trie.parent)) < sum(map(len, lv.trie.parent))
+    for regex, grouped in (("[a-z ]*", True), ("[^.]*", True), ("[a-f]+", False), ("the|cat", False)):
+        classes = ByteDFA.from_ir(lower_hole("X", Regex("X", regex))).classes
+        assert np.array_equal(classes[automaton._GROUP_FIRST][BYTE_GROUP], classes) == grouped, regex
+
+
 def test_narrow_walk_gives_up_on_a_wide_language(monkeypatch):
     from lmqc.compiler import automaton
 
