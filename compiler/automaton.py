@@ -112,8 +112,8 @@ class TokenAutomaton:
         self.eos_id = int(vocab.eos_id if eos_id is None else eos_id)
         self.unconstrained = bool(unconstrained)
         self.next_table = next_table
-        # ``tok_seq`` is built on first use from ``touched`` (the allowed tokens, their sequences and the
-        # vocabulary size) when the builder gives only those: a narrow language touches a few hundred tokens,
+        # ``tok_seq`` is built on first use from ``touched`` (the tokens some state may allow, their sequences,
+        # -1 for a few never allowed after all, and the vocabulary size) when the builder gives only those: a narrow language touches a few hundred tokens,
         # and filling a vocabulary-wide array belongs to the first decoding step, not to the compile.
         self._tok_seq = tok_seq
         self._touched = touched
@@ -299,7 +299,9 @@ class TokenAutomaton:
                 line=line,
                 column=column,
             )
-        # drop sequences no reachable state allows (their tokens become 'never here')
+        seq_count = np.bincount(seqs, minlength=table.shape[1])
+        # drop sequences no reachable state allows: their tokens keep sequence -1 (never allowed), which every
+        # reader of ``touched`` skips — cheaper than filtering a quarter million tokens
         used = live.any(axis=0)
         if not used.all():
             col_map = np.full(len(used), -1, dtype=np.int32)
@@ -307,10 +309,8 @@ class TokenAutomaton:
             table = np.ascontiguousarray(table[:, used])
             live = live[:, used]
             seqs = col_map[seqs]
-            keep = seqs >= 0
-            toks, seqs = toks[keep], seqs[keep]
+            seq_count = seq_count[used]
         n_cols = table.shape[1]
-        seq_count = np.bincount(seqs, minlength=n_cols)
         key = np.packbits(live, axis=1)
         key = np.concatenate([key, final[:, None].astype(np.uint8)], axis=1)
         first, mask_of_state = unique_rows(key)
@@ -326,7 +326,7 @@ class TokenAutomaton:
             unconstrained=False,
             next_table=ext,
             tok_seq=None,
-            touched=(toks, seqs.astype(np.int32), vocab.size),
+            touched=(toks, seqs.astype(np.int32, copy=False), vocab.size),
             final=final,
             stopped=stopped,
             mask_of_state=mask_of_state.astype(np.int32),
