@@ -696,19 +696,21 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     n_seq = 0
     # Live nodes of the previous depth, with their class nodes (0 = dead): either the class node of every
     # node (``cn_all``, when many live: plain gathers beat range arithmetic) or the live ones only.
-    # Class node ids are intp and gathers use np.take: NumPy converts any other index dtype on every fancy
-    # index (int32 keys made the per-node scatters 2.5x slower)
+    # Class node ids are intp (NumPy converts any other index dtype on every fancy index: int32 keys made the
+    # per-node scatters 2.5x slower), gathered with the ``take`` method (the np.take wrapper costs about a
+    # microsecond a call, and a depth makes dozens of calls)
     cn_all: np.ndarray | None = np.ones(1, dtype=np.intp)  # the root: class node 1
     mostly_live = True
     live_nodes = live_cn = np.zeros(0, dtype=np.int64)
     # one row per class node: the state its prefix leads each state to (rows, not columns: gathered whole)
     node_rows = np.full((2, s_n), dead, dtype=np.int32)
+    dead_row = node_rows[:1].copy()  # class node 0 of every depth (sliced to the columns kept)
     node_rows[1] = np.arange(0, dead, c_n)
     cols = np.arange(s_n)  # the states the columns of node_rows stand for
     for d in range(len(trie.parent)):
         n_d = len(trie.parent[d])
         if cn_all is not None:
-            pc = np.take(cn_all, trie.parent[d])
+            pc = cn_all.take(trie.parent[d])
             # mostly live: dead nodes keep class node 0, whose row rejects everything (cheaper than compacting)
             idx = None if mostly_live or pc.all() else pc.nonzero()[0]
             if idx is not None:
@@ -721,7 +723,7 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             byt = trie.byte[d][idx]
         if not len(pc):
             break
-        key = np.take(classes, byt)
+        key = classes.take(byt)
         key += pc * c_n
         n_keys = node_rows.shape[0] * c_n
         present = np.zeros(n_keys, dtype=bool)
@@ -754,8 +756,8 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
             rows = rows[first]
         new_local = np.zeros(n_keys, dtype=np.intp)
         new_local[uniq[live]] = 1 + inv
-        cn = np.take(new_local, key)
-        node_rows = np.concatenate([np.full((1, len(cols)), dead, np.int32), rows])
+        cn = new_local.take(key)
+        node_rows = np.concatenate([dead_row[:, : len(cols)], rows])
         n_live = np.count_nonzero(cn)
         mostly_live = n_live * 4 >= n_d * 3
         if n_live * 8 >= n_d:  # much of this depth lives on
@@ -765,7 +767,7 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
                 cn_all = np.zeros(n_d, dtype=np.intp)
                 cn_all[idx] = cn
             # tokens that end exactly at this depth, with their node's class node
-            ce = np.take(cn_all, trie.end[d])
+            ce = cn_all.take(trie.end[d])
             good = ce > 0
             toks = lv.tokens[int(lv.count[d + 1]) : int(lv.count[d])][good]
             ce = ce[good]
@@ -790,7 +792,7 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
                 ending[:, cols] = node_rows[u_nodes]
             columns.append(ending)
             tok_parts.append(toks)
-            seq_parts.append(np.take(rank, ce))
+            seq_parts.append(rank.take(ce))
             n_seq += len(u_nodes)
     if not n_seq:
         return np.zeros((s_n, 0), np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32)
