@@ -496,8 +496,10 @@ def _build(query: nodes.Query) -> Program:
 def _register_source(filename: str, source: str) -> None:
     """Let ``inspect.getsource`` find functions defined in a query (``@lmqc.query`` reads their docstring from
     source) when the query did not come from a file on disk."""
+    lines = source.splitlines(keepends=True)
+    if linecache.cache.get(filename) == (len(source), None, lines, filename):
+        return  # registered already (the query parsed again): no need to stat a file that is not there
     if not os.path.exists(filename):
-        lines = source.splitlines(keepends=True)
         linecache.cache[filename] = (len(source), None, lines, filename)
 
 
