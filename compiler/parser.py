@@ -29,7 +29,7 @@ import tokenize
 import warnings
 from bisect import bisect_left
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -101,18 +101,18 @@ def _tok_span(t: tokenize.TokenInfo) -> Span:
     return Span(t.start[0], t.start[1] + 1, t.end[0], t.end[1] + 1)
 
 
-def _node_span(node: ast.AST, line_shift: int = 0, col_base: tuple[int, int] | None = None) -> Span:
+def _node_span(node: ast.AST, col_base: tuple[int, int] | None = None) -> Span:
     """Span of an ast node; ``col_base`` maps positions of a fragment parsed on its own onto the source."""
     line, col = node.lineno, node.col_offset  # type: ignore[attr-defined]
     end_line = getattr(node, "end_lineno", None) or line
     end_col = getattr(node, "end_col_offset", None) or col
     if col_base is not None:
         base_line, base_col = col_base
-        col = col + base_col if line == 1 else col
-        end_col = end_col + base_col if end_line == 1 else end_col
+        if line == 1:
+            col += base_col
+        if end_line == 1:
+            end_col += base_col
         line, end_line = line + base_line - 1, end_line + base_line - 1
-    if line_shift:
-        line, end_line = line + line_shift, end_line + line_shift
     return Span(interned(line), col + 1, interned(end_line), end_col + 1)
 
 
@@ -626,7 +626,7 @@ class _Builder:
     # ---- spans and literals --------------------------------------------------------------------------------
 
     def _span(self, node: ast.AST, base: tuple[int, int] | None = None) -> Span:
-        return _node_span(node, col_base=base)
+        return _node_span(node, base)
 
     def _literal(self, node: ast.Constant, base: tuple[int, int] | None) -> Lit:
         """A string constant decoded again from its source tokens, so that every character has a position."""
@@ -658,12 +658,7 @@ class _Builder:
         if "b" in lit.prefix:
             self.err.syntax_at("bytes literals are not allowed; use a normal string", lit.span)
         lit = _dedent(lit, indent, self.src)
-        parts = list(PromptScanner(lit, self.err).scan())
-        k = hole_base
-        for i, part in enumerate(parts):
-            if isinstance(part, nodes.Hole):
-                parts[i] = replace(part, index=k)
-                k += 1
+        parts = PromptScanner(lit, self.err, hole_base).scan()
         where: nodes.Constraint | None = None
         dist: nodes.Distribution | None = None
         span = lit.span
@@ -676,7 +671,7 @@ class _Builder:
                 dist = self.distribution(expr, base, self.src.pos(inline.start))
             end = self._span(expr, base)
             span = Span(span.line, span.column, end.end_line, end.end_column)
-        return nodes.PromptString(tuple(parts), where, dist, index=index, span=span)
+        return nodes.PromptString(parts, where, dist, index=index, span=span)
 
     # ---- from / distribution -------------------------------------------------------------------------------
 
@@ -977,8 +972,10 @@ def _dedent(lit: Lit, indent: int, src: _Text) -> Lit:
     """Drop the body's indentation from the continuation lines of a multi-line query string, as LMQL does
     (LMQL removes the prompt's common indentation from every source line, string contents included): up to
     ``indent`` columns of a line's leading whitespace, written as such in the source (not escapes)."""
+    if indent <= 0 or lit.span.end_line == lit.span.line:
+        return lit  # (before the position arrays: a one-line literal need not make them)
     lines, cols = lit.positions.lines, lit.positions.cols
-    if indent <= 0 or lit.span.end_line == lit.span.line or not len(lines) or int(lines.max()) == lit.span.line:
+    if not len(lines) or int(lines.max()) == lit.span.line:
         return lit
     # candidates by position (a few per source line), then checked one by one against the source text
     cand = np.flatnonzero((lines > lit.span.line) & (cols <= indent))
@@ -1000,29 +997,29 @@ def _dedent(lit: Lit, indent: int, src: _Text) -> Lit:
     return Lit("".join(pieces), lit.positions.take(np.flatnonzero(keep)), lit.prefix, lit.span, lit.close)
 
 
-class PromptFinder(ast.NodeVisitor):
-    """Query strings: statement-level string constants of the query body, not inside nested functions,
-    classes or lambdas (there they are ordinary Python, as in LMQL)."""
-
-    def __init__(self) -> None:
-        self.found: list[ast.Expr] = []
-
-    def visit_Expr(self, node: ast.Expr) -> None:
-        if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str | bytes):
-            self.found.append(node)
-        else:
-            self.generic_visit(node)
-
-    def visit_FunctionDef(self, node: ast.AST) -> None:
-        pass
-
-    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
-
-
 def find_prompts(body: ast.Module) -> list[ast.Expr]:
-    finder = PromptFinder()
-    finder.visit(body)
-    return sorted(finder.found, key=lambda n: (n.lineno, n.col_offset))
+    """Query strings: statement-level string constants of the query body, not inside nested functions or
+    classes (there they are ordinary Python, as in LMQL), in source order."""
+    found: list[ast.Expr] = []
+    _find_prompts(body.body, found)
+    return sorted(found, key=lambda n: (n.lineno, n.col_offset))
+
+
+_BLOCK_ITEMS = (ast.stmt, ast.excepthandler, ast.match_case)
+
+
+def _find_prompts(stmts: list[Any], found: list[ast.Expr]) -> None:
+    # statements only: an expression holds no statement (a lambda's body is an expression), so only the lists
+    # of statements, handlers and match cases are walked, in field order
+    for node in stmts:
+        if isinstance(node, ast.Expr):
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str | bytes):
+                found.append(node)
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            for name in node._fields:
+                value = getattr(node, name, None)
+                if isinstance(value, list) and value and isinstance(value[0], _BLOCK_ITEMS):
+                    _find_prompts(value, found)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -41,20 +41,48 @@ class Positions(Sequence[Pos]):
 
     A list of ``(line, column)`` tuples costs ~100 bytes a character (a tuple and a column int each), which made
     a 1 MB query string need ~130 MB to parse. Indexing gives a ``Pos``; slicing gives a ``Positions`` view.
+
+    Characters on one line at consecutive columns (most literals, and their slices) are kept as their first
+    position and count, and the arrays are made only when asked for: a small literal then costs no NumPy call.
     """
 
-    __slots__ = ("cols", "lines")
+    __slots__ = ("_cols", "_lines", "_run")
 
     def __init__(self, lines: np.ndarray, cols: np.ndarray) -> None:
-        self.lines = lines
-        self.cols = cols
+        self._lines: np.ndarray | None = lines
+        self._cols: np.ndarray | None = cols
+        self._run: tuple[int, int, int] | None = None  # (line, first column, length) while the arrays are not made
+
+    @classmethod
+    def _of_run(cls, line: int, col: int, n: int) -> Positions:
+        self = cls.__new__(cls)
+        self._lines = self._cols = None
+        self._run = (line, col, n)
+        return self
+
+    @property
+    def lines(self) -> np.ndarray:
+        if self._lines is None:
+            self._make()
+        return self._lines  # type: ignore[return-value]
+
+    @property
+    def cols(self) -> np.ndarray:
+        if self._cols is None:
+            self._make()
+        return self._cols  # type: ignore[return-value]
+
+    def _make(self) -> None:
+        line, col, n = self._run  # type: ignore[misc]
+        self._lines = np.full(n, line, np.int32)
+        self._cols = np.arange(col, col + n, dtype=np.int32)
 
     @classmethod
     def of_text(cls, text: str, line: int, col: int) -> Positions:
         """Positions of the characters of ``text`` when its first one is at ``(line, col)``."""
         n = len(text)
-        if "\n" not in text:  # most literals: one line, two small arrays
-            return cls(np.full(n, line, np.int32), np.arange(col, col + n, dtype=np.int32))
+        if "\n" not in text:  # most literals: one line
+            return cls._of_run(line, col, n)
         newlines = np.fromiter((m.start() for m in re.finditer("\n", text)), np.int64)
         starts = np.concatenate([np.zeros(1, np.int64), newlines + 1])  # offsets where each line begins
         lengths = np.diff(np.append(starts, n))
@@ -78,13 +106,27 @@ class Positions(Sequence[Pos]):
         return Positions(self.lines[index], self.cols[index])
 
     def __len__(self) -> int:
-        return len(self.lines)
+        return self._run[2] if self._run is not None and self._lines is None else len(self._lines)  # type: ignore[arg-type]
 
     @overload
     def __getitem__(self, k: int) -> Pos: ...
     @overload
     def __getitem__(self, k: slice) -> Positions: ...
     def __getitem__(self, k: int | slice) -> Pos | Positions:
+        run = self._run
+        if run is not None and self._lines is None:
+            line, col, n = run
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step == 1:
+                    return Positions._of_run(line, col + start, max(0, stop - start))
+            else:
+                i = k.__index__()
+                if i < 0:
+                    i += n
+                if not 0 <= i < n:
+                    raise IndexError(f"index {k} is out of bounds for axis 0 with size {n}")
+                return interned(line), col + i
         if isinstance(k, slice):
             return Positions(self.lines[k], self.cols[k])
         return interned(int(self.lines[k])), int(self.cols[k])
@@ -324,11 +366,12 @@ _SPECIAL = re.compile(r"[\[\]{}]")
 class PromptScanner:
     """Splits a decoded prompt string into Text / Interp / Hole parts, keeping source positions."""
 
-    def __init__(self, lit: Lit, err: Errors) -> None:
+    def __init__(self, lit: Lit, err: Errors, first_hole: int = 0) -> None:
         self.chars = lit.value
         self.pos = lit.positions
         self.err = err
         self.end_pos: Pos = lit.close
+        self.next_hole = first_hole  # ``Hole.index`` of the next hole: holes are numbered across the query
 
     def at(self, i: int) -> Pos:
         return self.pos[i] if i < len(self.pos) else self.end_pos
@@ -491,7 +534,10 @@ class PromptScanner:
             j = end
         if j >= n or chars[j] != "]":
             self.err.syntax_at(f"expected ']' to close hole [{name}", self.at(j))
-        hole = nodes.Hole(name, annotation, tactic, decorators=tuple(decorators), span=span_of(self.at(i), self.at(j)))
+        hole = nodes.Hole(
+            name, annotation, tactic, self.next_hole, decorators=tuple(decorators), span=span_of(self.at(i), self.at(j))
+        )
+        self.next_hole += 1
         return hole, j + 1
 
     def interp(self, i: int) -> tuple[nodes.Interp | nodes.Role, int]:
