@@ -840,3 +840,33 @@ def test_masked_tokenizing_gives_the_same_tokens(pieces: list[str]) -> None:
 
     starts = [0, *(m.end() for m in re.finditer("\n", text))]
     assert tokens(_generate_tokens(text, starts)) == tokens(tokenize.generate_tokens(io.StringIO(text).readline))
+
+
+# -- the layout's fast scanner gives tokenize's tokens, or leaves the source to tokenize -------------------------
+
+_FRAGMENTS = [
+    "x", "where", "len", "X", "_a1", "1", "0.5", "1e3", "0x1F", "1_000", ".5", "'a'", '"b"', "'''t\n'''", '"""q"""',
+    "r'\\d'", "f'{x}'", "b'y'", "'é'", "'\\''", "(", ")", "[", "]", "{", "}", ",", ":", "==", "<", "+", "->", "**=",
+    ".", "@", " ", "  ", "\n", "\n    ", "\n        ", "# note", "\t", "é", "\\\n", "'open", "!", "$", "?",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=14))
+def test_fast_layout_tokens_are_tokenizes(parts):
+    import tokenize as tk
+
+    from lmqc.compiler.parser import _SKIP, _fast_tokens, _Text, _tokens
+    from lmqc.compiler.qstrings import Errors
+
+    text = "".join(parts)
+    fast = _fast_tokens(text)
+    if fast is None:
+        return  # left to tokenize (and its errors)
+    src = _Text(text)
+    try:
+        slow = [(t.type, t.string, src.offset(t.start), src.offset(t.end))
+                for t in _tokens(src, Errors(text, "<q>")) if t.type not in _SKIP]
+    except (LmqcError, SyntaxError, tk.TokenError) as e:
+        raise AssertionError(f"the fast scanner accepted what tokenize rejects: {text!r} ({e})") from None
+    assert fast == slow, text
