@@ -10,8 +10,9 @@ products (reachable pairs only) and complements; the result is trimmed and minim
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
@@ -484,9 +485,13 @@ def _minimize_small(a: CharDFA) -> CharDFA:
     """``minimize`` of a small DFA over Python lists, the same result as ``_minimize_arrays`` (trim, merge
     identical class columns numbered by lowest code point, Moore refinement to the coarsest stable partition,
     blocks numbered breadth-first from the initial state in class order). A DFA of a few dozen states spends
-    far more in NumPy's per-call overhead than in the work itself. Refinement that does not settle within
-    ``_SMALL_ROUNDS`` Moore rounds (a long chain) finishes with Hopcroft.
+    far more in NumPy's per-call overhead than in the work itself. A DFA whose only cycles are self-loops
+    (before or after trimming) is refined in one pass (``_loop_free_blocks``); refinement that does not settle
+    within ``_SMALL_ROUNDS`` Moore rounds (a long chain with other cycles) finishes with Hopcroft.
     """
+    got = _minimize_loop_free(a)
+    if got is not None:
+        return got
     rows = a.trans.tolist()
     k = a.n_classes
     flags = [int(f) + 2 * int(st) for f, st in zip(a.final.tolist(), a.stopped.tolist(), strict=True)]
@@ -505,13 +510,15 @@ def _minimize_small(a: CharDFA) -> CharDFA:
                 alive[u] = True
                 stack.append(u)
     initial = a.initial
+    trimmed = True
     if not alive[initial]:
         rows, flags, initial = [[-1] * k], [0], 0
     else:
         rows = [[t if t >= 0 and alive[t] else -1 for t in row] for row in rows]
         seen = _reachable_rows(rows, initial)
         keep = [i for i in range(s) if seen[i] and alive[i]]
-        if len(keep) < s:
+        trimmed = len(keep) < s
+        if trimmed:
             new_id = [-1] * (s + 1)
             for j, i in enumerate(keep):
                 new_id[i] = j
@@ -545,20 +552,26 @@ def _minimize_small(a: CharDFA) -> CharDFA:
     s = len(rows)
     if s <= 1:
         return _make(starts, iclass, rows, initial, [f & 1 for f in flags], [f >> 1 for f in flags])
-    # -- Moore refinement (the sink is state s, label 4)
+    # -- refinement (the sink is state s, label 4)
     comp = [[t if t >= 0 else s for t in row] for row in rows]
     comp.append([s] * len(order))
-    label = [*flags, 4]
-    n_blocks = len(set(label))
-    for _ in range(_SMALL_ROUNDS):
-        sig: dict[tuple, int] = {}
-        new = [sig.setdefault((label[i], *[label[t] for t in comp[i]]), len(sig)) for i in range(s + 1)]
-        label = new
-        if len(sig) == n_blocks:
-            break
-        n_blocks = len(sig)
-    else:  # a long chain: Hopcroft finishes from this partition
-        label, n_blocks = _hopcroft(np.asarray(comp, dtype=np.int32), label)
+    # the whole DFA was not free of longer cycles (see _minimize_loop_free); without its dead or unreachable
+    # states it may be
+    got = _loop_free_blocks(comp, [*flags, 4]) if trimmed else None
+    if got is not None:
+        label, n_blocks = got
+    else:  # Moore rounds
+        label = [*flags, 4]
+        n_blocks = len(set(label))
+        for _ in range(_SMALL_ROUNDS):
+            sig: dict[tuple, int] = {}
+            new = [sig.setdefault((label[i], *[label[t] for t in comp[i]]), len(sig)) for i in range(s + 1)]
+            label = new
+            if len(sig) == n_blocks:
+                break
+            n_blocks = len(sig)
+        else:  # a long chain: Hopcroft finishes from this partition
+            label, n_blocks = _hopcroft(np.asarray(comp, dtype=np.int32), label)
     # -- quotient, blocks numbered breadth-first from the initial state's block, successors in class order
     rep = [-1] * n_blocks
     for i in range(s, -1, -1):
@@ -580,6 +593,134 @@ def _minimize_small(a: CharDFA) -> CharDFA:
     trans = [[new_of_block[label[t]] for t in comp[r]] for r in reps]
     out = _make(starts, iclass, trans, 0, [flags[r] & 1 for r in reps], [flags[r] >> 1 for r in reps])
     return out if len(set(zip(*trans, strict=True))) == len(order) else compress_alphabet(out)
+
+
+def picker(idx: tuple[int, ...]) -> Callable[[Sequence[int]], tuple[int, ...]]:
+    """``lambda row: tuple(row[i] for i in idx)`` as one C call (``itemgetter`` of one index gives no tuple)."""
+    if len(idx) == 1:
+        i = idx[0]
+        return lambda row: (row[i],)
+    return itemgetter(*idx) if idx else lambda row: ()
+
+
+def _minimize_loop_free(a: CharDFA) -> CharDFA | None:
+    """``minimize`` of a small DFA whose only cycles are self-loops, without trimming or Moore rounds: the
+    same result as ``_minimize_arrays``, or None for any other DFA (and for an empty language).
+
+    Dead states need no trimming here: the sink is labelled like a non-final state, so a state that cannot
+    reach an end joins the sink's block (its successors are all the sink or itself); unreachable states are
+    left out by the breadth-first numbering. Classes are taken in order of their lowest code point (classes no
+    code point belongs to are dropped), so that the numbering is the one ``_renumber`` gives after classes
+    with identical columns merged.
+    """
+    if len(a.iclass) > 256:
+        return None
+    iclass = a.iclass.tolist()
+    rank_of: dict[int, int] = {}
+    for k in iclass:
+        if k not in rank_of:
+            rank_of[k] = len(rank_of)
+    rows = a.trans.tolist()
+    s = len(rows)
+    pick = picker(tuple(rank_of))
+    comp = [[t if t >= 0 else s for t in pick(row)] for row in rows]
+    comp.append([s] * len(rank_of))
+    flags = [int(f) + 2 * int(st) for f, st in zip(a.final.tolist(), a.stopped.tolist(), strict=True)]
+    got = _loop_free_blocks(comp, [*flags, 0])
+    if got is None:
+        return None
+    block, n_blocks = got
+    sink_block = block[s]
+    start = block[a.initial]
+    if start == sink_block:
+        return None
+    # -- quotient, blocks numbered breadth-first from the initial state's block, successors in class order
+    rep = [-1] * n_blocks
+    for i in range(s, -1, -1):
+        rep[block[i]] = i  # smallest state of each block
+    new_of_block = [-1] * n_blocks  # the sink's block stays -1
+    new_of_block[start] = 0
+    order_b = [start]
+    i = 0
+    while i < len(order_b):
+        for t in comp[rep[order_b[i]]]:
+            b = block[t]
+            if new_of_block[b] < 0 and b != sink_block:
+                new_of_block[b] = len(order_b)
+                order_b.append(b)
+        i += 1
+    reps = [rep[b] for b in order_b]
+    new_of_state = [new_of_block[b] for b in block]
+    trans = [[*map(new_of_state.__getitem__, comp[r])] for r in reps]
+    # -- classes with identical columns merge, numbered by lowest code point; adjacent intervals of one merge
+    col_group: dict[tuple, int] = {}
+    merged = [col_group.setdefault(c, len(col_group)) for c in zip(*trans, strict=True)]
+    if len(col_group) < len(merged):
+        trans = [list(r) for r in zip(*col_group, strict=True)]
+    by_cp = [merged[rank_of[k]] for k in iclass]
+    keep_iv = [0] + [i for i in range(1, len(by_cp)) if by_cp[i] != by_cp[i - 1]]
+    return _make(
+        a.starts[keep_iv],
+        [by_cp[i] for i in keep_iv],
+        trans,
+        0,
+        [flags[r] & 1 for r in reps],
+        [flags[r] >> 1 for r in reps],
+    )
+
+
+def _loop_free_blocks(comp: list[list[int]], label: list[int]) -> tuple[list[int], int] | None:
+    """The coarsest stable partition of a complete DFA whose only cycles are self-loops (counters, literal sets,
+    dates, records: most regex and length languages), in one pass; None if another cycle exists.
+
+    States are settled successors first (Revuz's minimization of acyclic automata), so each state's successors
+    already have their final blocks and its block follows from its signature: its label and its successors'
+    blocks, a self-loop written as ``-1``. A block is keyed by its signature with its own id written as ``-1``;
+    a state whose successor lies in a block ``B`` with self-loops (and the state's label) may belong to ``B``
+    itself, so that key is also looked up with ``B`` written as ``-1``. Moore rounds need one round per state
+    of a chain (then Hopcroft); this is one round whatever the depth.
+
+    Returns ``(block of every state, number of blocks)``.
+    """
+    n = len(comp)
+    # successors first: Kahn's order over the edges that are not self-loops, from the states that only loop
+    pending = [0] * n
+    preds: list[list[int]] = [[] for _ in range(n)]
+    for u, row in enumerate(comp):
+        succ = set(row)
+        succ.discard(u)
+        pending[u] = len(succ)
+        for t in succ:
+            preds[t].append(u)
+    ready = [u for u in range(n) if not pending[u]]
+    block = [-1] * n  # -1 until settled: a state's own entry in its signature reads as a self-loop
+    by_key: dict[tuple, int] = {}
+    looped: dict[int, set[int]] = {}  # label -> blocks whose key has a self-loop
+    done = 0
+    while ready:
+        u = ready.pop()
+        done += 1
+        lab = label[u]
+        succ = [*map(block.__getitem__, comp[u])]
+        key = (lab, *succ)
+        b = by_key.get(key)
+        if b is None:
+            for c in looped.get(lab, ()):
+                if c in succ and by_key.get((lab, *[-1 if x == c else x for x in succ])) == c:
+                    b = c
+                    break
+            else:
+                b = by_key[key] = len(by_key)
+                if -1 in succ:
+                    looped.setdefault(lab, set()).add(b)
+        block[u] = b
+        for p in preds[u]:
+            pending[p] -= 1
+            if not pending[p]:
+                ready.append(p)
+    if done < n:
+        return None
+    return block, len(by_key)
 
 
 def _renumber(a: CharDFA, trans: np.ndarray, block: np.ndarray, n_blocks: int) -> CharDFA:
@@ -644,7 +785,11 @@ def length_dfa(op: str, n: int) -> CharDFA:
     trans = idx + 1
     trans[-1] = -1 if hi is not None else top  # the last counter state loops when unbounded above
     final = idx >= lo
-    return _make([0], [0], trans.reshape(-1, 1), 0, final)
+    out = _make([0], [0], trans.reshape(-1, 1), 0, final)
+    # states differ by how many characters are left (or needed), every one leads to a final state, and they are
+    # numbered in breadth-first order: minimize would return the same table after a pass over every state
+    _known_minimal(out)
+    return out
 
 
 def literal_set_dfa(options: tuple[str, ...] | list[str]) -> CharDFA:
