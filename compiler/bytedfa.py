@@ -24,7 +24,7 @@ import numpy as np
 from lmqc.errors import ConstraintError
 
 from . import charlang
-from .charlang import MAX_CP, CharDFA
+from .charlang import MAX_CP, CharDFA, picker
 from .ir import HoleIR, Stop
 from .nodes import NOWHERE, Span
 
@@ -206,7 +206,7 @@ class _Template:
             got = self._groups = (first, group)
         return got
 
-    def small_tables(self) -> tuple[list[list[int]], list[list[int]], np.ndarray]:
+    def small_tables(self) -> tuple[list[list[int]], list[tuple[int, ...]], np.ndarray]:
         """For the list expansion: each node's child entry per byte group (``children[n][first byte of the
         group]``), each node's leaf classes, and the group of every byte."""
         got = getattr(self, "_small", None)
@@ -214,9 +214,26 @@ class _Template:
             rep_bytes, group = self.byte_groups()
             got = self._small = (
                 [ch[rep_bytes].tolist() for ch in self.children],
-                [lv.tolist() for lv in self.leaves],
+                [tuple(lv.tolist()) for lv in self.leaves],
                 group,
             )
+        return got
+
+    def gather_plan(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """For the NumPy expansion: ``pick[n]``, node ``n``'s row as indices into a char state's (byte states of
+        the T template nodes, the K class targets, -1), one per byte group (a child node ``m`` is ``m``, a
+        completed class ``k`` is ``T + k``, an invalid byte ``-1``: the last entry); and the distinct sets of
+        classes below the non-root nodes, each with its nodes."""
+        got = getattr(self, "_plan", None)
+        if got is None:
+            rep_bytes, _ = self.byte_groups()
+            t = len(self.children)
+            ch = np.stack(self.children)[:, rep_bytes].astype(np.int64)
+            pick = np.where(ch >= 0, ch, np.where(ch <= -2, t - ch - 2, -1))
+            sets: dict[bytes, tuple[np.ndarray, list[int]]] = {}
+            for n in range(1, t):
+                sets.setdefault(self.leaves[n].tobytes(), (self.leaves[n], []))[1].append(n)
+            got = self._plan = (pick, [(under, np.asarray(nodes, np.int64)) for under, nodes in sets.values()])
         return got
 
     def _build(self, entries: tuple, memo: dict) -> int:
@@ -246,6 +263,7 @@ class _Template:
 
 _TEMPLATES: dict[tuple[bytes, bytes], _Template] = {}
 _SMALL_EXPAND = 1024  # (char states) x (template nodes) up to which the byte table is built over Python lists
+_SMALL_BYTE_CELLS = 2048  # byte table cells above which the list expansion hands over to NumPy after all
 
 
 def _template(starts: np.ndarray, iclass: np.ndarray) -> _Template:
@@ -279,43 +297,39 @@ def _expand_grouped(c: CharDFA) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     """
     s = c.n_states
     tmpl = _template(c.starts, c.iclass)
-    rep_bytes, group = tmpl.byte_groups()
+    _, group = tmpl.byte_groups()
+    pick, leaf_sets = tmpl.gather_plan()
     t = len(tmpl.children)
-    inst = np.full((s, t), -1, dtype=np.int64)  # byte state of (char state, template node)
-    reps: list[tuple[int, np.ndarray]] = []
-    next_id = s
     ctrans = c.trans.astype(np.int64)
     ctrans[c.stopped] = -1  # stopped rows are overwritten below; no partial characters needed for them
-    # children are numbered after parents, so reverse order instantiates children first
-    for n in range(t - 1, 0, -1):
-        under = tmpl.leaves[n]
+    # Partial characters: per node, the states grouped by the targets of the classes below the node, each live
+    # group one byte state. Nodes with the same classes below them (all the multi-byte nodes of a language that
+    # names no non-ASCII character) group the states alike: one grouping per distinct set of classes.
+    local = np.full((s, t), -1, dtype=np.int64)  # a state's group at each node, live groups numbered from 0
+    counts = np.zeros(t, dtype=np.int64)
+    reps: list[np.ndarray] = [np.zeros(0, np.int64)] * t  # first state of each live group
+    for under, nodes in leaf_sets:
         key = ctrans[:, under]
         first, inv = charlang.unique_rows(key)
-        uniq = key[first]
-        live = (uniq >= 0).any(axis=1)
-        ids = np.full(len(uniq), -1, dtype=np.int64)
-        ids[live] = np.arange(next_id, next_id + int(live.sum()))
-        next_id += int(live.sum())
-        inst[:, n] = ids[inv]
-        reps.append((n, first[live]))
-    total = next_id
-    g_n = len(rep_bytes)
-    table = np.full((total, g_n), -1, dtype=np.int64)
-
-    def fill(states: np.ndarray, n: int) -> np.ndarray:
-        ch = tmpl.children[n][rep_bytes]
-        out = np.full((len(states), g_n), -1, dtype=np.int64)
-        leaf = ch <= -2
-        out[:, leaf] = ctrans[states][:, -ch[leaf] - 2]
-        internal = ch >= 0
-        out[:, internal] = inst[states][:, ch[internal]]
-        return out
-
-    all_states = np.arange(s)
-    table[:s] = fill(all_states, 0)
-    for n, rep in reps:
-        if len(rep):
-            table[inst[rep, n]] = fill(rep, n)
+        live = (key[first] >= 0).any(axis=1)
+        ids = np.full(len(first), -1, dtype=np.int64)
+        ids[live] = np.arange(int(live.sum()))
+        local[:, nodes] = ids[inv][:, None]
+        counts[nodes] = int(live.sum())
+        for n in nodes:
+            reps[n] = first[live]
+    # byte state ids: char states, then each node's groups, nodes from last to first (children first)
+    order = np.arange(t - 1, 0, -1)
+    offset = np.zeros(t, dtype=np.int64)
+    offset[order] = s + np.cumsum(counts[order]) - counts[order]
+    inst = np.where(local >= 0, local + offset, -1)  # byte state of (char state, template node)
+    # every row is one gather from its char state's (template instances, class targets, -1): the root's for
+    # the char states, a node's for its partial characters
+    x = np.concatenate([inst, ctrans, np.full((s, 1), -1, dtype=np.int64)], axis=1)
+    part_states = np.concatenate([reps[n] for n in order]) if t > 1 else np.zeros(0, np.int64)
+    part_nodes = np.repeat(order, counts[order])
+    table = np.concatenate([x[:, pick[0]], x[part_states[:, None], pick[part_nodes]]])
+    total = len(table)
     final = np.zeros(total, dtype=bool)
     final[:s] = c.final
     stopped = np.zeros(total, dtype=bool)
@@ -415,58 +429,85 @@ class ByteDFA:
     @classmethod
     def _from_minimal_small(cls, c: CharDFA, tmpl: _Template) -> ByteDFA:
         """``_from_minimal`` of a small DFA over Python lists: the same table, built without NumPy's per-call
-        overhead (``_expand_grouped``, the byte classes and ``_merge_identical_rows`` step for step)."""
+        overhead (``_expand_grouped``, the byte classes and ``_merge_identical_rows`` step for step).
+
+        Rows are gathered with ``operator.itemgetter`` (one C call per row instead of a comprehension over its
+        cells). A table of more than ``_SMALL_BYTE_CELLS`` cells (known once the partial characters are counted:
+        a counter over all of Unicode has seven per state) is built by ``_from_minimal_arrays`` instead, which is
+        faster from about that size on.
+        """
         child_g, leaves, group = tmpl.small_tables()
         s = c.n_states
+        k_n = c.n_classes
+        t_n = len(child_g)
         g_n = len(child_g[0])
         stopped_l = c.stopped.tolist()
-        ctrans = [[-1] * c.n_classes if st else row for row, st in zip(c.trans.tolist(), stopped_l, strict=True)]
-        inst = [[-1] * len(child_g) for _ in range(s)]
+        ctrans = [[-1] * k_n if st else row for row, st in zip(c.trans.tolist(), stopped_l, strict=True)]
+        inst_cols: list[list[int]] = [[-1] * s for _ in range(t_n)]  # byte state of (template node, char state)
         reps: list[tuple[int, list[int]]] = []
+        # per distinct set of classes below a node (see _expand_grouped): each state's live group, numbered
+        # from 0 by first appearance, or -1; the first state of each live group
+        shared: dict[tuple[int, ...], tuple[list[int], list[int]]] = {}
         next_id = s
-        for n in range(len(child_g) - 1, 0, -1):  # children first
+        for n in range(t_n - 1, 0, -1):  # children first
             under = leaves[n]
-            ids: dict[tuple, int] = {}
-            rep: list[int] = []
-            for st, row in enumerate(ctrans):
-                key = tuple([row[k] for k in under])
-                got = ids.get(key)
-                if got is None:
-                    got = ids[key] = next_id if key and max(key) >= 0 else -1
-                    if got >= 0:
-                        next_id += 1
-                        rep.append(st)
-                inst[st][n] = got
+            got = shared.get(under)
+            if got is None:
+                pick = picker(under)
+                ids: dict[tuple, int] = {}
+                local: list[int] = []
+                rep: list[int] = []
+                for st, row in enumerate(ctrans):
+                    key = pick(row)
+                    g = ids.get(key)
+                    if g is None:
+                        g = ids[key] = len(rep) if max(key, default=-1) >= 0 else -1
+                        if g >= 0:
+                            rep.append(st)
+                    local.append(g)
+                got = shared[under] = (local, rep)
+            local, rep = got
+            inst_cols[n] = [g + next_id if g >= 0 else -1 for g in local]
+            next_id += len(rep)
             reps.append((n, rep))
-
-        def fill(st: int, n: int) -> list[int]:
-            row, own = ctrans[st], inst[st]
-            return [row[-ch - 2] if ch <= -2 else own[ch] if ch >= 0 else -1 for ch in child_g[n]]
-
-        table: list[list[int]] = [fill(st, 0) for st in range(s)]
-        table.extend([] for _ in range(next_id - s))
+        if next_id * g_n > _SMALL_BYTE_CELLS:  # many partial characters (a counter over all of Unicode)
+            return cls._from_minimal_arrays(c)
+        inst = list(zip(*inst_cols, strict=True))
+        # a node's row for state st picks from (the state's class targets, its template instances, -1)
+        fills = [
+            picker(tuple(-ch - 2 if ch <= -2 else k_n + ch if ch >= 0 else k_n + t_n for ch in row))
+            for row in child_g
+        ]
+        rows = [[*r, *i, -1] for r, i in zip(ctrans, inst, strict=True)]
+        table: list[tuple[int, ...]] = list(map(fills[0], rows))
+        table += [()] * (next_id - s)
         for n, rep in reps:
+            fill = fills[n]
             for st in rep:
-                table[inst[st][n]] = fill(st, n)
+                table[inst[st][n]] = fill(rows[st])
         for st in range(s):
             if stopped_l[st]:
-                table[st] = [st] * g_n  # absorbs every byte
+                table[st] = (st,) * g_n  # absorbs every byte
         # byte classes: identical columns (numbered by first byte, as over all 256 columns)
         col_class: dict[tuple, int] = {}
         cls_of_group = [col_class.setdefault(col, len(col_class)) for col in zip(*table, strict=True)]
         firsts = [cls_of_group.index(k) for k in range(len(col_class))]
-        table = [[row[j] for j in firsts] for row in table]
+        if len(firsts) < g_n:
+            table = list(map(picker(tuple(firsts)), table))
         final = c.final.tolist() + [False] * (next_id - s)
         stopped = stopped_l + [False] * (next_id - s)
         # partial characters with identical rows merge, until nothing changes
         while len(table) - s > 1:
             seen: dict[tuple, int] = {}
-            inv = [seen.setdefault(tuple(row), len(seen)) for row in table[s:]]
+            inv = [seen.setdefault(row, len(seen)) for row in table[s:]]
             if len(seen) == len(inv):
                 break
-            keep = list(range(s)) + [s + inv.index(k) for k in range(len(seen))]
-            remap = list(range(s)) + [s + k for k in inv]
-            table = [[remap[t] if t >= 0 else -1 for t in table[i]] for i in keep]
+            keep = list(range(s))
+            for i, g in enumerate(inv):
+                if g == len(keep) - s:  # the first row of its group
+                    keep.append(s + i)
+            remap = [*range(s), *[s + g for g in inv], -1]  # entry -1 keeps -1
+            table = [tuple(map(remap.__getitem__, table[i])) for i in keep]
             final = [final[i] for i in keep]
             stopped = [stopped[i] for i in keep]
         return cls(
