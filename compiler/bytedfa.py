@@ -87,53 +87,72 @@ def apply_stops(c: CharDFA, stops: tuple[Stop, ...]) -> CharDFA:
 
     def run(state: int, seq: tuple[int, ...]) -> int:
         for k in seq:
-            if state < 0:
-                return -1
-            state = ctab[state][k]
+            state = ctab[state][k]  # row -1 keeps -1
         return state
 
-    STOP = 0  # index 0 is reserved for the stopped state
-    index: dict[tuple[int, int], int] = {}
-    keys: list[tuple[int, int]] = [(-1, -1)]
-    rows: list[list[int]] = [[STOP] * n_cls]
-    finals: list[bool] = [False]
-
-    def intern(key: tuple[int, int]) -> int:
-        i = index.get(key)
-        if i is None:
-            i = index[key] = len(keys)
-            keys.append(key)
-        return i
-
-    intern((0, c.initial))
-    i = 1
-    while i < len(keys):
-        a, cs = keys[i]
-        label = nodes[a]
-        cur = run(cs, label)
-        finals.append(cur >= 0 and cfinal[cur])
-        row = []
+    # Per (node, class), independent of C's state: the next node, the classes read before the pending phrase
+    # candidate begins (C runs them), and for a completed phrase the classes of the value read after them.
+    steps: list[list[tuple[int, tuple[int, ...], tuple[int, ...] | None]]] = []
+    for a, label in enumerate(nodes):
+        row_steps = []
         for k in range(n_cls):
             a2 = goto[a].get(k, 0)
             text = label + (k,)
-            cs2 = run(cs, text[: len(text) - len(nodes[a2])])
+            lab2 = nodes[a2]
+            m = match[a2]
+            value = None if m is None else lab2 if m[1] else lab2[: len(lab2) - m[0]]
+            row_steps.append((a2, text[: len(text) - len(lab2)], value))
+        steps.append(row_steps)
+
+    STOP = 0  # index 0 is reserved for the stopped state
+    keys: list[tuple[int, int]] = [(-1, -1), (0, c.initial)]
+    index = {key: i for i, key in enumerate(keys)}
+    rows: list[list[int]] = [[STOP] * n_cls]
+    finals: list[bool] = [False]
+    i = 1
+    while i < len(keys):
+        a, cs = keys[i]
+        cur = run(cs, nodes[a])
+        finals.append(cur >= 0 and cfinal[cur])
+        crow = ctab[cs]
+        row = []
+        for a2, before, value in steps[a]:
+            cs2 = crow[before[0]] if len(before) == 1 else run(cs, before)
             if cs2 < 0:
                 row.append(-1)  # the text before any pending phrase is already outside C
-                continue
-            m = match[a2]
-            if m is None:
-                row.append(intern((a2, cs2)))
-                continue
-            plen, keep = m
-            lab2 = nodes[a2]
-            v = run(cs2, lab2 if keep else lab2[: len(lab2) - plen])
-            row.append(STOP if v >= 0 and cfinal[v] else -1)
+            elif value is None:
+                key = (a2, cs2)
+                j = index.get(key)
+                if j is None:
+                    j = index[key] = len(keys)
+                    keys.append(key)
+                row.append(j)
+            else:
+                v = run(cs2, value)
+                row.append(STOP if v >= 0 and cfinal[v] else -1)
         rows.append(row)
         i += 1
-    stopped = np.zeros(len(keys), dtype=bool)
+    stop_reached = any(STOP in row for row in rows[1:])
+    stopped = [False] * len(keys)
     stopped[STOP] = True
-    out = charlang._make(starts, iclass, np.asarray(rows, dtype=np.int32), 1, finals, stopped)
-    return charlang.trim(out)
+    out = charlang._make(starts, iclass, rows, 1, finals, stopped)
+    # every state but the stopped one was reached; when that one was too and every state can reach an end (the
+    # usual case: a stop phrase can come next), the table is already trim and the NumPy trim is skipped
+    if not stop_reached:
+        return charlang.trim(out)
+    alive = [f or st for f, st in zip(finals, stopped, strict=True)]
+    preds: list[list[int]] = [[] for _ in rows]
+    for u, row in enumerate(rows):
+        for t in row:
+            if t >= 0:
+                preds[t].append(u)
+    stack = [u for u, x in enumerate(alive) if x]
+    while stack:
+        for u in preds[stack.pop()]:
+            if not alive[u]:
+                alive[u] = True
+                stack.append(u)
+    return out if all(alive) else charlang.trim(out)
 
 
 # ----------------------------------------------------------------------------------------------------------
