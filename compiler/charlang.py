@@ -1188,26 +1188,35 @@ def position_dfa(pattern: str) -> CharDFA | None:
         for sid in sig:
             set_classes[sid].append(k)
     n_cls = len(sig_class)
-    pos_classes = [set_classes[sid] for sid in pos_set]
-    start = frozenset([-1])
-    index = {start: 0}
-    states = [start]
+    # position sets as bitmasks (Python ints): a state's move on class k is one AND with the positions of k
+    class_mask = [0] * n_cls
+    for q, sid in enumerate(pos_set):
+        for k in set_classes[sid]:
+            class_mask[k] |= 1 << q
+    follow_mask = [sum(1 << x for x in f) for f in follow]
+    last_mask = sum(1 << x for x in last)
+    index = {0: 0}  # the initial state is 0; every other state is a nonempty set of positions
+    states = [0]
     rows: list[list[int]] = []
     final: list[bool] = []
     i = 0
     while i < len(states):
         cur = states[i]
-        cand = first if cur is start else set().union(*(follow[p] for p in cur))
-        nxt: list[list[int]] = [[] for _ in range(n_cls)]
-        for q in cand:
-            for k in pos_classes[q]:
-                nxt[k].append(q)
+        if i == 0:
+            cand = sum(1 << x for x in first)
+        else:
+            cand = 0
+            rest = cur
+            while rest:
+                low = rest & -rest
+                cand |= follow_mask[low.bit_length() - 1]
+                rest ^= low
         row = []
-        for qs in nxt:
-            if not qs:
+        for mask in class_mask:
+            key = cand & mask
+            if not key:
                 row.append(-1)
                 continue
-            key = frozenset(qs)
             j = index.get(key)
             if j is None:
                 if len(states) >= _POS_STATES:
@@ -1216,7 +1225,7 @@ def position_dfa(pattern: str) -> CharDFA | None:
                 states.append(key)
             row.append(j)
         rows.append(row)
-        final.append(nullable if cur is start else not last.isdisjoint(cur))
+        final.append(nullable if i == 0 else bool(cur & last_mask))
         i += 1
     return _make(cuts, iclass, rows, 0, final)
 
