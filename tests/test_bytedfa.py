@@ -193,8 +193,26 @@ def _raw_chardfas(draw):
     return charlang._make([0, *starts], iclass, trans, draw(st.integers(0, s - 1)), final, stopped)
 
 
+@st.composite
+def _loop_free_chardfas(draw):
+    """Small char DFAs whose only cycles are self-loops (the one-pass minimization's case), states shuffled."""
+    from lmqc.compiler import charlang
+
+    s, k = draw(st.integers(1, 12)), draw(st.integers(1, 4))
+    perm = draw(st.permutations(list(range(s))))
+    trans = [[-1] * k for _ in range(s)]
+    for i in range(s):  # state i moves to itself or to a later state (or rejects)
+        for c in range(k):
+            t = draw(st.sampled_from([-1, i, *range(i + 1, s)]))
+            trans[perm[i]][c] = -1 if t < 0 else perm[t]
+    final = draw(st.lists(st.booleans(), min_size=s, max_size=s))
+    stopped = draw(st.lists(st.booleans(), min_size=s, max_size=s))
+    starts = sorted(draw(st.sets(st.integers(1, 0x10FFFF), min_size=k - 1, max_size=k - 1)))
+    return charlang._make([0, *starts], list(range(k)), trans, draw(st.integers(0, s - 1)), final, stopped)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(_raw_chardfas(), constraints()))
+@given(st.one_of(_raw_chardfas(), _loop_free_chardfas(), constraints()))
 def test_small_minimize_is_the_numpy_minimize(d):
     from lmqc.compiler import charlang
 
