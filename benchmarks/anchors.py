@@ -5,8 +5,8 @@ same run, same Gemma 3 vocabulary, same eight regexes.
     make bench-anchors     # installs the optional extra 'anchors' into .venv first
 
 Per engine: one-off setup per vocabulary (its tokenizer description built from lmqc's ``Vocabulary`` token
-bytes), compile (regex -> ready matcher; median of a few runs, one run if the first takes over 2 s) and the
-per-step work over a 64-step random walk. Every engine's step is the same work: the allowed set for the current
+bytes), compile (regex -> ready matcher; the first run and the median of the next few, back to back, the engines
+taking turns workload by workload; one run if the first takes over 2 s) and the per-step work over a 64-step random walk. Every engine's step is the same work: the allowed set for the current
 state (an anchor fills its token bitmask; lmqc looks up the state's mask), that set applied to the same real
 Gemma logits row, and the argmax. Anchors apply the bitmask with their own CPU kernel where they ship one that
 needs neither torch nor numba (xgrammar's C++ ``apply_token_bitmask_inplace_cpu`` called on NumPy buffers,
@@ -333,19 +333,7 @@ def main() -> None:
     uncon = stats_us(unconstrained(rows, args.steps, 1 + passes))
     out: dict[str, Any] = {"lmqc": {"version": md.version("lmqc"), "apply": "lmqc choose_argmax (runtime.decode)",
                                     "workloads": {}}, "unconstrained_step_us": uncon}
-    for w in workloads:
-        times = []
-        for _ in range(R):
-            t = time.perf_counter()
-            c = compile_query(parse(w.source), vocab)
-            times.append(time.perf_counter() - t)
-        wk = walk(None, c.automata["X"], vocab, rows, args.steps, 1 + passes)
-        out["lmqc"]["workloads"][w.name] = {"compile_ms": med(times) * 1e3, "compile_first_ms": times[0] * 1e3,
-                                             "step_warm_us": stats_us(wk["warm"]),
-                                             "step_first_pass_us": stats_us(wk["cold"]),
-                                             "advance_us": stats_us(wk["advance"])}
-    print("  lmqc: done", flush=True)
-
+    engines: dict[str, Engine] = {}
     for name in [a.strip() for a in args.anchors.split(",") if a.strip()]:
         rec: dict[str, Any] = {"workloads": {}}
         out[name] = rec
@@ -365,30 +353,50 @@ def main() -> None:
             rec["error"] = f"setup failed: {type(e).__name__}: {e}"
             print(f"  {name}: {rec['error']}")
             continue
-        for w in workloads:
+        engines[name] = eng
+
+    def compile_with(name: str, w: Any) -> Any:
+        if name == "lmqc":
+            return compile_query(parse(w.source), vocab).automata["X"]
+        return engines[name].compile(w.regex)
+
+    for w in workloads:
+        # Engines take turns workload by workload, so that the VM's drifting speed (up to 2x within minutes here)
+        # favours none of them; each engine's runs stay back to back (alternating run by run would measure each
+        # engine in caches the other just filled). An engine whose run took over 2 s is not run again.
+        times: dict[str, list[float]] = {n: [] for n in ["lmqc", *engines]}
+        compiled: dict[str, Any] = {}
+        failed: dict[str, str] = {}
+        for n in times:
             try:
-                times = []
-                compiled = None
-                for _ in range(R):
+                for _ in range(R + 1):  # the first run is reported apart (cold caches), the median is of the rest
                     t = time.perf_counter()
-                    compiled = eng.compile(w.regex)
-                    times.append(time.perf_counter() - t)
-                    if times[-1] > 2.0:
+                    compiled[n] = compile_with(n, w)
+                    times[n].append(time.perf_counter() - t)
+                    if times[n][-1] > 2.0:
                         break
-                wk = walk(eng, compiled, vocab, rows, args.steps, 1 + passes)
-                rec["workloads"][w.name] = {"compile_ms": med(times) * 1e3, "compile_first_ms": times[0] * 1e3,
-                                            "compile_runs": len(times),
-                                            "step_warm_us": stats_us(wk["warm"]),
-                                            "step_first_pass_us": stats_us(wk["cold"]),
-                                            "advance_us": stats_us(wk["advance"])}
+            except Exception as e:  # noqa: BLE001 - report and go on
+                failed[n] = f"{type(e).__name__}: {e}"
+        for n, ts in times.items():
+            rec = out[n]["workloads"]
+            if n in failed:
+                rec[w.name] = {"error": failed[n]}
+                continue
+            try:
+                wk = walk(None if n == "lmqc" else engines[n], compiled[n], vocab, rows, args.steps, 1 + passes)
             except Exception as e:  # noqa: BLE001
-                rec["workloads"][w.name] = {"error": f"{type(e).__name__}: {e}"}
-            print(f"  {name} {w.name}: done", flush=True)
+                rec[w.name] = {"error": f"{type(e).__name__}: {e}"}
+                continue
+            rec[w.name] = {"compile_ms": med(ts[1:] or ts) * 1e3, "compile_first_ms": ts[0] * 1e3, "compile_runs": len(ts),
+                           "step_warm_us": stats_us(wk["warm"]), "step_first_pass_us": stats_us(wk["cold"]),
+                           "advance_us": stats_us(wk["advance"])}
+        print(f"  {w.name}: done", flush=True)
 
     anchors = [a for a in out if a not in ("lmqc", "unconstrained_step_us")]
     print("\nsetup once per vocabulary: " + "; ".join(
         f"{a} {out[a]['setup_s']:.2f} s" if "setup_s" in out[a] else f"{a}: {out[a].get('error')}" for a in anchors))
-    print("\ncompile ms (regex/query -> ready matcher), and each anchor's time relative to lmqc (x = anchor / lmqc):")
+    print("\ncompile ms (regex/query -> ready matcher; median of the runs after the first), and each anchor's time "
+          "relative to lmqc (x = anchor / lmqc):")
     hdr = ["workload", "lmqc"]
     for a in anchors:
         hdr += [a, "x"]
@@ -404,7 +412,8 @@ def main() -> None:
                 row += [r["compile_ms"], f"{r['compile_ms'] / lm:.2f}x"]
         body.append(row)
     print(table(hdr, body))
-    print("\nfirst compile of each workload in the process (ms; before any per-process cache of the engine holds it):")
+    print("\nfirst compile of each workload (ms; caches cold: right after another engine's work, before any "
+          "per-process cache of the engine holds the workload):")
     hdr = ["workload", "lmqc", *anchors]
     body = []
     for w in workloads:
