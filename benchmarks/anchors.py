@@ -313,6 +313,19 @@ def unconstrained(rows: np.ndarray, steps: int, passes: int) -> np.ndarray:
     return np.median(np.asarray(runs, np.float64), axis=0)
 
 
+def _engine_table(out: dict[str, Any], workloads: list, anchors: list[str], cell: Callable[[dict], Any]) -> str:
+    """A table of one cell per workload (rows) and engine (columns, lmqc first), ``-`` where an engine has no
+    record of the workload."""
+    body = []
+    for w in workloads:
+        row: list[Any] = [w.name]
+        for a in ["lmqc", *anchors]:
+            r = out[a]["workloads"].get(w.name)
+            row.append("-" if r is None else cell(r))
+        body.append(row)
+    return table(["workload", "lmqc", *anchors], body)
+
+
 def main() -> None:
     ap = arg_parser(__doc__)
     ap.add_argument("--anchors", default=",".join(ANCHORS))
@@ -414,30 +427,14 @@ def main() -> None:
     print(table(hdr, body))
     print("\nfirst compile of each workload (ms; caches cold: right after another engine's work, before any "
           "per-process cache of the engine holds the workload):")
-    hdr = ["workload", "lmqc", *anchors]
-    body = []
-    for w in workloads:
-        row = [w.name]
-        for a in ["lmqc", *anchors]:
-            r = out[a]["workloads"].get(w.name)
-            row.append("-" if r is None or "error" in r else r["compile_first_ms"])
-        body.append(row)
-    print(table(hdr, body))
+    print(_engine_table(out, workloads, anchors, lambda r: "-" if "error" in r else r["compile_first_ms"]))
     print(f"\nper-step µs: the allowed set, applied to a real Gemma logits row, and the argmax, the same work for every "
           f"engine; median / max of the warm replays, first-pass max in brackets. Unconstrained step (argmax of the "
           f"raw row): median {uncon['median']:.1f}, max {uncon['max']:.0f}. Applied with:")
     for a in ["lmqc", *anchors]:
         print(f"  {a}: {out[a].get('apply', '-')}")
-    hdr = ["workload", "lmqc", *anchors]
-    body = []
-    for w in workloads:
-        row = [w.name]
-        for a in ["lmqc", *anchors]:
-            r = out[a]["workloads"].get(w.name)
-            row.append("-" if r is None else r.get("error", "")[:40] if "error" in r else
-                       _cell(r["step_warm_us"], r["step_first_pass_us"]))
-        body.append(row)
-    print(table(hdr, body))
+    print(_engine_table(out, workloads, anchors, lambda r: r["error"][:40] if "error" in r else
+                        _cell(r["step_warm_us"], r["step_first_pass_us"])))
     print(f"\nper-step µs beyond the unconstrained step (median - {uncon['median']:.1f}, max - {uncon['median']:.1f}), "
           "and the state advance (median, timed apart):")
     hdr = ["workload"] + [f"{a} {k}" for a in ["lmqc", *anchors] for k in ("med+", "max+", "adv")]

@@ -286,13 +286,21 @@ def _build_patched(dfa: ByteDFA, vocab: Vocabulary, monkeypatch, patches: list) 
             return str(e)
 
 
-def _builds_agree(monkeypatch, c, spec, patches_a: list, patches_b: list) -> None:
-    """The automaton of ``c`` over ``spec`` is the same array for array under both sets of module patches."""
+def _vocab_and_dfa(c, spec) -> tuple[Vocabulary, ByteDFA | None]:
+    """The vocabulary of a ``vocabularies()``/``_wide_vocabularies()`` draw and the byte DFA of ``c`` (None if
+    ``c`` has no character language)."""
     pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
-    vocab = Vocabulary(pieces, 0, specials)
     try:
         dfa = ByteDFA.from_ir(lower_hole("X", c))
     except ConstraintError:
+        dfa = None
+    return Vocabulary(pieces, 0, specials), dfa
+
+
+def _builds_agree(monkeypatch, c, spec, patches_a: list, patches_b: list) -> None:
+    """The automaton of ``c`` over ``spec`` is the same array for array under both sets of module patches."""
+    vocab, dfa = _vocab_and_dfa(c, spec)
+    if dfa is None:
         return
     a = _build_patched(dfa, vocab, monkeypatch, patches_a)
     b = _build_patched(dfa, vocab, monkeypatch, patches_b)
@@ -342,11 +350,8 @@ def _same_automaton(a: TokenAutomaton, b: TokenAutomaton, V: int) -> None:
 def test_narrow_walk_builds_the_vectorized_automaton(monkeypatch, c, spec):
     from lmqc.compiler import automaton
 
-    pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
-    vocab = Vocabulary(pieces, 0, specials)
-    try:
-        dfa = ByteDFA.from_ir(lower_hole("X", c))
-    except ConstraintError:
+    vocab, dfa = _vocab_and_dfa(c, spec)
+    if dfa is None:
         return
     built = []
     for fanout, visits in ((10**9, 10**9), (-1, 0)):  # the node-by-node walk for every language, then never
