@@ -608,7 +608,6 @@ def _walk_narrow(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarra
     seqs: list[int] = []
     child_ptr, byte, end_ptr, end_tok = trie.child_ptr, trie.byte, trie.end_ptr, trie.end_tok
     n_depth = len(child_ptr)
-    visits = 0
     stack: list[tuple[int, int, tuple[tuple[int, int], ...]]] = []
 
     def visit(d: int, node: int, row: tuple[tuple[int, int], ...]) -> None:
