@@ -388,6 +388,9 @@ def test_group_trie_walk_is_the_byte_trie_walk(monkeypatch, c, spec):
             vocab = Vocabulary(pieces, 0, specials)  # a fresh vocabulary: its group trie is built with ``groups``
             got.append(automaton._walk(dfa, vocab))
     (ta, ka, ua), (tb, kb, ub) = got
+    # a walk may list tokens of a column no state allows (dead tokens it did not filter): compare the others
+    ka, ua = ka[(ta >= 0).any(axis=0)[ua]], ua[(ta >= 0).any(axis=0)[ua]]
+    kb, ub = kb[(tb >= 0).any(axis=0)[ub]], ub[(tb >= 0).any(axis=0)[ub]]
     oa, ob = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
     assert np.array_equal(ka[oa], kb[ob])
     assert np.array_equal(ta[:, ua[oa]], tb[:, ub[ob]])
