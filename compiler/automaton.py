@@ -32,8 +32,8 @@ from .bytedfa import ByteDFA
 from .charlang import unique_rows
 from .vocabulary import BYTE_GROUP, Vocabulary
 
-UNREACHABLE = np.int32(2**30)
-_GROUP_FIRST = np.unique(BYTE_GROUP, return_index=True)[1]  # the first byte of each byte group  # min_tokens_to_end of a state from which no end is reachable
+UNREACHABLE = np.int32(2**30)  # min_tokens_to_end of a state from which no end is reachable
+_GROUP_FIRST = np.unique(BYTE_GROUP, return_index=True)[1]  # the first byte of each byte group
 
 
 class TokenAutomaton:
@@ -112,9 +112,10 @@ class TokenAutomaton:
         self.eos_id = int(vocab.eos_id if eos_id is None else eos_id)
         self.unconstrained = bool(unconstrained)
         self.next_table = next_table
-        # ``tok_seq`` is built on first use from ``touched`` (the tokens some state may allow, their sequences,
-        # -1 for a few never allowed after all, and the vocabulary size) when the builder gives only those: a narrow language touches a few hundred tokens,
-        # and filling a vocabulary-wide array belongs to the first decoding step, not to the compile.
+        # ``tok_seq`` is built on first use from ``touched`` (tokens and their sequences, -1 for those never
+        # allowed after all, and the vocabulary size) when the builder gives only those: a narrow language touches
+        # a few hundred tokens, and filling a vocabulary-wide array belongs to the first decoding step, not to the
+        # compile.
         self._tok_seq = tok_seq
         self._touched = touched
         self.final = final
