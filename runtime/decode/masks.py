@@ -63,9 +63,14 @@ class Dense:
     def contains(self, t: int) -> bool:
         bits = self._bits
         if bits is None:
-            # a bitmap (V/8 bytes): a binary search over a quarter million ids costs ~3 µs per probe, this ~0.2
-            keep = np.ones(self.V, bool)
-            keep[self.comp] = False
+            # a bitmap (V/8 bytes): a binary search over a quarter million ids costs ~3 µs per probe, this ~0.2.
+            # From whichever side is known: the complement is only needed once a favourite is rejected
+            if self.ids is not None:
+                keep = np.zeros(self.V, bool)
+                keep[self.ids] = True
+            else:
+                keep = np.ones(self.V, bool)
+                keep[self._comp] = False
             bits = self._bits = np.packbits(keep, bitorder="little")
         return (bits.item(t >> 3) >> (t & 7)) & 1 == 1
 
