@@ -140,18 +140,7 @@ def apply_stops(c: CharDFA, stops: tuple[Stop, ...]) -> CharDFA:
     # usual case: a stop phrase can come next), the table is already trim and the NumPy trim is skipped
     if not stop_reached:
         return charlang.trim(out)
-    alive = [f or st for f, st in zip(finals, stopped, strict=True)]
-    preds: list[list[int]] = [[] for _ in rows]
-    for u, row in enumerate(rows):
-        for t in row:
-            if t >= 0:
-                preds[t].append(u)
-    stack = [u for u, x in enumerate(alive) if x]
-    while stack:
-        for u in preds[stack.pop()]:
-            if not alive[u]:
-                alive[u] = True
-                stack.append(u)
+    alive = charlang._coreachable_rows(rows, [f or st for f, st in zip(finals, stopped, strict=True)])
     return out if all(alive) else charlang.trim(out)
 
 

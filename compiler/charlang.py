@@ -254,6 +254,23 @@ def _search(seeds: list[int], owner: np.ndarray, nbr: np.ndarray, s: int) -> np.
     return np.asarray(seen, dtype=bool)
 
 
+def _coreachable_rows(rows: list[list[int]], alive: list[bool]) -> list[bool]:
+    """Per state of a transition table given as lists (-1: no transition): ``alive`` or some ``alive`` state is
+    reachable from it (``alive`` is extended in place and returned)."""
+    preds: list[list[int]] = [[] for _ in rows]
+    for u, row in enumerate(rows):
+        for t in row:
+            if t >= 0:
+                preds[t].append(u)
+    stack = [u for u, x in enumerate(alive) if x]
+    while stack:
+        for u in preds[stack.pop()]:
+            if not alive[u]:
+                alive[u] = True
+                stack.append(u)
+    return alive
+
+
 def _reachable_rows(rows: list[list[int]], initial: int) -> list[bool]:
     """Per state of a transition table given as lists (-1: no transition): reachable from ``initial``."""
     seen = [False] * len(rows)
@@ -497,18 +514,7 @@ def _minimize_small(a: CharDFA) -> CharDFA:
     flags = [int(f) + 2 * int(st) for f, st in zip(a.final.tolist(), a.stopped.tolist(), strict=True)]
     # -- trim: co-reachable from an end, then reachable from the initial state
     s = len(rows)
-    rev: list[list[int]] = [[] for _ in range(s)]
-    for u, row in enumerate(rows):
-        for t in row:
-            if t >= 0:
-                rev[t].append(u)
-    alive = [f > 0 for f in flags]
-    stack = [i for i in range(s) if alive[i]]
-    while stack:
-        for u in rev[stack.pop()]:
-            if not alive[u]:
-                alive[u] = True
-                stack.append(u)
+    alive = _coreachable_rows(rows, [f > 0 for f in flags])
     initial = a.initial
     trimmed = True
     if not alive[initial]:
@@ -572,25 +578,7 @@ def _minimize_small(a: CharDFA) -> CharDFA:
             n_blocks = len(sig)
         else:  # a long chain: Hopcroft finishes from this partition
             label, n_blocks = _hopcroft(np.asarray(comp, dtype=np.int32), label)
-    # -- quotient, blocks numbered breadth-first from the initial state's block, successors in class order
-    rep = [-1] * n_blocks
-    for i in range(s, -1, -1):
-        rep[label[i]] = i  # smallest state of each block
-    new_of_block = [-1] * n_blocks
-    start = label[initial]
-    new_of_block[start] = 0
-    sink_block = label[s]
-    order_b = [start]
-    i = 0
-    while i < len(order_b):
-        for t in comp[rep[order_b[i]]]:
-            b = label[t]
-            if b != sink_block and new_of_block[b] < 0:
-                new_of_block[b] = len(order_b)
-                order_b.append(b)
-        i += 1
-    reps = [rep[b] for b in order_b]
-    trans = [[new_of_block[label[t]] for t in comp[r]] for r in reps]
+    reps, trans = _quotient_rows(comp, label, n_blocks, initial)
     out = _make(starts, iclass, trans, 0, [flags[r] & 1 for r in reps], [flags[r] >> 1 for r in reps])
     return out if len(set(zip(*trans, strict=True))) == len(order) else compress_alphabet(out)
 
@@ -630,28 +618,9 @@ def _minimize_loop_free(a: CharDFA) -> CharDFA | None:
     if got is None:
         return None
     block, n_blocks = got
-    sink_block = block[s]
-    start = block[a.initial]
-    if start == sink_block:
+    if block[a.initial] == block[s]:  # the initial state is dead: an empty language
         return None
-    # -- quotient, blocks numbered breadth-first from the initial state's block, successors in class order
-    rep = [-1] * n_blocks
-    for i in range(s, -1, -1):
-        rep[block[i]] = i  # smallest state of each block
-    new_of_block = [-1] * n_blocks  # the sink's block stays -1
-    new_of_block[start] = 0
-    order_b = [start]
-    i = 0
-    while i < len(order_b):
-        for t in comp[rep[order_b[i]]]:
-            b = block[t]
-            if new_of_block[b] < 0 and b != sink_block:
-                new_of_block[b] = len(order_b)
-                order_b.append(b)
-        i += 1
-    reps = [rep[b] for b in order_b]
-    new_of_state = [new_of_block[b] for b in block]
-    trans = [[*map(new_of_state.__getitem__, comp[r])] for r in reps]
+    reps, trans = _quotient_rows(comp, block, n_blocks, a.initial)
     # -- classes with identical columns merge, numbered by lowest code point; adjacent intervals of one merge
     col_group: dict[tuple, int] = {}
     merged = [col_group.setdefault(c, len(col_group)) for c in zip(*trans, strict=True)]
@@ -667,6 +636,32 @@ def _minimize_loop_free(a: CharDFA) -> CharDFA | None:
         [flags[r] & 1 for r in reps],
         [flags[r] >> 1 for r in reps],
     )
+
+
+def _quotient_rows(comp: list[list[int]], block: list[int], n_blocks: int, initial: int) -> tuple[list[int], list[list[int]]]:
+    """The quotient of a complete DFA (``comp``, the sink its last row) by a stable partition ``block``: blocks
+    numbered breadth-first from the initial state's block, successors in class order, the sink's block left out
+    (-1). Returns each new state's representative (the smallest state of its block) and the rows."""
+    s = len(comp) - 1
+    rep = [-1] * n_blocks
+    for i in range(s, -1, -1):
+        rep[block[i]] = i
+    new_of_block = [-1] * n_blocks  # the sink's block stays -1
+    sink_block = block[s]
+    start = block[initial]
+    new_of_block[start] = 0
+    order_b = [start]
+    i = 0
+    while i < len(order_b):
+        for t in comp[rep[order_b[i]]]:
+            b = block[t]
+            if b != sink_block and new_of_block[b] < 0:
+                new_of_block[b] = len(order_b)
+                order_b.append(b)
+        i += 1
+    reps = [rep[b] for b in order_b]
+    new_of_state = [new_of_block[b] for b in block]
+    return reps, [[*map(new_of_state.__getitem__, comp[r])] for r in reps]
 
 
 def _loop_free_blocks(comp: list[list[int]], label: list[int]) -> tuple[list[int], int] | None:
