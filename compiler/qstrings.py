@@ -51,7 +51,7 @@ class Positions(Sequence[Pos]):
     def __init__(self, lines: np.ndarray, cols: np.ndarray) -> None:
         self._lines: np.ndarray | None = lines
         self._cols: np.ndarray | None = cols
-        self._run: tuple[int, int, int] | None = None  # (line, first column, length) while the arrays are not made
+        self._run: tuple[int, int, int] | None = None  # (line, first column, length) of a one-line run
 
     @classmethod
     def _of_run(cls, line: int, col: int, n: int) -> Positions:
@@ -106,7 +106,7 @@ class Positions(Sequence[Pos]):
         return Positions(self.lines[index], self.cols[index])
 
     def __len__(self) -> int:
-        return self._run[2] if self._run is not None and self._lines is None else len(self._lines)  # type: ignore[arg-type]
+        return self._run[2] if self._run is not None else len(self._lines)  # type: ignore[arg-type]
 
     @overload
     def __getitem__(self, k: int) -> Pos: ...
@@ -114,7 +114,7 @@ class Positions(Sequence[Pos]):
     def __getitem__(self, k: slice) -> Positions: ...
     def __getitem__(self, k: int | slice) -> Pos | Positions:
         run = self._run
-        if run is not None and self._lines is None:
+        if run is not None:  # a run answers by arithmetic, whether or not its arrays were made
             line, col, n = run
             if isinstance(k, slice):
                 start, stop, step = k.indices(n)
