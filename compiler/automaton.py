@@ -662,6 +662,13 @@ def _walk_narrow(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarra
     return np.ascontiguousarray(table.T), np.asarray(toks, dtype=np.int32), np.asarray(seqs, dtype=np.int32)
 
 
+def _group_classes(classes: np.ndarray) -> np.ndarray | None:
+    """The byte class of each :data:`BYTE_GROUP` label, if ``classes`` (per byte) never tells two bytes of one
+    group apart; else None."""
+    by_group = classes[_GROUP_FIRST]
+    return by_group if np.array_equal(by_group[BYTE_GROUP], classes) else None
+
+
 def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All DFA states over the candidate tokens, through the vocabulary's byte trie.
 
@@ -678,9 +685,8 @@ def _walk(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.n
     """
     lv = vocab.levels
     classes = dfa.classes.astype(np.intp)
-    by_group = classes[_GROUP_FIRST]
-    if np.array_equal(by_group[BYTE_GROUP], classes):
-        # the DFA never tells two bytes of one group apart: walk the far smaller trie of group labels
+    by_group = _group_classes(classes)
+    if by_group is not None:  # walk the far smaller trie of group labels
         trie, classes = lv.group_trie, by_group
     else:
         trie = lv.trie

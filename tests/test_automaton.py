@@ -286,15 +286,19 @@ def _build_patched(dfa: ByteDFA, vocab: Vocabulary, monkeypatch, patches: list) 
             return str(e)
 
 
-def _vocab_and_dfa(c, spec) -> tuple[Vocabulary, ByteDFA | None]:
-    """The vocabulary of a ``vocabularies()``/``_wide_vocabularies()`` draw and the byte DFA of ``c`` (None if
-    ``c`` has no character language)."""
+def _vocab(spec) -> Vocabulary:
+    """The vocabulary of a ``vocabularies()``/``_wide_vocabularies()`` draw."""
     pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
+    return Vocabulary(pieces, 0, specials)
+
+
+def _vocab_and_dfa(c, spec) -> tuple[Vocabulary, ByteDFA | None]:
+    """The vocabulary of a draw and the byte DFA of ``c`` (None if ``c`` has no character language)."""
     try:
         dfa = ByteDFA.from_ir(lower_hole("X", c))
     except ConstraintError:
         dfa = None
-    return Vocabulary(pieces, 0, specials), dfa
+    return _vocab(spec), dfa
 
 
 def _builds_agree(monkeypatch, c, spec, patches_a: list, patches_b: list) -> None:
@@ -374,10 +378,8 @@ def test_narrow_walk_builds_the_vectorized_automaton(monkeypatch, c, spec):
 def test_group_trie_walk_is_the_byte_trie_walk(monkeypatch, c, spec):
     from lmqc.compiler import automaton, vocabulary
 
-    pieces, specials = (spec[0], spec[1]) if isinstance(spec, tuple) else (spec, [0])
-    try:
-        dfa = ByteDFA.from_ir(lower_hole("X", c))
-    except ConstraintError:
+    _, dfa = _vocab_and_dfa(c, spec)
+    if dfa is None:
         return
     got = []
     for groups in (vocabulary.BYTE_GROUP, np.arange(256, dtype=np.uint8)):  # byte groups, then every byte alone
@@ -385,20 +387,18 @@ def test_group_trie_walk_is_the_byte_trie_walk(monkeypatch, c, spec):
             m.setattr(vocabulary, "BYTE_GROUP", groups)
             m.setattr(automaton, "BYTE_GROUP", groups)
             m.setattr(automaton, "_GROUP_FIRST", np.unique(groups, return_index=True)[1])
-            vocab = Vocabulary(pieces, 0, specials)  # a fresh vocabulary: its group trie is built with ``groups``
-            got.append(automaton._walk(dfa, vocab))
-    (ta, ka, ua), (tb, kb, ub) = got
-    # a walk may list tokens of a column no state allows (dead tokens it did not filter): compare the others
-    ka, ua = ka[(ta >= 0).any(axis=0)[ua]], ua[(ta >= 0).any(axis=0)[ua]]
-    kb, ub = kb[(tb >= 0).any(axis=0)[ub]], ub[(tb >= 0).any(axis=0)[ub]]
-    oa, ob = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
-    assert np.array_equal(ka[oa], kb[ob])
-    assert np.array_equal(ta[:, ua[oa]], tb[:, ub[ob]])
+            table, toks, seqs = automaton._walk(dfa, _vocab(spec))  # a fresh vocabulary: its group trie has ``groups``
+        # a walk may list tokens of a column no state allows (dead tokens it did not filter): compare the others
+        live = (table >= 0).any(axis=0)[seqs]
+        toks, seqs = toks[live], seqs[live]
+        order = np.argsort(toks, kind="stable")
+        got.append((toks[order], table[:, seqs[order]]))
+    assert np.array_equal(got[0][0], got[1][0])
+    assert np.array_equal(got[0][1], got[1][1])
 
 
 def test_group_trie_is_smaller_and_only_for_dfas_that_ignore_the_groups():
     from lmqc.compiler import automaton
-    from lmqc.compiler.vocabulary import BYTE_GROUP
 
     words = [b"the", b" the", b"The", b"cat", b" cat", b"12", b"34", b"a.b", "é".encode(), "ü".encode()]
     vocab = Vocabulary([b"</s>", *words], 0, [0])
@@ -406,7 +406,7 @@ def test_group_trie_is_smaller_and_only_for_dfas_that_ignore_the_groups():
     assert sum(map(len, lv.group_trie.parent)) < sum(map(len, lv.trie.parent))
     for regex, grouped in (("[a-z ]*", True), ("[^.]*", True), ("[a-f]+", False), ("the|cat", False)):
         classes = ByteDFA.from_ir(lower_hole("X", Regex("X", regex))).classes
-        assert np.array_equal(classes[automaton._GROUP_FIRST][BYTE_GROUP], classes) == grouped, regex
+        assert (automaton._group_classes(classes) is not None) == grouped, regex
 
 
 def test_narrow_walk_gives_up_on_a_wide_language(monkeypatch):
