@@ -122,7 +122,9 @@ def choose_argmax(row: np.ndarray, ids: np.ndarray | None, dense: Dense | None) 
     if ids is not None:
         if len(ids) == 0:
             return -1
-        return ids.item(row[ids].argmax())  # methods, not np.* wrappers: a few µs less per step
+        # methods, not np.* wrappers: a few µs less per step; take with mode="clip" (ids are in range) skips the
+        # bounds check of row[ids]: 33k ids on 262k logits 37 -> 31 µs
+        return ids.item(row.take(ids, mode="clip").argmax())
     return dense.argmax(row)
 
 
