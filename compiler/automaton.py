@@ -589,12 +589,9 @@ def _walk_narrow(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarra
     trie = vocab.levels.trie
     if len(trie.parent) < 2:
         return None
-    live = dfa.trans >= 0
-    # nodes one byte below each first byte, summed per byte class, times the states that take the class
-    fanout = np.zeros(256, dtype=np.int64)
-    fanout[trie.byte[0]] = np.diff(trie.child_ptr[1])
-    per_class = np.bincount(dfa.classes, weights=fanout, minlength=dfa.n_classes)
-    if float(live.sum(axis=0) @ per_class) > _NARROW_FANOUT:
+    tv = trie.views
+    # nodes one byte below each first byte, times the states that take the byte
+    if float(tv.fanout @ (dfa.trans >= 0).sum(axis=0)[dfa.classes]) > _NARROW_FANOUT:
         return None
     s_n = dfa.n_states
     nxt = dfa.trans[:, dfa.classes]
@@ -607,13 +604,13 @@ def _walk_narrow(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarra
     behaviours: dict[tuple[tuple[int, int], ...], int] = {}
     toks: list[int] = []
     seqs: list[int] = []
-    child_ptr, byte, end_ptr, end_tok = trie.child_ptr, trie.byte, trie.end_ptr, trie.end_tok
+    child_ptr, byte, end_ptr, end_tok, root = tv.child_ptr, tv.byte, tv.end_ptr, tv.end_tok, tv.root
     n_depth = len(child_ptr)
     stack: list[tuple[int, int, tuple[tuple[int, int], ...]]] = []
 
     def visit(d: int, node: int, row: tuple[tuple[int, int], ...]) -> None:
         ep = end_ptr[d]
-        e0, e1 = ep.item(node), ep.item(node + 1)
+        e0, e1 = ep[node], ep[node + 1]
         if e0 != e1:  # tokens end here: their behaviour is the row
             u = behaviours.setdefault(row, len(behaviours))
             ended = end_tok[d][e0:e1].tolist()
@@ -621,10 +618,9 @@ def _walk_narrow(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarra
             seqs.extend([u] * len(ended))
         stack.append((d, node, row))
 
-    for i, b in enumerate(byte[0].tolist()):
-        first = by_byte.get(b)
-        if first is not None:
-            visit(0, i, tuple(first))
+    for b in sorted(by_byte):  # root nodes in trie order
+        if root[b] >= 0:
+            visit(0, root[b], tuple(by_byte[b]))
     visits = len(stack)
     while stack:
         d, node, row = stack.pop()
@@ -632,10 +628,10 @@ def _walk_narrow(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarra
         if d >= n_depth:
             continue
         cp = child_ptr[d]
-        lo, hi = cp.item(node), cp.item(node + 1)
+        lo, hi = cp[node], cp[node + 1]
         if lo == hi:
             continue
-        kids = byte[d][lo:hi].tolist()
+        kids = byte[d][lo:hi]
         if len(row) == 1:
             cand: dict[int, int] | set[int] = moves[row[0][1]]
         else:
@@ -655,11 +651,12 @@ def _walk_narrow(dfa: ByteDFA, vocab: Vocabulary) -> tuple[np.ndarray, np.ndarra
         visits += len(hits)
         if visits > _NARROW_VISITS:
             return None
-    table = np.full((len(behaviours), s_n), -1, dtype=np.int32)
-    for row, u in behaviours.items():
-        for s0, c in row:
-            table[u, s0] = c
-    return np.ascontiguousarray(table.T), np.asarray(toks, dtype=np.int32), np.asarray(seqs, dtype=np.int32)
+    table = np.full((s_n, len(behaviours)), -1, dtype=np.int32)
+    pairs = [(s0, c, u) for row, u in behaviours.items() for s0, c in row]
+    if pairs:
+        s0s, cs, us = zip(*pairs, strict=True)
+        table[list(s0s), list(us)] = cs
+    return table, np.asarray(toks, dtype=np.int32), np.asarray(seqs, dtype=np.int32)
 
 
 def _group_classes(classes: np.ndarray) -> np.ndarray | None:

@@ -216,6 +216,42 @@ class _Levels:
         return cls(tokens, lengths, count, level_bytes)
 
 
+class TrieViews:
+    """A :class:`_Trie` as a Python walk reads it: memoryviews of its per-depth arrays (indexing one costs a
+    fraction of ``ndarray.item``, and ``bisect`` searches one directly) and two tables over first bytes.
+
+    Attributes
+    ----------
+    child_ptr, byte, end_ptr, end_tok : list of memoryview
+        The trie's arrays of the same names, per depth.
+    root : list of int
+        ``root[b]``: the depth-0 node of first byte ``b`` (-1 if no token starts with ``b``), 256 entries.
+    fanout : float64[256]
+        The number of depth-1 nodes under each first byte (0 where none).
+    """
+
+    __slots__ = ("child_ptr", "byte", "end_ptr", "end_tok", "root", "fanout")
+
+    def __init__(self, child_ptr: list, byte: list, end_ptr: list, end_tok: list, root: list, fanout: np.ndarray) -> None:
+        self.child_ptr = child_ptr
+        self.byte = byte
+        self.end_ptr = end_ptr
+        self.end_tok = end_tok
+        self.root = root
+        self.fanout = fanout
+
+    @classmethod
+    def of(cls, trie: _Trie) -> TrieViews:
+        root = np.full(256, -1, np.int64)
+        fanout = np.zeros(256, np.float64)
+        if trie.byte:
+            root[trie.byte[0]] = np.arange(len(trie.byte[0]))
+            if len(trie.child_ptr) > 1:
+                fanout[trie.byte[0]] = np.diff(trie.child_ptr[1])
+        return cls([memoryview(a) for a in trie.child_ptr], [memoryview(a) for a in trie.byte],
+                   [memoryview(a) for a in trie.end_ptr], [memoryview(a) for a in trie.end_tok], root.tolist(), fanout)
+
+
 class _Trie:
     """The byte trie of the candidate tokens, level by level: every distinct prefix of every token is one node.
 
@@ -242,7 +278,7 @@ class _Trie:
         (token ids, ascending).
     """
 
-    __slots__ = ("parent", "byte", "end", "child_ptr", "end_ptr", "end_tok")
+    __slots__ = ("parent", "byte", "end", "child_ptr", "end_ptr", "end_tok", "_views")
 
     def __init__(self, parent: list, byte: list, end: list, child_ptr: list, end_ptr: list, end_tok: list) -> None:
         self.parent = parent
@@ -251,6 +287,14 @@ class _Trie:
         self.child_ptr = child_ptr
         self.end_ptr = end_ptr
         self.end_tok = end_tok
+        self._views: TrieViews | None = None
+
+    @property
+    def views(self) -> TrieViews:
+        """The trie for walks that visit nodes one at a time in Python (built once, cached)."""
+        if self._views is None:
+            self._views = TrieViews.of(self)
+        return self._views
 
     @classmethod
     def build(cls, lv: _Levels, labels: np.ndarray | None = None) -> _Trie:
