@@ -854,7 +854,10 @@ def _token_reachable(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.nd
 def _token_reachable_lists(table: np.ndarray, initial: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``_token_reachable`` over Python lists (the same order and parents)."""
     s_n = table.shape[0]
-    rows = table.tolist()
+    out: list[list[tuple[int, int]]] = [[] for _ in range(s_n)]  # (sequence, target) of each state's edges
+    src, col = np.nonzero(table >= 0)  # the edges only: most cells of a narrow language's table are -1
+    for s, u, t in zip(src.tolist(), col.tolist(), table[src, col].tolist(), strict=True):
+        out[s].append((u, t))
     parent_state = [-1] * s_n
     parent_seq = [-1] * s_n
     seen = [False] * s_n
@@ -864,8 +867,8 @@ def _token_reachable_lists(table: np.ndarray, initial: int) -> tuple[np.ndarray,
     while frontier:
         new: list[int] = []
         for f in frontier:
-            for u, t in enumerate(rows[f]):
-                if t >= 0 and not seen[t]:
+            for u, t in out[f]:
+                if not seen[t]:
                     seen[t] = True
                     parent_state[t] = f
                     parent_seq[t] = u
@@ -920,10 +923,9 @@ def _min_tokens_to_end_lists(table: np.ndarray, end: np.ndarray) -> np.ndarray:
     """``_min_tokens_to_end`` over Python lists: one BFS over the reversed edges (the same shortest distances)."""
     s_n = table.shape[0]
     rev: list[list[int]] = [[] for _ in range(s_n)]
-    for s, row in enumerate(table.tolist()):
-        for t in set(row):
-            if t >= 0:
-                rev[t].append(s)
+    src, col = np.nonzero(table >= 0)  # a state may reach a target by several sequences: the BFS skips repeats
+    for s, t in zip(src.tolist(), table[src, col].tolist(), strict=True):
+        rev[t].append(s)
     unreachable = int(UNREACHABLE)
     dist = [0 if e else unreachable for e in end.tolist()]
     frontier = [s for s in range(s_n) if dist[s] == 0]
