@@ -85,6 +85,7 @@ class TokenAutomaton:
         "forced_token",
         "_mask_cache",
         "_seq_groups",
+        "_seq_count",
         "tables",
     )
 
@@ -127,6 +128,7 @@ class TokenAutomaton:
         self.forced_token = forced_token
         self._mask_cache: list[np.ndarray | None] = [None] * len(mask_seqs)
         self._seq_groups: tuple[np.ndarray, np.ndarray] | None = None
+        self._seq_count: np.ndarray | None = None
         self.tables: object = None  # what the runtime derives from this automaton (runtime.decode.masks.MaskTables)
 
     # -- the runtime interface -----------------------------------------------------------------------------
@@ -196,38 +198,58 @@ class TokenAutomaton:
 
     def mask_size(self, m: int) -> int:
         """Number of token ids in mask ``m`` without materializing it."""
-        order, ptr = self._groups()
-        counts = np.diff(ptr)
-        return int(counts[self.mask_seqs[m]].sum()) + int(self.mask_final[m])
+        return int(self._seq_sizes()[self.mask_seqs[m]].sum()) + int(self.mask_final[m])
+
+    def mask_bits(self, m: int) -> np.ndarray:
+        """Mask ``m`` as a little-endian bitmap, uint8[ceil(V / 8)] (EOS set iff the mask is final): one pass over
+        the vocabulary, without listing the ids (a dense mask's ids take a second pass and 1 MB)."""
+        # tok_seq == -1 -> the appended False; ``take`` with int32 indices costs ~60 % of fancy indexing
+        keep = np.append(self.mask_seqs[m], False).take(self.tok_seq)
+        if self.mask_final[m]:
+            keep[self.eos_id] = True
+        return np.packbits(keep, bitorder="little")
+
+    def _seq_sizes(self) -> np.ndarray:
+        """int64[U]: the number of tokens of each sequence (computed once)."""
+        if self._seq_groups is not None:
+            return np.diff(self._seq_groups[1])
+        if self._seq_count is None:
+            seqs = self._touched[1] if self._touched is not None else self.tok_seq
+            self._seq_count = np.bincount(seqs[seqs >= 0], minlength=self.mask_seqs.shape[1])
+        return self._seq_count
 
     def _groups(self) -> tuple[np.ndarray, np.ndarray]:
         """Tokens grouped by sequence: ``order`` (token ids, by sequence then id) and CSR ``ptr[U + 1]``."""
-        if self._seq_groups is None and self._touched is not None:
-            toks, seqs, _ = self._touched
-            order = np.lexsort((toks, seqs))
-            ptr = np.searchsorted(seqs[order], np.arange(self.mask_seqs.shape[1] + 1)).astype(np.int64)
-            self._seq_groups = (toks[order].astype(np.int32), ptr)
         if self._seq_groups is None:
-            seq = self.tok_seq
-            valid = np.flatnonzero(seq >= 0)
-            order = valid[np.argsort(seq[valid], kind="stable")].astype(np.int32)
-            ptr = np.searchsorted(seq[order], np.arange(self.mask_seqs.shape[1] + 1)).astype(np.int64)
+            n_seq = self.mask_seqs.shape[1]
+            touched = self._touched
+            if touched is not None and len(touched[0]) * 8 < touched[2]:  # a narrow language: its few tokens
+                toks, seqs = touched[0], touched[1]
+                live = seqs >= 0
+                toks, key = toks[live], seqs[live]
+                order = toks[np.lexsort((toks, key))].astype(np.int32)
+            else:  # token ids ascending, then a stable sort by sequence
+                seq = self.tok_seq
+                valid = np.flatnonzero(seq >= 0)
+                key = seq[valid]
+                if n_seq <= 1 << 16:  # a stable sort of 16-bit keys is a radix sort (~10x a lexsort)
+                    key = key.astype(np.uint16)
+                order = valid[np.argsort(key, kind="stable")].astype(np.int32)
+            ptr = np.zeros(n_seq + 1, dtype=np.int64)
+            np.cumsum(np.bincount(key, minlength=n_seq), out=ptr[1:])
             self._seq_groups = (order, ptr)
         return self._seq_groups
 
     def _materialize(self, m: int) -> np.ndarray:
         allowed_seq = self.mask_seqs[m]
-        order, ptr = self._groups()
-        counts = np.diff(ptr)
-        n = int(counts[allowed_seq].sum())
+        n = int(self._seq_sizes()[allowed_seq].sum())
         if n * 8 < len(self.tok_seq):  # sparse: concatenate the groups of the allowed sequences
+            order, ptr = self._groups()
             seqs = np.flatnonzero(allowed_seq)
             parts = [order[ptr[u] : ptr[u + 1]] for u in seqs]
             ids = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int32)
         else:  # dense: one pass over the vocabulary
-            seq = self.tok_seq
-            ext = np.append(allowed_seq, False)  # tok_seq == -1 -> False
-            ids = np.flatnonzero(ext[seq]).astype(np.int32)
+            ids = np.flatnonzero(np.append(allowed_seq, False).take(self.tok_seq)).astype(np.int32)
         if self.mask_final[m]:
             ids = np.insert(ids, np.searchsorted(ids, self.eos_id), self.eos_id)
         return ids.astype(np.int32, copy=False)

@@ -9,6 +9,7 @@ the automaton forces.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +23,30 @@ if TYPE_CHECKING:
     from .request import HoleSpec
 
 __all__ = ["HoleTables"]
+
+_UNCON_SETS: OrderedDict[tuple, tuple[Dense, Dense]] = OrderedDict()
+
+
+def _unconstrained_sets(n_vocab: int, eos: int, special: np.ndarray, eog: np.ndarray) -> tuple[Dense, Dense]:
+    """The allowed sets of an unconstrained hole, with and without EOS (every token but the control ones; other
+    end-of-generation tokens never): shared by every hole over the same vocabulary (a few recent ones are
+    kept), with the bitmaps and bias rows they build."""
+    key = (n_vocab, eos, special.tobytes(), eog.tobytes())
+    got = _UNCON_SETS.get(key)
+    if got is None:
+        drop = np.zeros(n_vocab, bool)  # a pass over the vocabulary: np.setdiff1d/union1d cost ~0.3 ms each
+        drop[special] = True
+        drop[eos] = False
+        drop[eog] = False
+        uncon = np.flatnonzero(drop).astype(np.int32)
+        drop[eog] = True
+        drop[eos] = True
+        got = _UNCON_SETS[key] = (Dense(n_vocab, comp=uncon), Dense(n_vocab, comp=np.flatnonzero(drop).astype(np.int32)))
+        while len(_UNCON_SETS) > 8:
+            _UNCON_SETS.popitem(last=False)
+    else:
+        _UNCON_SETS.move_to_end(key)
+    return got
 
 
 class HoleTables:
@@ -61,9 +86,7 @@ class HoleTables:
         self.a = automaton
         # Unconstrained: everything but control tokens; other end-of-generation tokens (e.g. <end_of_turn>)
         # end the hole like EOS.
-        uncon = np.setdiff1d(special[special != eos], eog).astype(np.int32)
-        self.uncon = Dense(n_vocab, comp=uncon)
-        self.uncon_noeos = Dense(n_vocab, comp=np.union1d(uncon, np.union1d(eog, [eos])).astype(np.int32))
+        self.uncon, self.uncon_noeos = _unconstrained_sets(n_vocab, eos, special, eog)
         if self.unconstrained:
             self.masks: dict[tuple[int, bool], Mask] = {}
             self.cache = None  # heal tables come from unconstrained_tables(vocabulary)
@@ -107,10 +130,16 @@ class HoleTables:
         self.cache.warm = True
 
     def mask(self, state: int) -> Mask:
-        key = (self.a.mask_id(state), bool(self.a.is_final(state)))
+        mid = self.a.mask_id(state)
+        key = (mid, bool(self.a.is_final(state)))
         m = self.masks.get(key)
         if m is None:
-            m = Mask(np.asarray(self.a.allowed(state), dtype=np.int32), self.V, self.eos)
+            bits = getattr(self.a, "mask_bits", None)
+            size = self.a.mask_size(mid) if bits is not None else -1
+            if size > self.V // 4:  # dense: its bitmap in one pass over the vocabulary, the ids only if asked
+                m = Mask.from_bits(bits(mid), size, self.V, self.eos)
+            else:
+                m = Mask(np.asarray(self.a.allowed(state), dtype=np.int32), self.V, self.eos)
             self.cache.put(self.masks, key, m, m.nbytes)
         return m
 

@@ -45,12 +45,14 @@ class Dense:
 
     __slots__ = ("V", "ids", "_comp", "_bias", "_bits", "_hits", "_misses")
 
-    def __init__(self, V: int, ids: np.ndarray | None = None, comp: np.ndarray | None = None) -> None:
+    def __init__(
+        self, V: int, ids: np.ndarray | None = None, comp: np.ndarray | None = None, bits: np.ndarray | None = None
+    ) -> None:
         self.V = V
-        self.ids = ids  # sorted allowed ids (None when only the complement is known)
+        self.ids = ids  # sorted allowed ids (None until needed when only the complement or the bitmap is known)
         self._comp = comp
         self._bias: np.ndarray | None = None
-        self._bits: np.ndarray | None = None
+        self._bits = bits
         self._hits = self._misses = 0  # argmax calls whose row favourite was allowed / rejected
 
     @property
@@ -146,13 +148,23 @@ class Dense:
     def comp(self) -> np.ndarray:
         """Sorted disallowed ids (int32)."""
         if self._comp is None:
-            self._comp = _complement(self.V, self.ids)
+            if self.ids is not None:
+                self._comp = _complement(self.V, self.ids)
+            else:
+                self._comp = np.flatnonzero(~self._unpacked()).astype(np.int32)
         return self._comp
 
     def all_ids(self) -> np.ndarray:
+        """Sorted allowed ids (int32)."""
         if self.ids is None:
-            self.ids = _complement(self.V, self._comp)
+            if self._comp is not None:
+                self.ids = _complement(self.V, self._comp)
+            else:
+                self.ids = np.flatnonzero(self._unpacked()).astype(np.int32)
         return self.ids
+
+    def _unpacked(self) -> np.ndarray:
+        return np.unpackbits(self.bits, count=self.V, bitorder="little").view(bool)
 
 
 _STARTS: dict[int, np.ndarray] = {}
@@ -176,7 +188,7 @@ def _complement(V: int, ids: np.ndarray) -> np.ndarray:
 class Mask:
     """One distinct allowed set of an automaton: sparse ids, or a :class:`Dense` when large."""
 
-    __slots__ = ("ids", "dense", "has_eos", "only_eos", "_noeos")
+    __slots__ = ("_ids", "dense", "size", "has_eos", "only_eos", "_noeos")
 
     def __init__(self, ids: np.ndarray, V: int, eos: int) -> None:
         # Above a quarter of the vocabulary, gathering the allowed logits costs more than the blocked pass of
@@ -189,24 +201,47 @@ class Mask:
             # intp ids: NumPy converts int32 indices on every gather (65 µs vs 33 µs for 33k ids on 262k logits)
             ids = np.asarray(ids, dtype=np.intp)
             self.dense = None
-        self.ids = ids
+        self._ids: np.ndarray | None = ids
+        self.size = len(ids)
         self.has_eos = bool(np.any(ids == eos))
         self.only_eos = self.has_eos and len(ids) == 1
         self._noeos: Mask | None = None
+
+    @classmethod
+    def from_bits(cls, bits: np.ndarray, size: int, V: int, eos: int) -> Mask:
+        """A dense set given as a bitmap (uint8[ceil(V / 8)], little-endian) of ``size`` > V / 4 tokens: its
+        ids are listed only if something asks for them (:attr:`ids`)."""
+        m = cls.__new__(cls)
+        m._ids = None
+        m.dense = Dense(V, bits=bits)
+        m.size = size
+        m.has_eos = m.dense.contains(eos)
+        m.only_eos = m.has_eos and size == 1
+        m._noeos = None
+        return m
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Sorted allowed ids (intp when sparse, int32 when dense)."""
+        return self._ids if self._ids is not None else self.dense.all_ids()
 
     @property
     def nbytes(self) -> int:
         """What this set may come to hold: its ids (twice if it has EOS: the set without it), and a dense set's
         bitmap, bias row and complement (all built on demand)."""
-        extra = 0
-        if self.dense is not None:
-            V = self.dense.V
-            extra = V // 8 + 4 * V + 4 * (V - len(self.ids))
-        return (self.ids.nbytes + extra) * (2 if self.has_eos else 1)
+        if self.dense is None:
+            return self._ids.nbytes * (2 if self.has_eos else 1)
+        V = self.dense.V
+        return (4 * self.size + V // 8 + 4 * V + 4 * (V - self.size)) * (2 if self.has_eos else 1)
 
     def without_eos(self, V: int, eos: int) -> Mask:
         if self._noeos is None:
-            self._noeos = Mask(self.ids[self.ids != eos], V, eos)
+            if self._ids is None:  # a bitmap: clear the EOS bit
+                bits = self.dense.bits.copy()
+                bits[eos >> 3] &= ~np.uint8(1 << (eos & 7))
+                self._noeos = Mask.from_bits(bits, self.size - int(self.has_eos), V, eos)
+            else:
+                self._noeos = Mask(self._ids[self._ids != eos], V, eos)
         return self._noeos
 
 

@@ -1,0 +1,46 @@
+"""The decoder's allowed sets are the automaton's: a dense set built from the automaton's bitmap (ids listed only
+when asked) and a set built from its ids agree token for token, with and without EOS."""
+
+from __future__ import annotations
+
+import numpy as np
+from _oracle import constraints, vocabularies
+from hypothesis import HealthCheck, given, settings
+
+from lmqc.compiler.automaton import TokenAutomaton
+from lmqc.compiler.bytedfa import ByteDFA
+from lmqc.compiler.lower import lower_hole
+from lmqc.compiler.vocabulary import Vocabulary
+from lmqc.errors import ConstraintError
+from lmqc.runtime.decode import HoleSpec
+from lmqc.runtime.decode.hole import HoleTables
+from lmqc.runtime.decode.masks import Mask
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(constraints(), vocabularies())
+def test_hole_masks_are_the_automaton_sets(c, spec):
+    pieces, specials, _ = spec
+    vocab = Vocabulary(pieces, 0, specials)
+    try:
+        a = TokenAutomaton.build(ByteDFA.from_ir(lower_hole("X", c)), vocab)
+    except ConstraintError:
+        return
+    if a.unconstrained:
+        return
+    V, eos = vocab.size, vocab.eos_id
+    special = np.asarray([s for s in specials if s != eos], np.int32)
+    holes = HoleTables(HoleSpec(a), V, eos, special)
+    for state in range(a.n_states):
+        want = np.asarray(a.allowed(state))
+        m = holes.mask(state)
+        assert np.array_equal(m.ids, want)
+        assert m.size == len(want) and m.has_eos == (eos in want) and m.only_eos == (want.tolist() == [eos])
+        assert (m.dense is not None) == (len(want) > V // 4)
+        plain = Mask(want, V, eos)  # the same set from its ids
+        if m.dense is not None:
+            assert [m.dense.contains(t) for t in range(V)] == [plain.dense.contains(t) for t in range(V)]
+            assert np.array_equal(m.dense.comp, plain.dense.comp)
+            assert np.array_equal(m.dense.bias, plain.dense.bias)
+        assert np.array_equal(m.without_eos(V, eos).ids, want[want != eos])
+        assert not m.without_eos(V, eos).has_eos
