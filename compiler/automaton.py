@@ -211,8 +211,6 @@ class TokenAutomaton:
 
     def _seq_sizes(self) -> np.ndarray:
         """int64[U]: the number of tokens of each sequence (computed once)."""
-        if self._seq_groups is not None:
-            return np.diff(self._seq_groups[1])
         if self._seq_count is None:
             seqs = self._touched[1] if self._touched is not None else self.tok_seq
             self._seq_count = np.bincount(seqs[seqs >= 0], minlength=self.mask_seqs.shape[1])
@@ -243,7 +241,16 @@ class TokenAutomaton:
     def _materialize(self, m: int) -> np.ndarray:
         allowed_seq = self.mask_seqs[m]
         n = int(self._seq_sizes()[allowed_seq].sum())
-        if n * 8 < len(self.tok_seq):  # sparse: concatenate the groups of the allowed sequences
+        v = len(self._tok_seq) if self._tok_seq is not None else self._touched[2]  # (not filling tok_seq for it)
+        if n <= _LIST_MASK:  # a few ids: their groups as Python lists (NumPy calls would cost more)
+            order, ptr = self._groups()
+            ids_l: list[int] = []
+            for u in allowed_seq.nonzero()[0].tolist():
+                ids_l += order[ptr.item(u) : ptr.item(u + 1)].tolist()
+            if self.mask_final[m]:
+                ids_l.append(self.eos_id)
+            return np.asarray(sorted(ids_l), dtype=np.int32)
+        if n * 8 < v:  # sparse: concatenate the groups of the allowed sequences
             order, ptr = self._groups()
             seqs = np.flatnonzero(allowed_seq)
             parts = [order[ptr[u] : ptr[u + 1]] for u in seqs]
@@ -910,6 +917,8 @@ def _pending_text(state, parent_state, parent_seq, toks, seqs, vocab: Vocabulary
         state = int(parent_state[state])
     return b"".join(reversed(pieces)).decode("utf-8", errors="replace")
 
+
+_LIST_MASK = 256  # masks of up to this many ids are gathered over Python lists
 
 _SMALL_TABLE = 4096  # (states x sequences) up to which the BFS passes run over Python lists
 
