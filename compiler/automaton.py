@@ -200,14 +200,10 @@ class TokenAutomaton:
         """Number of token ids in mask ``m`` without materializing it."""
         return int(self._seq_sizes()[self.mask_seqs[m]].sum()) + int(self.mask_final[m])
 
-    def mask_bits(self, m: int) -> np.ndarray:
-        """Mask ``m`` as a little-endian bitmap, uint8[ceil(V / 8)] (EOS set iff the mask is final): one pass over
-        the vocabulary, without listing the ids (a dense mask's ids take a second pass and 1 MB)."""
-        # tok_seq == -1 -> the appended False; ``take`` with int32 indices costs ~60 % of fancy indexing
-        keep = np.append(self.mask_seqs[m], False).take(self.tok_seq)
-        if self.mask_final[m]:
-            keep[self.eos_id] = True
-        return np.packbits(keep, bitorder="little")
+    def mask_sequences(self, m: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Mask ``m`` as its allowed sequences: (bool[U + 1] per sequence, the last False for tokens never allowed;
+        ``tok_seq``; whether EOS is in it). A dense mask's membership test needs nothing more."""
+        return np.append(self.mask_seqs[m], False), self.tok_seq, bool(self.mask_final[m])
 
     def _seq_sizes(self) -> np.ndarray:
         """int64[U]: the number of tokens of each sequence (computed once)."""

@@ -134,10 +134,11 @@ class HoleTables:
         key = (mid, bool(self.a.is_final(state)))
         m = self.masks.get(key)
         if m is None:
-            bits = getattr(self.a, "mask_bits", None)
-            size = self.a.mask_size(mid) if bits is not None else -1
-            if size > self.V // 4:  # dense: its bitmap in one pass over the vocabulary, the ids only if asked
-                m = Mask.from_bits(bits(mid), size, self.V, self.eos)
+            seqs = getattr(self.a, "mask_sequences", None)
+            size = self.a.mask_size(mid) if seqs is not None else -1
+            if size > self.V // 4:  # dense: membership by the automaton's tables, nothing vocabulary-wide built
+                allowed, tok_seq, final = seqs(mid)
+                m = Mask.from_sequences(allowed, tok_seq, self.eos, final, size, self.V)
             else:
                 m = Mask(np.asarray(self.a.allowed(state), dtype=np.int32), self.V, self.eos)
             self.cache.put(self.masks, key, m, m.nbytes)

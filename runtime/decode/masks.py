@@ -40,46 +40,64 @@ _BLOCK = 4096
 
 
 class Dense:
-    """A large allowed set: membership by a bitmap, the complement and a -inf bias row built only when first
-    needed, and an argmax that costs about one plain pass over the row (:meth:`argmax`)."""
+    """A large allowed set: membership by a bitmap (or by the automaton's token -> sequence table, for a mask
+    given as its allowed sequences), the complement, bitmap and -inf bias row built only when first needed, and
+    an argmax that costs about one plain pass over the row (:meth:`argmax`)."""
 
-    __slots__ = ("V", "ids", "_comp", "_bias", "_bits", "_hits", "_misses")
+    __slots__ = ("V", "ids", "_comp", "_bias", "_bits", "_seq", "_hits", "_misses")
 
     def __init__(
-        self, V: int, ids: np.ndarray | None = None, comp: np.ndarray | None = None, bits: np.ndarray | None = None
+        self,
+        V: int,
+        ids: np.ndarray | None = None,
+        comp: np.ndarray | None = None,
+        bits: np.ndarray | None = None,
+        seq: tuple[np.ndarray, np.ndarray, int, bool] | None = None,
     ) -> None:
         self.V = V
-        self.ids = ids  # sorted allowed ids (None until needed when only the complement or the bitmap is known)
+        self.ids = ids  # sorted allowed ids (None until needed when the set is given another way)
         self._comp = comp
         self._bias: np.ndarray | None = None
         self._bits = bits
+        # (allowed bool[U + 1] per sequence with a False appended, int32[V] token -> sequence (-1: never), the
+        # EOS id, whether EOS is allowed): EOS has no sequence of its own
+        self._seq = seq
         self._hits = self._misses = 0  # argmax calls whose row favourite was allowed / rejected
+
+    def _keep(self) -> np.ndarray:
+        """bool[V]: the set, from whichever form is known."""
+        if self._seq is not None:
+            ext, tok_seq, eos, eos_ok = self._seq
+            keep = ext.take(tok_seq)  # ``take`` with int32 indices: ~60 % of fancy indexing's time
+            keep[eos] = eos_ok
+        elif self._bits is not None:
+            keep = np.unpackbits(self._bits, count=self.V, bitorder="little").view(bool)
+        elif self.ids is not None:
+            keep = np.zeros(self.V, bool)
+            keep[self.ids] = True
+        else:
+            keep = np.ones(self.V, bool)
+            keep[self._comp] = False
+        return keep
 
     @property
     def bias(self) -> np.ndarray:
         """float32[V]: 0 where allowed, -inf elsewhere (built on first use)."""
         if self._bias is None:
-            bias = np.zeros(self.V, np.float32)
-            bias[self.comp] = -np.inf
-            self._bias = bias
+            self._bias = np.where(self._keep(), np.float32(0), np.float32(-np.inf))
         return self._bias
 
     @property
     def bits(self) -> np.ndarray:
         """uint8[ceil(V / 8)]: the set as a little-endian bitmap (built on first use)."""
-        bits = self._bits
-        if bits is None:
-            # From whichever side is known: the complement is not needed otherwise
-            if self.ids is not None:
-                keep = np.zeros(self.V, bool)
-                keep[self.ids] = True
-            else:
-                keep = np.ones(self.V, bool)
-                keep[self._comp] = False
-            bits = self._bits = np.packbits(keep, bitorder="little")
-        return bits
+        if self._bits is None:
+            self._bits = np.packbits(self._keep(), bitorder="little")
+        return self._bits
 
     def contains(self, t: int) -> bool:
+        seq = self._seq
+        if seq is not None:  # two table reads
+            return seq[3] if t == seq[2] else seq[0].item(seq[1].item(t))
         # a bitmap probe, ~0.2 µs: a binary search over a quarter million ids costs ~3 µs
         return (self.bits.item(t >> 3) >> (t & 7)) & 1 == 1
 
@@ -148,23 +166,15 @@ class Dense:
     def comp(self) -> np.ndarray:
         """Sorted disallowed ids (int32)."""
         if self._comp is None:
-            if self.ids is not None:
-                self._comp = _complement(self.V, self.ids)
-            else:
-                self._comp = np.flatnonzero(~self._unpacked()).astype(np.int32)
+            self._comp = _complement(self.V, self.ids) if self.ids is not None else np.flatnonzero(
+                ~self._keep()).astype(np.int32)
         return self._comp
 
     def all_ids(self) -> np.ndarray:
         """Sorted allowed ids (int32)."""
         if self.ids is None:
-            if self._comp is not None:
-                self.ids = _complement(self.V, self._comp)
-            else:
-                self.ids = np.flatnonzero(self._unpacked()).astype(np.int32)
+            self.ids = np.flatnonzero(self._keep()).astype(np.int32)
         return self.ids
-
-    def _unpacked(self) -> np.ndarray:
-        return np.unpackbits(self.bits, count=self.V, bitorder="little").view(bool)
 
 
 _STARTS: dict[int, np.ndarray] = {}
@@ -208,15 +218,18 @@ class Mask:
         self._noeos: Mask | None = None
 
     @classmethod
-    def from_bits(cls, bits: np.ndarray, size: int, V: int, eos: int) -> Mask:
-        """A dense set given as a bitmap (uint8[ceil(V / 8)], little-endian) of ``size`` > V / 4 tokens: its
-        ids are listed only if something asks for them (:attr:`ids`)."""
+    def from_sequences(cls, allowed: np.ndarray, tok_seq: np.ndarray, eos: int, eos_ok: bool, size: int, V: int) -> Mask:
+        """A dense set (``size`` > V / 4 tokens) given as the automaton's allowed sequences: ``allowed`` bool[U + 1]
+        per sequence (the last False, for tokens of sequence -1), ``tok_seq`` int32[V] token -> sequence, and
+        whether EOS (which has no sequence) is in it. Nothing vocabulary-wide is built until asked for: the
+        argmax checks membership in the two tables, a rejected favourite builds the bias row, :attr:`ids` the
+        ids."""
         m = cls.__new__(cls)
         m._ids = None
-        m.dense = Dense(V, bits=bits)
+        m.dense = Dense(V, seq=(allowed, tok_seq, eos, eos_ok))
         m.size = size
-        m.has_eos = m.dense.contains(eos)
-        m.only_eos = m.has_eos and size == 1
+        m.has_eos = eos_ok
+        m.only_eos = eos_ok and size == 1
         m._noeos = None
         return m
 
@@ -236,10 +249,9 @@ class Mask:
 
     def without_eos(self, V: int, eos: int) -> Mask:
         if self._noeos is None:
-            if self._ids is None:  # a bitmap: clear the EOS bit
-                bits = self.dense.bits.copy()
-                bits[eos >> 3] &= ~np.uint8(1 << (eos & 7))
-                self._noeos = Mask.from_bits(bits, self.size - int(self.has_eos), V, eos)
+            seq = self.dense._seq if self.dense is not None else None
+            if seq is not None:  # the same sequences without EOS
+                self._noeos = Mask.from_sequences(seq[0], seq[1], eos, False, self.size - int(self.has_eos), V)
             else:
                 self._noeos = Mask(self._ids[self._ids != eos], V, eos)
         return self._noeos
