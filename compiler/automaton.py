@@ -213,7 +213,8 @@ class TokenAutomaton:
         return self._seq_count
 
     def _groups(self) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens grouped by sequence: ``order`` (token ids, by sequence then id) and CSR ``ptr[U + 1]``."""
+        """The tokens of the sequences sparse masks allow, grouped by sequence: ``order`` (token ids, by sequence
+        then id) and CSR ``ptr[U + 1]`` (other sequences' groups are empty: only sparse masks read these)."""
         if self._seq_groups is None:
             n_seq = self.mask_seqs.shape[1]
             touched = self._touched
@@ -222,12 +223,14 @@ class TokenAutomaton:
                 live = seqs >= 0
                 toks, key = toks[live], seqs[live]
                 order = toks[np.lexsort((toks, key))].astype(np.int32)
-            else:  # token ids ascending, then a stable sort by sequence
-                seq = self.tok_seq
-                valid = np.flatnonzero(seq >= 0)
-                key = seq[valid]
-                if n_seq <= 1 << 16:  # a stable sort of 16-bit keys is a radix sort (~10x a lexsort)
-                    key = key.astype(np.uint16)
+            else:
+                # the sequences of sparse masks (a wide language's few narrow states: after a stop phrase, in a
+                # number) hold few tokens: select those (one pass) rather than sort the vocabulary by sequence
+                n = self.mask_seqs.astype(np.int64) @ self._seq_sizes()
+                grouped = (n <= _LIST_MASK) | (n * 8 < len(self.tok_seq))  # the masks _materialize groups
+                need = np.append(self.mask_seqs[grouped].any(axis=0), False)
+                valid = np.flatnonzero(need.take(self.tok_seq))
+                key = self.tok_seq[valid]
                 order = valid[np.argsort(key, kind="stable")].astype(np.int32)
             ptr = np.zeros(n_seq + 1, dtype=np.int64)
             np.cumsum(np.bincount(key, minlength=n_seq), out=ptr[1:])
