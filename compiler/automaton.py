@@ -349,7 +349,7 @@ class TokenAutomaton:
         ext = np.full((n + 1, n_cols + 1), -1, dtype=np.int32)
         ext[:n, :n_cols] = table
         forced = _forced(mask_seqs, mask_final, seq_count, toks, seqs)[mask_of_state]
-        return cls(
+        out = cls(
             vocab,
             initial=0,
             unconstrained=False,
@@ -364,6 +364,8 @@ class TokenAutomaton:
             min_tokens_to_end=_min_tokens_to_end(table, final | stopped),
             forced_token=forced.astype(np.int32),
         )
+        out._seq_count = seq_count  # tokens per sequence, for sizing masks without a pass over the tokens
+        return out
 
     @classmethod
     def _unconstrained(cls, vocab: Vocabulary) -> TokenAutomaton:
