@@ -8,7 +8,7 @@ and, optionally, a sample run on Gemma 3 270M whose outputs are validated with `
 
 Per split (``--limit N``: the first N schemas of each split): how many schemas each engine compiles, and its
 compile time (schema text -> ready matcher on the prepared vocabulary: lmqc's token automaton through the same
-``build_hole`` a query uses, caches cleared before every schema; xgrammar's ``compile_json_schema`` with a fresh
+``build_hole`` a query uses and the start of its hole (its masks materialized), caches cleared before every schema; xgrammar's ``compile_json_schema`` with a fresh
 compiler and no cache; llguidance's matcher construction, which compiles lazily and does its work while decoding;
 outlines-core's regex and index). Each engine runs in its own worker process, one schema at a time, with a time
 limit per schema (a schema over it counts as not compiled, the worker is restarted). Layout is the same for all:
@@ -61,6 +61,9 @@ class LmqcEngine:
 
         self.vocab = lmqc.vocabulary()
         self.vocab.levels.trie  # noqa: B018 - prepared once per vocabulary, like the anchors' tokenizer setup
+        from _common import special_ids
+
+        self.specials = special_ids(self.vocab)
         for k in "dws":  # Unicode class tables for negated regex classes: once per process
             regular._unicode_category(k)
         self.rows: Any = None
@@ -70,6 +73,8 @@ class LmqcEngine:
         from lmqc.compiler import jsonschema as J
         from lmqc.compiler import regular
         from lmqc.compiler.nodes import JsonSchema
+        from lmqc.runtime.decode import HoleSpec
+        from lmqc.runtime.decode.hole import HoleTables
 
         for cache in (J._compile_cached, J._pattern_dfa, J._format_dfa, J._length_dfa, regular._compile_cached):
             cache.cache_clear()
@@ -78,6 +83,9 @@ class LmqcEngine:
         except J.SchemaError as e:
             raise _Refused(e.keyword or _reason(str(e)), str(e)) from None
         _, automaton = build_hole("X", JsonSchema("X", text), self.vocab, None, "<bench>")
+        # ready to decode: the hole started, which materializes its distinct masks (up to 256 of them; a lazy
+        # automaton's on visit), as xgrammar's compile fills its token mask cache
+        HoleTables(HoleSpec(automaton), self.vocab.size, self.vocab.eos_id, self.specials)
         self.last = automaton
         return {"states": automaton.n_states, "notes": list(lang.notes)[:3]}
 
