@@ -33,6 +33,10 @@ def test_dense_argmax_is_masked_argmax(V, frac, rows, full_blocks, seed):
         allowed[2 * _BLOCK : 3 * _BLOCK] = False
     ids = np.flatnonzero(allowed).astype(np.int32)
     by_ids, by_comp = Dense(V, ids), Dense(V, comp=np.flatnonzero(~allowed).astype(np.int32))
+    # as an automaton's allowed sequences: token t in sequence t, EOS (token 5) in none
+    tok_seq = np.arange(V, dtype=np.int32)
+    tok_seq[5] = -1
+    by_seq = Dense(V, seq=(np.append(allowed, False), tok_seq, 5, bool(allowed[5])))
     for kind in rows:  # one set over several rows: its first pass switches after rejections
         row = rng.standard_normal(V).astype(np.float32)
         if kind == "ties":
@@ -47,6 +51,7 @@ def test_dense_argmax_is_masked_argmax(V, frac, rows, full_blocks, seed):
         want = _masked_argmax(row, allowed)
         assert by_ids.argmax(row) == want
         assert choose_argmax(row, None, by_comp) == want
+        assert by_seq.argmax(row) == want
 
 
 def _both_modes(V: int, allowed: np.ndarray) -> list[Dense]:
@@ -79,3 +84,19 @@ def test_dense_argmax_largest_logit_in_the_partial_last_block():
     row[V - 2] = 2.0  # the tail's, larger
     for d in _both_modes(V, allowed):
         assert d.argmax(row) == V - 2 == _masked_argmax(row, allowed)
+
+
+def test_dense_argmax_eos_by_sequence():
+    """EOS has no sequence of its own: the set says whether it is allowed, in every block the search builds."""
+    V = 4 * _BLOCK
+    tok_seq = np.zeros(V, np.int32)  # every token in sequence 0, allowed...
+    tok_seq[[7, _BLOCK + 9]] = 1  # ...but two, in sequence 1
+    tok_seq[5] = -1  # EOS
+    row = np.zeros(V, np.float32)
+    row[_BLOCK + 9] = 3.0  # the favourite, rejected
+    row[7] = 2.5  # rejected too
+    row[5] = 2.0  # EOS: the best allowed
+    for eos_ok, want in ((True, 5), (False, 0)):
+        d = Dense(V, seq=(np.array([True, False, False]), tok_seq, 5, eos_ok))
+        assert d.argmax(row) == want
+        assert d.argmax(row) == want  # again, from the blocks' bias built by the first search

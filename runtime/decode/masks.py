@@ -44,7 +44,7 @@ class Dense:
     given as its allowed sequences), the complement, bitmap and -inf bias row built only when first needed, and
     an argmax that costs about one plain pass over the row (:meth:`argmax`)."""
 
-    __slots__ = ("V", "ids", "_comp", "_bias", "_bits", "_seq", "_hits", "_misses")
+    __slots__ = ("V", "ids", "_comp", "_bias", "_bits", "_seq", "_hits", "_misses", "_blocks")
 
     def __init__(
         self,
@@ -63,14 +63,22 @@ class Dense:
         # EOS id, whether EOS is allowed): EOS has no sequence of its own
         self._seq = seq
         self._hits = self._misses = 0  # argmax calls whose row favourite was allowed / rejected
+        self._blocks: dict[int, np.ndarray] | None = None  # bias of the blocks searched so far, by first index
 
-    def _keep(self) -> np.ndarray:
-        """bool[V]: the set, from whichever form is known."""
+    def _keep(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """bool[hi - lo]: the set's tokens ``lo..hi-1`` (all by default), from whichever form is known."""
+        if hi is None:
+            hi = self.V
         if self._seq is not None:
             ext, tok_seq, eos, eos_ok = self._seq
-            keep = ext.take(tok_seq)  # ``take`` with int32 indices: ~60 % of fancy indexing's time
-            keep[eos] = eos_ok
-        elif self._bits is not None:
+            keep = ext.take(tok_seq[lo:hi])  # ``take`` with int32 indices: ~60 % of fancy indexing's time
+            if lo <= eos < hi:
+                keep[eos - lo] = eos_ok
+            return keep
+        if lo or hi != self.V:
+            bits = self.bits[lo >> 3 : (hi + 7) >> 3]  # lo is a multiple of 8
+            return np.unpackbits(bits, count=hi - lo, bitorder="little").view(bool)
+        if self._bits is not None:
             keep = np.unpackbits(self._bits, count=self.V, bitorder="little").view(bool)
         elif self.ids is not None:
             keep = np.zeros(self.V, bool)
@@ -84,7 +92,8 @@ class Dense:
     def bias(self) -> np.ndarray:
         """float32[V]: 0 where allowed, -inf elsewhere (built on first use)."""
         if self._bias is None:
-            self._bias = np.where(self._keep(), np.float32(0), np.float32(-np.inf))
+            self._bias = _BIAS_OF.take(self._keep().view(np.uint8))
+            self._blocks = None  # slices of the row from now on
         return self._bias
 
     @property
@@ -101,12 +110,26 @@ class Dense:
         # a bitmap probe, ~0.2 µs: a binary search over a quarter million ids costs ~3 µs
         return (self.bits.item(t >> 3) >> (t & 7)) & 1 == 1
 
+    def _bias_range(self, lo: int, hi: int) -> np.ndarray:
+        """float32[hi - lo]: the bias of tokens ``lo..hi-1`` (``lo`` a multiple of 8): a slice of the whole row
+        once built, else built for this range only and kept (a first rejected favourite searches two or three
+        blocks: building the whole 1 MB row then cost a millisecond or more mid-decode)."""
+        if self._bias is not None:
+            return self._bias[lo:hi]
+        blocks = self._blocks
+        if blocks is None:
+            blocks = self._blocks = {}
+        got = blocks.get(lo)
+        if got is None:  # (a range starting at ``lo`` always ends at the same ``hi``: a block, the tail, the row)
+            got = blocks[lo] = _BIAS_OF.take(self._keep(lo, hi).view(np.uint8))
+        return got
+
     def _masked_argmax(self, row: np.ndarray, lo: int, hi: int) -> tuple[float, int]:
         """(largest allowed logit of ``row[lo:hi]``, its first index), (-inf, -1) if every allowed one is -inf.
 
         Adds the bias rather than selecting by the bitmap: ``np.where`` on a random boolean mask costs ~3 ns a
         logit (branch mispredictions), the addition ~0.25."""
-        seg = row[lo:hi] + self.bias[lo:hi]
+        seg = row[lo:hi] + self._bias_range(lo, hi)
         j = int(seg.argmax())
         v = seg.item(j)
         return (v, lo + j) if v > -np.inf else (v, -1)
@@ -178,6 +201,7 @@ class Dense:
 
 
 _STARTS: dict[int, np.ndarray] = {}
+_BIAS_OF = np.array([-np.inf, 0.0], dtype=np.float32)  # bias of a disallowed / allowed token
 
 
 def _block_starts(nb: int) -> np.ndarray:
