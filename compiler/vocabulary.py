@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -216,6 +217,7 @@ class _Levels:
         return cls(tokens, lengths, count, level_bytes)
 
 
+@dataclass(frozen=True, slots=True)
 class TrieViews:
     """A :class:`_Trie` as a Python walk reads it: memoryviews of its per-depth arrays (indexing one costs a
     fraction of ``ndarray.item``, and ``bisect`` searches one directly) and two tables over first bytes.
@@ -230,15 +232,12 @@ class TrieViews:
         The number of depth-1 nodes under each first byte (0 where none).
     """
 
-    __slots__ = ("child_ptr", "byte", "end_ptr", "end_tok", "root", "fanout")
-
-    def __init__(self, child_ptr: list, byte: list, end_ptr: list, end_tok: list, root: list, fanout: np.ndarray) -> None:
-        self.child_ptr = child_ptr
-        self.byte = byte
-        self.end_ptr = end_ptr
-        self.end_tok = end_tok
-        self.root = root
-        self.fanout = fanout
+    child_ptr: list
+    byte: list
+    end_ptr: list
+    end_tok: list
+    root: list
+    fanout: np.ndarray
 
     @classmethod
     def of(cls, trie: _Trie) -> TrieViews:
