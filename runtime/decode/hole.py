@@ -28,9 +28,10 @@ _UNCON_SETS: OrderedDict[tuple, tuple[Dense, Dense]] = OrderedDict()
 
 
 def _unconstrained_sets(n_vocab: int, eos: int, special: np.ndarray, eog: np.ndarray) -> tuple[Dense, Dense]:
-    """The allowed sets of an unconstrained hole, with and without EOS (every token but the control ones; other
-    end-of-generation tokens never): shared by every hole over the same vocabulary (a few recent ones are
-    kept), with the bitmaps and bias rows they build."""
+    """The allowed sets of an unconstrained hole: every token but the control ones (other end-of-generation
+    tokens included: they end the hole like EOS), and the same without EOS and those tokens (before
+    ``min_tokens``). Shared by every hole over the same vocabulary (the last few vocabularies are kept), with
+    the bitmaps and bias rows they come to build."""
     key = (n_vocab, eos, special.tobytes(), eog.tobytes())
     got = _UNCON_SETS.get(key)
     if got is None:

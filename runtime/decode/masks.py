@@ -1,8 +1,8 @@
 """Allowed-token sets and the per-automaton tables that cache them.
 
-A :class:`Mask` is one distinct allowed set of an automaton: sparse sorted ids, or a :class:`Dense` set (membership
-by a bitmap; the complement and a -inf bias row built only when first needed) when it covers more than a
-quarter of the vocabulary. :class:`MaskTables` holds everything the decoder derives from one automaton (masks by
+A :class:`Mask` is one distinct allowed set of an automaton: sparse sorted ids, or a :class:`Dense` set when it
+covers more than a quarter of the vocabulary (membership by the automaton's own tables or a bitmap; ids, complement
+and -inf bias built only when something asks). :class:`MaskTables` holds everything the decoder derives from one automaton (masks by
 mask id, forced-text runs, token-budget and healing tables), so a state's allowed set is a table lookup; the
 automaton owns them (``automaton.tables``) and they are bounded in bytes (:data:`TABLE_BYTES`).
 Vocabulary-wide tables (first byte and length of every token, the sorted pieces) are cached per vocabulary.
@@ -246,8 +246,8 @@ class Mask:
         """A dense set (``size`` > V / 4 tokens) given as the automaton's allowed sequences: ``allowed`` bool[U + 1]
         per sequence (the last False, for tokens of sequence -1), ``tok_seq`` int32[V] token -> sequence, and
         whether EOS (which has no sequence) is in it. Nothing vocabulary-wide is built until asked for: the
-        argmax checks membership in the two tables, a rejected favourite builds the bias row, :attr:`ids` the
-        ids."""
+        argmax checks membership in the two tables, a rejected favourite builds the bias of the blocks it
+        searches, sampling the whole bias row, :attr:`ids` the ids."""
         m = cls.__new__(cls)
         m._ids = None
         m.dense = Dense(V, seq=(allowed, tok_seq, eos, eos_ok))
