@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from _oracle import constraints, vocabularies
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lmqc.compiler.automaton import TokenAutomaton
 from lmqc.compiler.bytedfa import ByteDFA
@@ -44,3 +45,29 @@ def test_hole_masks_are_the_automaton_sets(c, spec):
             assert np.array_equal(m.dense.bias, plain.dense.bias)
         assert np.array_equal(m.without_eos(V, eos).ids, want[want != eos])
         assert not m.without_eos(V, eos).has_eos
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(constraints(), vocabularies(), st.integers(0, 3), st.one_of(st.none(), st.integers(1, 8)))
+def test_hole_allowed_sets_with_and_without_the_plain_step_cache(c, spec, min_tokens, max_tokens):
+    """Between the minimum and the budget a step's set comes from a per-state dict; it is the set the full
+    rules give (EOS before the minimum, blocked stops, the budget's pruning)."""
+    pieces, specials, _ = spec
+    vocab = Vocabulary(pieces, 0, specials)
+    try:
+        a = TokenAutomaton.build(ByteDFA.from_ir(lower_hole("X", c)), vocab)
+    except ConstraintError:
+        return
+    V, eos = vocab.size, vocab.eos_id
+    special = np.asarray([s for s in specials if s != eos], np.int32)
+    hole = HoleSpec(a, min_tokens=min_tokens, max_tokens=max_tokens)
+    cached, full = HoleTables(hole, V, eos, special), HoleTables(hole, V, eos, special)
+    full._plain_until = -1  # every step through the full rules
+    for n in range(0, (max_tokens or 6) + 1):
+        for state in range(a.n_states):
+            got, want = (_as_ids(*t.allowed(state, n)) for t in (cached, full))
+            assert np.array_equal(got, want), (state, n)
+
+
+def _as_ids(ids, dense):
+    return np.asarray(ids if ids is not None else dense.all_ids())

@@ -113,6 +113,11 @@ class HoleTables:
             finite = self.mte[self.mte < INF_TOKENS]
             self.mte_max = int(finite.max()) if len(finite) else 0
             self.warm_up(automaton)
+        # From ``min_tokens`` value tokens on (EOS allowed, stops not blocked) until the budget comes near, a step's
+        # allowed set is its state's mask as is: answered from a dict (most steps; the checks cost ~1 µs)
+        self._plain_from = self.min_tokens
+        self._plain_until = INF_TOKENS if self.max_tokens is None else self.max_tokens - self.mte_max
+        self._plain: dict[int, tuple[np.ndarray | None, Dense | None]] = {}
 
     def warm_up(self, automaton: Any) -> None:
         """Build every distinct mask once, when the hole starts, instead of on its first visit mid-decode.
@@ -231,6 +236,11 @@ class HoleTables:
 
     def allowed(self, state: int, n: int) -> tuple[np.ndarray | None, Dense | None]:
         """Allowed set after ``n`` value tokens: ``(ids, None)`` (sparse, sorted) or ``(None, dense)``."""
+        if self._plain_from <= n < self._plain_until:
+            hit = self._plain.get(state)
+            if hit is None:
+                hit = self._plain[state] = self._allowed(state, n)
+            return hit
         ids, dense = self._allowed(state, n)
         if self.block_stops and n + 1 < self.min_tokens:
             # before the minimum, no token that would enter a stopped state (see __init__)
