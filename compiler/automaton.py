@@ -86,6 +86,7 @@ class TokenAutomaton:
         "_mask_cache",
         "_seq_groups",
         "_seq_count",
+        "_sizes",
         "tables",
     )
 
@@ -129,6 +130,7 @@ class TokenAutomaton:
         self._mask_cache: list[np.ndarray | None] = [None] * len(mask_seqs)
         self._seq_groups: tuple[np.ndarray, np.ndarray] | None = None
         self._seq_count: np.ndarray | None = None
+        self._sizes: np.ndarray | None = None
         self.tables: object = None  # what the runtime derives from this automaton (runtime.decode.masks.MaskTables)
 
     # -- the runtime interface -----------------------------------------------------------------------------
@@ -198,7 +200,13 @@ class TokenAutomaton:
 
     def mask_size(self, m: int) -> int:
         """Number of token ids in mask ``m`` without materializing it."""
-        return int(self._seq_sizes()[self.mask_seqs[m]].sum()) + int(self.mask_final[m])
+        return self._mask_sizes().item(m)
+
+    def _mask_sizes(self) -> np.ndarray:
+        """int64[M]: the number of token ids of every mask, EOS included (computed once: one product)."""
+        if self._sizes is None:
+            self._sizes = self.mask_seqs.astype(np.int64) @ self._seq_sizes() + self.mask_final
+        return self._sizes
 
     def mask_sequences(self, m: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """Mask ``m`` as its allowed sequences: (bool[U + 1] per sequence, the last False for tokens never allowed;
@@ -226,7 +234,7 @@ class TokenAutomaton:
             else:
                 # the sequences of sparse masks (a wide language's few narrow states: after a stop phrase, in a
                 # number) hold few tokens: select those (one pass) rather than sort the vocabulary by sequence
-                n = self.mask_seqs.astype(np.int64) @ self._seq_sizes()
+                n = self._mask_sizes() - self.mask_final
                 grouped = (n <= _LIST_MASK) | (n * 8 < len(self.tok_seq))  # the masks _materialize groups
                 need = np.append(self.mask_seqs[grouped].any(axis=0), False)
                 valid = np.flatnonzero(need.take(self.tok_seq))
@@ -239,7 +247,7 @@ class TokenAutomaton:
 
     def _materialize(self, m: int) -> np.ndarray:
         allowed_seq = self.mask_seqs[m]
-        n = int(self._seq_sizes()[allowed_seq].sum())
+        n = self._mask_sizes().item(m) - int(self.mask_final[m])
         v = len(self._tok_seq) if self._tok_seq is not None else self._touched[2]  # (not filling tok_seq for it)
         if n <= _LIST_MASK:  # a few ids: their groups as Python lists (NumPy calls would cost more)
             order, ptr = self._groups()

@@ -137,7 +137,8 @@ class HoleTables:
 
     def mask(self, state: int) -> Mask:
         mid = self.a.mask_id(state)
-        key = (mid, bool(self.a.is_final(state)))
+        final = bool(self.a.is_final(state))
+        key = (mid, final)
         m = self.masks.get(key)
         if m is None:
             seqs = getattr(self.a, "mask_sequences", None)
@@ -145,8 +146,8 @@ class HoleTables:
             if size > self.V // 4:  # dense: membership by the automaton's tables, nothing vocabulary-wide built
                 allowed, tok_seq, final = seqs(mid)
                 m = Mask.from_sequences(allowed, tok_seq, self.eos, final, size, self.V)
-            else:
-                m = Mask(np.asarray(self.a.allowed(state), dtype=np.int32), self.V, self.eos)
+            else:  # EOS is allowed exactly in final states
+                m = Mask(np.asarray(self.a.allowed(state), dtype=np.int32), self.V, self.eos, has_eos=final)
             self.cache.put(self.masks, key, m, m.nbytes)
         return m
 

@@ -224,7 +224,7 @@ class Mask:
 
     __slots__ = ("_ids", "dense", "size", "has_eos", "only_eos", "_noeos")
 
-    def __init__(self, ids: np.ndarray, V: int, eos: int) -> None:
+    def __init__(self, ids: np.ndarray, V: int, eos: int, has_eos: bool | None = None) -> None:
         # Above a quarter of the vocabulary, gathering the allowed logits costs more than the blocked pass of
         # Dense.argmax (one pass over the row, which an unconstrained step pays too). Below it, the model's
         # favourite is often rejected and the blocked search would visit many blocks: the gather is cheaper.
@@ -237,7 +237,7 @@ class Mask:
             self.dense = None
         self._ids: np.ndarray | None = ids
         self.size = len(ids)
-        self.has_eos = bool(np.any(ids == eos))
+        self.has_eos = bool(np.any(ids == eos)) if has_eos is None else has_eos  # (the caller may know it)
         self.only_eos = self.has_eos and len(ids) == 1
         self._noeos: Mask | None = None
 
