@@ -1,5 +1,6 @@
-"""The decoder's allowed sets are the automaton's: a dense set built from the automaton's bitmap (ids listed only
-when asked) and a set built from its ids agree token for token, with and without EOS."""
+"""The decoder's allowed sets are the automaton's: a dense set held as the automaton's allowed sequences (ids listed
+only when asked) and a set built from its ids agree token for token, with and without EOS; the per-state step cache
+gives the sets the full rules give."""
 
 from __future__ import annotations
 
@@ -35,14 +36,14 @@ def test_hole_masks_are_the_automaton_sets(c, spec):
     for state in range(a.n_states):
         want = np.asarray(a.allowed(state))
         m = holes.mask(state)
-        assert np.array_equal(m.ids, want)
         assert m.size == len(want) and m.has_eos == (eos in want) and m.only_eos == (want.tolist() == [eos])
         assert (m.dense is not None) == (len(want) > V // 4)
         plain = Mask(want, V, eos)  # the same set from its ids
-        if m.dense is not None:
+        if m.dense is not None:  # (before its ids are listed: each of these is derived from the sequences)
             assert [m.dense.contains(t) for t in range(V)] == [plain.dense.contains(t) for t in range(V)]
             assert np.array_equal(m.dense.comp, plain.dense.comp)
             assert np.array_equal(m.dense.bias, plain.dense.bias)
+        assert np.array_equal(m.ids, want)
         assert np.array_equal(m.without_eos(V, eos).ids, want[want != eos])
         assert not m.without_eos(V, eos).has_eos
 
