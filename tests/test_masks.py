@@ -19,19 +19,26 @@ from lmqc.runtime.decode.hole import HoleTables
 from lmqc.runtime.decode.masks import Mask
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(constraints(), vocabularies())
-def test_hole_masks_are_the_automaton_sets(c, spec):
+def _automaton(c, spec) -> tuple[TokenAutomaton, int, int, np.ndarray] | None:
+    """The token automaton of constraint ``c`` over a ``vocabularies()`` draw, with the vocabulary size, EOS id and
+    the other special ids (what a backend reports); None if the constraint cannot be built over it."""
     pieces, specials, _ = spec
     vocab = Vocabulary(pieces, 0, specials)
     try:
         a = TokenAutomaton.build(ByteDFA.from_ir(lower_hole("X", c)), vocab)
     except ConstraintError:
+        return None
+    eos = vocab.eos_id
+    return a, vocab.size, eos, np.asarray([s for s in specials if s != eos], np.int32)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(constraints(), vocabularies())
+def test_hole_masks_are_the_automaton_sets(c, spec):
+    built = _automaton(c, spec)
+    if built is None or built[0].unconstrained:
         return
-    if a.unconstrained:
-        return
-    V, eos = vocab.size, vocab.eos_id
-    special = np.asarray([s for s in specials if s != eos], np.int32)
+    a, V, eos, special = built
     holes = HoleTables(HoleSpec(a), V, eos, special)
     for state in range(a.n_states):
         want = np.asarray(a.allowed(state))
@@ -53,14 +60,10 @@ def test_hole_masks_are_the_automaton_sets(c, spec):
 def test_hole_allowed_sets_with_and_without_the_plain_step_cache(c, spec, min_tokens, max_tokens):
     """Between the minimum and the budget a step's set comes from a per-state dict; it is the set the full
     rules give (EOS before the minimum, blocked stops, the budget's pruning)."""
-    pieces, specials, _ = spec
-    vocab = Vocabulary(pieces, 0, specials)
-    try:
-        a = TokenAutomaton.build(ByteDFA.from_ir(lower_hole("X", c)), vocab)
-    except ConstraintError:
+    built = _automaton(c, spec)
+    if built is None:
         return
-    V, eos = vocab.size, vocab.eos_id
-    special = np.asarray([s for s in specials if s != eos], np.int32)
+    a, V, eos, special = built
     hole = HoleSpec(a, min_tokens=min_tokens, max_tokens=max_tokens)
     cached, full = HoleTables(hole, V, eos, special), HoleTables(hole, V, eos, special)
     full._plain_until = -1  # every step through the full rules
