@@ -10,6 +10,7 @@ Vocabulary-wide tables (first byte and length of every token, the sorted pieces)
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -200,16 +201,13 @@ class Dense:
         return self.ids
 
 
-_STARTS: dict[int, np.ndarray] = {}
 _BIAS_OF = np.array([-np.inf, 0.0], dtype=np.float32)  # bias of a disallowed / allowed token
 
 
+@functools.cache
 def _block_starts(nb: int) -> np.ndarray:
-    """intp[nb]: the first index of each block (cached per block count)."""
-    starts = _STARTS.get(nb)
-    if starts is None:
-        starts = _STARTS[nb] = np.arange(nb, dtype=np.intp) * _BLOCK
-    return starts
+    """intp[nb]: the first index of each block (one array per block count; read only)."""
+    return np.arange(nb, dtype=np.intp) * _BLOCK
 
 
 def _complement(V: int, ids: np.ndarray) -> np.ndarray:
