@@ -6,16 +6,18 @@ same run, same Gemma 3 vocabulary, same eight regexes.
 
 Per engine: one-off setup per vocabulary (its tokenizer description built from lmqc's ``Vocabulary`` token
 bytes), compile (regex -> ready matcher; the first run and the median of the next few, back to back, the engines
-taking turns workload by workload; one run if the first takes over 2 s) and the per-step work over a 64-step random walk. Every engine's step is the same work: the allowed set for the current
-state (an anchor fills its token bitmask; lmqc looks up the state's mask), that set applied to the same real
-Gemma logits row, and the argmax. Anchors apply the bitmask with their own CPU kernel where they ship one that
+taking turns workload by workload; one run if the first takes over 2 s) and the per-step work over a 64-step
+random walk. Every engine's step is the same work: the allowed set for the current state (an anchor fills its
+token bitmask; lmqc looks up the state's mask), that set applied to the same real Gemma logits row, and the
+argmax. Anchors apply the bitmask with their own CPU kernel where they ship one that
 needs neither torch nor numba (xgrammar's C++ ``apply_token_bitmask_inplace_cpu`` called on NumPy buffers,
 llguidance's ``llguidance.numpy.apply_token_bitmask_inplace``); outlines-core's NumPy kernel needs numba, so it
 gets a plain NumPy apply (the "apply" line of the output names what each engine used). lmqc applies its mask
 through the decoder's own ``choose_argmax``. The row is copied into one buffer before each (timed) step, as a
 model writes it. The state advance is timed separately, and the unconstrained step (``argmax`` of the raw row)
-is measured in the same harness: what a step costs beyond it is step i minus unconstrained step i. The walk continues with a random allowed non-EOS token, restarting when the value
-has ended; per step the median over replays of the same walk, plus the worst step of the first pass.
+is measured in the same harness: what a step costs beyond it is step i minus unconstrained step i. The walk
+continues with a random allowed non-EOS token, restarting when the value has ended; per step the median over
+replays of the same walk, plus the worst step of the first pass.
 lmqc's compile is ``compile_query`` of the ``"[X]" where ...`` query (parse included) and the start of its hole,
 which materializes every distinct mask (what xgrammar's compile does for its token mask cache).
 
@@ -24,11 +26,12 @@ An engine that is not installed or fails is reported as such, and the others sti
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.metadata as md
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,9 +257,7 @@ def walk(engine: Engine | None, compiled: Any, vocab: Any, rows: np.ndarray, ste
         m = None if engine is None else engine.matcher(compiled)
         ns: list[int] = []
         ans: list[int] = []
-        gc.collect()
-        gc.disable()
-        try:
+        with _pass():
             for i in range(steps):
                 buf[:] = rows[i % len(rows)]  # the model has just written this row (cache-warm)
                 if lm is not None:
@@ -289,14 +290,10 @@ def walk(engine: Engine | None, compiled: Any, vocab: Any, rows: np.ndarray, ste
                     lm.restart()
                 else:
                     m = engine.matcher(compiled)
-        finally:
-            gc.enable()
         runs.append(ns)
         adv.append(ans)
-    cold = np.asarray(runs[0], np.float64)
-    warm = np.median(np.asarray(runs[1:], np.float64), axis=0) if passes > 1 else cold
-    advance = np.median(np.asarray(adv[1:], np.float64), axis=0) if passes > 1 else np.asarray(adv[0], np.float64)
-    return {"cold": cold, "warm": warm, "advance": advance, "restarts": plan.count(-1)}
+    return {"cold": np.asarray(runs[0], np.float64), "warm": _warm(runs), "advance": _warm(adv),
+            "restarts": plan.count(-1)}
 
 
 def unconstrained(rows: np.ndarray, steps: int, passes: int) -> np.ndarray:
@@ -307,18 +304,31 @@ def unconstrained(rows: np.ndarray, steps: int, passes: int) -> np.ndarray:
     runs = []
     for _ in range(passes):
         ns = []
-        gc.collect()
-        gc.disable()
-        try:
+        with _pass():
             for i in range(steps):
                 buf[:] = rows[i % len(rows)]
                 t0 = time.perf_counter_ns()
                 int(buf.argmax())
                 ns.append(time.perf_counter_ns() - t0)
-        finally:
-            gc.enable()
         runs.append(ns)
-    return np.median(np.asarray(runs[1:] if passes > 1 else runs, np.float64), axis=0)
+    return _warm(runs)
+
+
+@contextlib.contextmanager
+def _pass() -> Iterator[None]:
+    """The conditions of one timed pass (a walk's or the unconstrained run's, alike so that their steps compare):
+    a collection first, the collector off during it."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _warm(runs: list[list[int]]) -> np.ndarray:
+    """Per step, the median over the passes after the first (the only one if there is one)."""
+    return np.median(np.asarray(runs[1:] if len(runs) > 1 else runs, np.float64), axis=0)
 
 
 def _engine_table(out: dict[str, Any], workloads: list, anchors: list[str], cell: Callable[[dict], Any]) -> str:
